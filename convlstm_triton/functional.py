@@ -1,0 +1,133 @@
+"""Functional ConvLSTM: validation, backend dispatch, and the Triton path's tensor plumbing."""
+
+import os
+import warnings
+
+import torch
+
+from .activations import KERNEL_ACTIVATION_CODES
+from .autograd import ConvLSTMFunction, StepSpec
+from .launchers import KernelGeometry, dot_precision
+from .reference import conv_lstm_reference
+from .validation import validate_conv_lstm_args
+
+__all__ = ["conv_lstm"]
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_warned = set()
+
+
+def triton_interpreter_enabled():
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _fallback_reason(x, input_dropout_mask, recurrent_dropout_mask, activation,
+                     recurrent_activation):
+    """Why the Triton kernels cannot run this call, or None."""
+    if x.dtype not in _KERNEL_DTYPES:
+        return f"dtype {x.dtype} (the kernels take float32, float16 and bfloat16)"
+    if input_dropout_mask is not None or recurrent_dropout_mask is not None:
+        return "dropout masks (not yet inside the kernels)"
+    for name in (activation, recurrent_activation):
+        if name not in KERNEL_ACTIVATION_CODES:
+            return f"activation {name!r}"
+    return None
+
+
+def _resolve_backend(backend, x, reason):
+    if backend == "reference":
+        return "reference"
+    if backend == "auto" and not x.is_cuda:
+        return "reference"
+    if not x.is_cuda and not triton_interpreter_enabled():
+        raise ValueError(
+            "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the kernels on the "
+            f"CPU through Triton's interpreter); x is on {x.device}"
+        )
+    if reason is not None:
+        if reason not in _warned:
+            _warned.add(reason)
+            warnings.warn(f"convlstm_triton: the Triton kernels do not support {reason}; "
+                          "falling back to the PyTorch reference implementation", stacklevel=3)
+        return "reference"
+    return "triton"
+
+
+def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, strides=1,
+              padding="valid", dilation_rate=1, activation="tanh",
+              recurrent_activation="sigmoid", go_backwards=False, mask=None, backend="auto",
+              input_dropout_mask=None, recurrent_dropout_mask=None, allow_tf32=None):
+    """ConvLSTM over a whole sequence with Keras 3 semantics.
+
+    Args:
+        x: (B, T, *spatial, C_in), channels-last, 1 to 3 spatial dims.
+        kernel: (*kernel_size, C_in, 4F), gates i, f, c, o along the last axis (Keras layout).
+        recurrent_kernel: (*kernel_size, F, 4F).
+        bias: (4F,) or None.
+        initial_state: None (zeros) or (h0, c0), each (B, *out_spatial, F).
+        strides, padding ("valid"/"same", TF-style), dilation_rate: the input conv's; the
+            recurrent conv is always stride 1, "same".
+        activation, recurrent_activation: Keras names.
+        go_backwards: process time reversed; the returned sequence is in processing order.
+        mask: (B, T) bool; at a masked step state and output carry over (output zeros before
+            the first unmasked step).
+        backend: "auto" (CUDA -> triton, CPU -> reference), "triton", "reference".
+        input_dropout_mask: (4, B, *spatial, C_in) per-gate scaled dropout masks, or None.
+        recurrent_dropout_mask: (4, B, *out_spatial, F), or None.
+        allow_tf32: fp32 dots in TF32; default ``torch.backends.cudnn.allow_tf32``.
+
+    Returns:
+        seq (B, T, *out_spatial, F), h (B, *out_spatial, F), c (B, *out_spatial, F).
+    """
+    args = validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, strides,
+                                   padding, dilation_rate, activation, recurrent_activation,
+                                   go_backwards, mask, backend, input_dropout_mask,
+                                   recurrent_dropout_mask)
+    reason = _fallback_reason(x, input_dropout_mask, recurrent_dropout_mask, activation,
+                              recurrent_activation)
+    if _resolve_backend(backend, x, reason) == "reference":
+        return conv_lstm_reference(
+            x, kernel, recurrent_kernel, bias, initial_state, strides=strides,
+            padding=padding.lower(), dilation_rate=dilation_rate, activation=activation,
+            recurrent_activation=recurrent_activation, go_backwards=go_backwards, mask=mask,
+            input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
+        )
+    if allow_tf32 is None:
+        allow_tf32 = torch.backends.cudnn.allow_tf32
+    return _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards,
+                             mask, dot_precision(x.dtype, allow_tf32))
+
+
+def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards, mask,
+                      precision):
+    geom = KernelGeometry.from_conv(args.geometry)
+    B, T, C, F = args.batch, args.steps, args.in_channels, args.filters
+    P = geom.out_pixels
+    frames = x.reshape(B, T, *geom.in_spatial, C)
+    if go_backwards:
+        frames = frames.flip(1)  # one copy of x; the kernels then run in processing order
+    frames = frames.contiguous()
+    if initial_state is None:
+        h0 = x.new_zeros((B, P, F))
+        c0 = torch.zeros((B, P, F), device=x.device, dtype=torch.float32)
+    else:
+        h0 = initial_state[0].reshape(B, P, F).contiguous()
+        c0 = initial_state[1].reshape(B, P, F)
+    step_mask = None
+    if mask is not None:
+        step_mask = (mask.flip(1) if go_backwards else mask).to(torch.int8).contiguous()
+    spec = StepSpec(geom, KERNEL_ACTIVATION_CODES[args.activation],
+                    KERNEL_ACTIVATION_CODES[args.recurrent_activation], precision)
+    states, h, c = ConvLSTMFunction.apply(
+        frames, kernel.reshape(-1, 4 * F).contiguous(),
+        recurrent_kernel.reshape(-1, 4 * F).contiguous(), bias, h0, c0, step_mask, spec,
+    )
+    seq = states
+    if step_mask is not None:
+        # Keras: the output carries the previous *output*, which is zero before the first
+        # unmasked step, while the state stays at h0 there.
+        started = step_mask.cumsum(1) > 0
+        seq = states * started.to(states.dtype)[:, :, None, None]
+    out_spatial = args.geometry.out_spatial
+    return (seq.reshape(B, T, *out_spatial, F), h.reshape(B, *out_spatial, F),
+            c.to(x.dtype).reshape(B, *out_spatial, F))

@@ -1,0 +1,140 @@
+"""Argument checking for the functional API: clear ValueError/TypeError before any kernel runs."""
+
+from dataclasses import dataclass
+
+import torch
+
+from .activations import check_activation
+from .geometry import ConvGeometry, normalize_tuple
+
+BACKENDS = ("auto", "triton", "reference")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class ConvLSTMArgs:
+    """Validated, normalized arguments of one ``conv_lstm`` call."""
+
+    rank: int
+    batch: int
+    steps: int
+    in_channels: int
+    filters: int
+    geometry: ConvGeometry
+    activation: str
+    recurrent_activation: str
+
+
+def _check_tensor(value, name):
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _expect_shape(tensor, expected, name, layout):
+    if tuple(tensor.shape) != tuple(expected):
+        raise ValueError(
+            f"{name} must have shape {tuple(expected)} {layout}, got {tuple(tensor.shape)}"
+        )
+
+
+def _expect_like(tensor, x, name):
+    if tensor.device != x.device:
+        raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
+    if tensor.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {tensor.dtype} but x has dtype {x.dtype}")
+
+
+def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, strides, padding,
+                            dilation_rate, activation, recurrent_activation, go_backwards, mask,
+                            backend, input_dropout_mask, recurrent_dropout_mask):
+    _check_tensor(x, "x")
+    _check_tensor(kernel, "kernel")
+    _check_tensor(recurrent_kernel, "recurrent_kernel")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x must be a floating-point tensor {FLOAT_DTYPES}, got {x.dtype}")
+    rank = kernel.dim() - 2
+    if rank not in (1, 2, 3):
+        raise ValueError(
+            "kernel must have shape (*kernel_size, C_in, 4 * filters) with 1 to 3 kernel dims, "
+            f"got {tuple(kernel.shape)}"
+        )
+    if x.dim() != rank + 3:
+        raise ValueError(
+            f"x must have shape (batch, time, *spatial, channels) with {rank} spatial dims to "
+            f"match a {rank}D kernel, got {tuple(x.shape)}"
+        )
+    batch, steps = x.shape[:2]
+    if batch < 1 or steps < 1:
+        raise ValueError(f"x must have at least one sample and one time step, got {tuple(x.shape)}")
+    in_channels = x.shape[-1]
+    kernel_size = tuple(kernel.shape[:rank])
+    four_f = kernel.shape[-1]
+    if four_f % 4 != 0 or four_f == 0 or kernel.shape[-2] != in_channels:
+        raise ValueError(
+            f"kernel must have shape (*kernel_size, C_in={in_channels}, 4 * filters), "
+            f"got {tuple(kernel.shape)}"
+        )
+    filters = four_f // 4
+    _expect_like(kernel, x, "kernel")
+    _expect_shape(recurrent_kernel, kernel_size + (filters, four_f), "recurrent_kernel",
+                  "(*kernel_size, filters, 4 * filters)")
+    _expect_like(recurrent_kernel, x, "recurrent_kernel")
+    if bias is not None:
+        _check_tensor(bias, "bias")
+        _expect_shape(bias, (four_f,), "bias", "(4 * filters,)")
+        _expect_like(bias, x, "bias")
+
+    strides = normalize_tuple(strides, rank, "strides")
+    dilation = normalize_tuple(dilation_rate, rank, "dilation_rate")
+    if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    if max(strides) > 1 and max(dilation) > 1:
+        raise ValueError(
+            f"strides > 1 is incompatible with dilation_rate > 1, got strides={strides} and "
+            f"dilation_rate={dilation}"
+        )
+    geometry = ConvGeometry.build(tuple(x.shape[2:-1]), kernel_size, strides, dilation,
+                                  padding.lower())
+    state_shape = (batch, *geometry.out_spatial, filters)
+
+    if initial_state is not None:
+        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
+            raise TypeError("initial_state must be a pair (h0, c0) of tensors")
+        for value, name in zip(initial_state, ("initial_state[0] (h0)", "initial_state[1] (c0)")):
+            _check_tensor(value, name)
+            _expect_shape(value, state_shape, name, "(batch, *out_spatial, filters)")
+            if value.device != x.device:
+                raise ValueError(f"{name} is on {value.device} but x is on {x.device}")
+        if initial_state[0].dtype != x.dtype:
+            raise TypeError(f"initial_state[0] (h0) has dtype {initial_state[0].dtype} but x has "
+                            f"dtype {x.dtype}")
+        if not initial_state[1].dtype.is_floating_point:
+            raise TypeError(f"initial_state[1] (c0) must be floating point, got "
+                            f"{initial_state[1].dtype}")
+    if mask is not None:
+        _check_tensor(mask, "mask")
+        _expect_shape(mask, (batch, steps), "mask", "(batch, time)")
+        if mask.device != x.device:
+            raise ValueError(f"mask is on {mask.device} but x is on {x.device}")
+        if mask.dtype.is_floating_point or mask.dtype.is_complex:
+            if not bool(((mask == 0) | (mask == 1)).all()):
+                raise ValueError("mask must be boolean (or 0/1 valued)")
+    for value, name, shape in (
+        (input_dropout_mask, "input_dropout_mask", (4, batch, *x.shape[2:])),
+        (recurrent_dropout_mask, "recurrent_dropout_mask", (4,) + state_shape),
+    ):
+        if value is not None:
+            _check_tensor(value, name)
+            _expect_shape(value, shape, name, "(4 gates, batch, *spatial, channels)")
+            _expect_like(value, x, name)
+    if not isinstance(go_backwards, bool):
+        raise TypeError(f"go_backwards must be a bool, got {type(go_backwards).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return ConvLSTMArgs(
+        rank=rank, batch=batch, steps=steps, in_channels=in_channels, filters=filters,
+        geometry=geometry,
+        activation=check_activation(activation, "activation"),
+        recurrent_activation=check_activation(recurrent_activation, "recurrent_activation"),
+    )

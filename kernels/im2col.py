@@ -1,0 +1,92 @@
+"""Implicit-GEMM tile gathers shared by every convolution kernel.
+
+Glossary (all kernels):
+    B batch, T time steps, frame = one (b, t) image.
+    D, H, W   spatial size of the tensor being gathered from (D = H = 1 for 1D, D = 1 for 2D).
+    C         channels of that tensor (C_in for x, F for h, 4F for gate gradients).
+    KD, KH, KW kernel size (constexpr); S* strides, P* padding before, L* dilation (constexpr).
+    K         flattened reduction index k = ((kd * KH + kh) * KW + kw) * C + c, the row index of a
+              Keras kernel reshaped to (KD*KH*KW*C, N), so one K loop covers taps and channels
+              (a C_in = 1 input wastes no lanes).
+Tensors are channels-last; a row's ``row_base`` is the int64 element offset of its frame.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def split_rows(rows, P, H, W):
+    """Row index (frame-major over P = D*H*W pixels) -> (frame, d, h, w)."""
+    frame = rows // P
+    p = rows % P
+    return frame, p // (H * W), (p // W) % H, p % W
+
+
+@triton.jit
+def conv_gather(
+    src_ptr, row_base, od, oh, ow, row_mask, ks, K_TOTAL, C, D, H, W,
+    KH: tl.constexpr, KW: tl.constexpr,
+    SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
+):
+    """im2col tile [rows, ks] of a conv: src pixel = out pixel * stride - pad + tap * dil."""
+    tap = ks // C
+    c = ks % C
+    kd = tap // (KH * KW)
+    kh = (tap // KW) % KH
+    kw = tap % KW
+    idd = od[:, None] * SD - PD + kd[None, :] * LD
+    ih = oh[:, None] * SH - PH + kh[None, :] * LH
+    iw = ow[:, None] * SW - PW + kw[None, :] * LW
+    valid = (row_mask[:, None] & (ks < K_TOTAL)[None, :]
+             & (idd >= 0) & (idd < D) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
+    offs = row_base[:, None] + ((idd * H + ih) * W + iw) * C + c[None, :]
+    return tl.load(src_ptr + offs, mask=valid, other=0.0)
+
+
+@triton.jit
+def _tconv_source(q, tap, PAD: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, SIZE):
+    """Source coordinate of a transposed conv along one dim, and whether it exists."""
+    num = q[:, None] + PAD - tap[None, :] * DIL
+    num_c = tl.where(num >= 0, num, 0)  # keep // and % away from negative operands
+    src = num_c // STRIDE
+    ok = (num >= 0) & (num_c - src * STRIDE == 0) & (src < SIZE)
+    return src, ok
+
+
+@triton.jit
+def tconv_gather(
+    src_ptr, row_base, qd, qh, qw, row_mask, ks, K_TOTAL, N, Do, Ho, Wo,
+    KH: tl.constexpr, KW: tl.constexpr,
+    SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
+):
+    """Tile [rows, ks] for the data gradient of a conv (a transposed conv).
+
+    Rows are pixels q of the conv's *input*; src is the conv's output gradient (Do, Ho, Wo, N);
+    k = tap * N + n. Output pixel p feeds q through tap when q = p * stride - pad + tap * dil.
+    """
+    tap = ks // N
+    n = ks % N
+    kd = tap // (KH * KW)
+    kh = (tap // KW) % KH
+    kw = tap % KW
+    pd, ok_d = _tconv_source(qd, kd, PD, LD, SD, Do)
+    ph, ok_h = _tconv_source(qh, kh, PH, LH, SH, Ho)
+    pw, ok_w = _tconv_source(qw, kw, PW, LW, SW, Wo)
+    valid = row_mask[:, None] & (ks < K_TOTAL)[None, :] & ok_d & ok_h & ok_w
+    offs = row_base[:, None] + ((pd * Ho + ph) * Wo + pw) * N + n[None, :]
+    return tl.load(src_ptr + offs, mask=valid, other=0.0)
+
+
+@triton.jit
+def tconv_weight_tile(w_ptr, ks, cs, K_TOTAL, C, N):
+    """Tile [ks, cs] of a Keras kernel (taps, C, N) read as the transposed conv's B matrix."""
+    tap = ks // N
+    n = ks % N
+    offs = (tap[:, None] * C + cs[None, :]) * N + n[:, None]
+    mask = (ks < K_TOTAL)[:, None] & (cs < C)[None, :]
+    return tl.load(w_ptr + offs, mask=mask, other=0.0)

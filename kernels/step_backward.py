@@ -1,0 +1,109 @@
+"""Fused ConvLSTM step backward: recurrent dgrad GEMM + cell backward in the epilogue.
+
+For step s (reverse time), one program owns BLOCK_M pixels x BLOCK_F channels of dh_s:
+
+    dh_s = dy_s + dh_carry + sum_k tconv(dgates_{s+1})[b, p, k] * R^T[k, f]     (dgrad GEMM)
+    dc_s = dc_carry + dh_s * o * act'(c_s)
+    dgates_s = (dc_s * g * ract'(i), dc_s * c_{s-1} * ract'(f), dc_s * i * act'(g),
+                dh_s * act(c_s) * ract'(o))
+    carries to step s-1: dc_carry = dc_s * f, dh_carry = 0
+    masked sample (state carried over in forward): dgates_s = 0, dh_carry = dh_s, dc_carry = dc
+
+With CELL=False the epilogue only writes dh_s into the dh carry: that is the gradient of the
+initial state h0 (launched once after step 0 with dgates_0 as "next").
+Shapes: dgates (B, P, 4F) compute dtype, rows at a sample stride; R (KD*KH*KW*F, 4F);
+dy (B, P, F); dh/dc carries (B, P, F) fp32, contiguous, read and rewritten in place (each element
+by the program that owns it); gates (B, P, 4F) activated; c, c_prev (B, P, F) fp32.
+"""
+
+import triton
+import triton.language as tl
+
+from .cell import lstm_cell_grad
+from .im2col import split_rows, tconv_gather, tconv_weight_tile
+
+# (BLOCK_M, BLOCK_F, BLOCK_K, num_warps)
+DEFAULT_CONFIG = (64, 32, 32, 4)
+
+
+@triton.jit
+def step_backward_kernel(
+    dg_next_ptr, stride_dgn,
+    r_ptr,
+    dy_ptr, stride_dy,
+    dh_ptr, dc_ptr,
+    gates_ptr, stride_g,
+    c_ptr, stride_c,
+    c_prev_ptr, stride_cp,
+    mask_ptr, stride_mask,
+    dg_ptr, stride_dg,
+    M, P, D, H, W, F,
+    KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    ACT: tl.constexpr, RACT: tl.constexpr,
+    HAS_NEXT: tl.constexpr, HAS_DY: tl.constexpr, HAS_MASK: tl.constexpr, CELL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_f = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    b, d, hh, ww = split_rows(rows, P, H, W)
+    b = b.to(tl.int64)
+    p = rows % P
+    fs = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
+    f_mask = fs < F
+    N = 4 * F
+
+    acc = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
+    if HAS_NEXT:
+        K_TOTAL = KD * KH * KW * N
+        for k0 in range(0, K_TOTAL, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            a = tconv_gather(dg_next_ptr, b * stride_dgn, d, hh, ww, row_mask, ks, K_TOTAL, N,
+                             D, H, W, KH, KW, 1, 1, 1, PD, PH, PW, 1, 1, 1)
+            w = tconv_weight_tile(r_ptr, ks, fs, K_TOTAL, F, N)
+            acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+
+    tile_mask = row_mask[:, None] & f_mask[None, :]
+    state_offs = (p * F)[:, None] + fs[None, :]
+    carry_ptrs = (b * P * F)[:, None] + state_offs
+    dh = acc + tl.load(dh_ptr + carry_ptrs, mask=tile_mask, other=0.0)
+    if HAS_DY:
+        dh += tl.load(dy_ptr + (b * stride_dy)[:, None] + state_offs, mask=tile_mask,
+                      other=0.0).to(tl.float32)
+
+    if CELL:
+        g_ptrs = gates_ptr + (b * stride_g + p * N)[:, None] + fs[None, :]
+        gate_i = tl.load(g_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
+        gate_f = tl.load(g_ptrs + F, mask=tile_mask, other=0.0).to(tl.float32)
+        gate_c = tl.load(g_ptrs + 2 * F, mask=tile_mask, other=0.0).to(tl.float32)
+        gate_o = tl.load(g_ptrs + 3 * F, mask=tile_mask, other=0.0).to(tl.float32)
+        c = tl.load(c_ptr + (b * stride_c)[:, None] + state_offs, mask=tile_mask, other=0.0)
+        c_prev = tl.load(c_prev_ptr + (b * stride_cp)[:, None] + state_offs, mask=tile_mask,
+                         other=0.0)
+        dc_carry = tl.load(dc_ptr + carry_ptrs, mask=tile_mask, other=0.0)
+
+        d_i, d_f, d_c, d_o, dc_next = lstm_cell_grad(dh, dc_carry, gate_i, gate_f, gate_c,
+                                                     gate_o, c, c_prev, ACT, RACT)
+        dh_next = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
+        if HAS_MASK:
+            keep = (tl.load(mask_ptr + b * stride_mask, mask=row_mask, other=0) != 0)[:, None]
+            d_i = tl.where(keep, d_i, 0.0)
+            d_f = tl.where(keep, d_f, 0.0)
+            d_c = tl.where(keep, d_c, 0.0)
+            d_o = tl.where(keep, d_o, 0.0)
+            dc_next = tl.where(keep, dc_next, dc_carry)
+            dh_next = tl.where(keep, dh_next, dh)
+
+        dg_ptrs = dg_ptr + (b * stride_dg + p * N)[:, None] + fs[None, :]
+        gdt = dg_ptr.dtype.element_ty
+        tl.store(dg_ptrs, d_i.to(gdt), mask=tile_mask)
+        tl.store(dg_ptrs + F, d_f.to(gdt), mask=tile_mask)
+        tl.store(dg_ptrs + 2 * F, d_c.to(gdt), mask=tile_mask)
+        tl.store(dg_ptrs + 3 * F, d_o.to(gdt), mask=tile_mask)
+        tl.store(dc_ptr + carry_ptrs, dc_next, mask=tile_mask)
+        tl.store(dh_ptr + carry_ptrs, dh_next, mask=tile_mask)
+    else:
+        tl.store(dh_ptr + carry_ptrs, dh, mask=tile_mask)

@@ -1,0 +1,100 @@
+"""Fused ConvLSTM step: recurrent conv of all four gates + cell update in the epilogue.
+
+One program owns BLOCK_M state pixels x BLOCK_F channels and keeps four fp32 accumulators
+(i, f, c, o) fed by four ``tl.dot``s that share one im2col tile of h_prev, so the epilogue sees
+every gate of its channels and gate pre-activations never go to memory.
+
+    a_g   = xg[b, p, g*F + f] + sum_k im2col(h_prev)[b, p, k] * R[k, g*F + f]
+    i, f, o = ract(a_i), ract(a_f), ract(a_o);  g = act(a_c)
+    c     = f * c_prev + i * g;   h = o * act(c)
+    masked sample (mask[b] == 0): h, c = h_prev, c_prev
+Shapes (per step): h_prev, h (B, P, F) in the compute dtype, rows b at a sample stride (h is a
+time slice of the output sequence); c_prev, c (B, P, F) fp32; xg (B, P, 4F); R (KD*KH*KW*F, 4F);
+gates (B, P, 4F) activated, saved for backward when SAVE_GATES. The recurrent conv is stride 1,
+"same" (padding before = P*), no dilation.
+"""
+
+import triton
+import triton.language as tl
+
+from .cell import lstm_cell
+from .im2col import conv_gather, split_rows
+
+# (BLOCK_M, BLOCK_F, BLOCK_K, num_warps); four BLOCK_M x BLOCK_F fp32 accumulators in registers.
+DEFAULT_CONFIG = (64, 32, 32, 4)
+
+
+@triton.jit
+def step_forward_kernel(
+    h_prev_ptr, stride_hp,
+    c_prev_ptr, stride_cp,
+    xg_ptr, stride_xg,
+    r_ptr,
+    h_ptr, stride_h,
+    c_ptr, stride_c,
+    gates_ptr, stride_g,
+    mask_ptr, stride_mask,
+    M, P, D, H, W, F,
+    KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    ACT: tl.constexpr, RACT: tl.constexpr,
+    HAS_MASK: tl.constexpr, SAVE_GATES: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_f = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    b, d, hh, ww = split_rows(rows, P, H, W)
+    b = b.to(tl.int64)
+    p = rows % P
+    fs = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
+    f_mask = fs < F
+    N = 4 * F
+
+    acc_i = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
+    acc_f = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
+    acc_c = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
+    acc_o = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
+    K_TOTAL = KD * KH * KW * F
+    for k0 in range(0, K_TOTAL, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        a = conv_gather(h_prev_ptr, b * stride_hp, d, hh, ww, row_mask, ks, K_TOTAL, F, D, H, W,
+                        KH, KW, 1, 1, 1, PD, PH, PW, 1, 1, 1)
+        w_ptrs = r_ptr + ks[:, None] * N + fs[None, :]
+        w_mask = (ks < K_TOTAL)[:, None] & f_mask[None, :]
+        acc_i = tl.dot(a, tl.load(w_ptrs, mask=w_mask, other=0.0), acc_i,
+                       input_precision=DOT_PRECISION)
+        acc_f = tl.dot(a, tl.load(w_ptrs + F, mask=w_mask, other=0.0), acc_f,
+                       input_precision=DOT_PRECISION)
+        acc_c = tl.dot(a, tl.load(w_ptrs + 2 * F, mask=w_mask, other=0.0), acc_c,
+                       input_precision=DOT_PRECISION)
+        acc_o = tl.dot(a, tl.load(w_ptrs + 3 * F, mask=w_mask, other=0.0), acc_o,
+                       input_precision=DOT_PRECISION)
+
+    tile_mask = row_mask[:, None] & f_mask[None, :]
+    xg_ptrs = xg_ptr + (b * stride_xg + p * N)[:, None] + fs[None, :]
+    a_i = acc_i + tl.load(xg_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
+    a_f = acc_f + tl.load(xg_ptrs + F, mask=tile_mask, other=0.0).to(tl.float32)
+    a_c = acc_c + tl.load(xg_ptrs + 2 * F, mask=tile_mask, other=0.0).to(tl.float32)
+    a_o = acc_o + tl.load(xg_ptrs + 3 * F, mask=tile_mask, other=0.0).to(tl.float32)
+    state_offs = (p * F)[:, None] + fs[None, :]
+    c_prev = tl.load(c_prev_ptr + (b * stride_cp)[:, None] + state_offs, mask=tile_mask, other=0.0)
+    gate_i, gate_f, gate_c, gate_o, c_new, h_new = lstm_cell(a_i, a_f, a_c, a_o, c_prev, ACT, RACT)
+    if HAS_MASK:
+        keep = tl.load(mask_ptr + b * stride_mask, mask=row_mask, other=0) != 0
+        h_prev = tl.load(h_prev_ptr + (b * stride_hp)[:, None] + state_offs, mask=tile_mask,
+                         other=0.0).to(tl.float32)
+        h_new = tl.where(keep[:, None], h_new, h_prev)
+        c_new = tl.where(keep[:, None], c_new, c_prev)
+
+    tl.store(h_ptr + (b * stride_h)[:, None] + state_offs, h_new.to(h_ptr.dtype.element_ty),
+             mask=tile_mask)
+    tl.store(c_ptr + (b * stride_c)[:, None] + state_offs, c_new, mask=tile_mask)
+    if SAVE_GATES:
+        g_ptrs = gates_ptr + (b * stride_g + p * N)[:, None] + fs[None, :]
+        gdt = gates_ptr.dtype.element_ty
+        tl.store(g_ptrs, gate_i.to(gdt), mask=tile_mask)
+        tl.store(g_ptrs + F, gate_f.to(gdt), mask=tile_mask)
+        tl.store(g_ptrs + 2 * F, gate_c.to(gdt), mask=tile_mask)
+        tl.store(g_ptrs + 3 * F, gate_o.to(gdt), mask=tile_mask)
