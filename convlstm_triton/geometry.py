@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 def normalize_tuple(value, rank, argument):
     """An int or a sequence of ``rank`` positive ints -> tuple of ``rank`` ints."""
-    if isinstance(value, bool):
-        raise TypeError(f"{argument} must be an int or a tuple of {rank} ints, got bool")
+    if isinstance(value, (bool, str)):
+        raise TypeError(
+            f"{argument} must be an int or a tuple of {rank} ints, got {type(value).__name__}"
+        )
     if isinstance(value, int):
         values = (value,) * rank
     else:

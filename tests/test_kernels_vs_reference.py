@@ -1,0 +1,154 @@
+"""The Triton path (interpreter on CPU, real kernels on a GPU) against the torch reference:
+forward outputs and every gradient, on odd shapes, with NaN-poisoned output buffers."""
+
+import pytest
+import torch
+from helpers import assert_close, kernel_device, triton_available_here
+
+from convlstm_triton.functional import conv_lstm
+
+pytestmark = pytest.mark.skipif(not triton_available_here(),
+                                reason="needs a GPU or TRITON_INTERPRET=1")
+
+# (rank-specific) shapes: spatial, C_in, F, kernel_size, options. Channel counts are primes,
+# pixel counts not multiples of any block size.
+CASES = [
+    pytest.param(dict(spatial=(11,), C=3, F=5, k=(3,), padding="same"), id="1d_k3_same"),
+    pytest.param(dict(spatial=(13,), C=2, F=3, k=(4,), padding="valid", strides=2),
+                 id="1d_k4_valid_s2"),
+    pytest.param(dict(spatial=(5, 7), C=3, F=5, k=(3, 3), padding="same"), id="2d_k3_same"),
+    pytest.param(dict(spatial=(6, 5), C=2, F=3, k=(2, 2), padding="same"),
+                 id="2d_k2_same_even"),
+    pytest.param(dict(spatial=(9, 7), C=3, F=2, k=(3, 3), padding="valid", strides=2),
+                 id="2d_k3_valid_s2"),
+    pytest.param(dict(spatial=(7, 8), C=2, F=3, k=(4, 3), padding="same", strides=(2, 3)),
+                 id="2d_k4x3_same_s2x3"),
+    pytest.param(dict(spatial=(8, 7), C=3, F=2, k=(3, 3), padding="same", dilation_rate=2),
+                 id="2d_k3_same_dil2"),
+    pytest.param(dict(spatial=(9, 8), C=2, F=3, k=(2, 3), padding="valid", dilation_rate=(2, 1)),
+                 id="2d_k2x3_valid_dil2x1"),
+    pytest.param(dict(spatial=(11, 13), C=1, F=37, k=(3, 3), padding="same", B=1, T=2),
+                 id="2d_cin1_f37_multiblock"),
+    pytest.param(dict(spatial=(3, 4, 5), C=2, F=3, k=(3, 3, 3), padding="same"),
+                 id="3d_k3_same"),
+    pytest.param(dict(spatial=(4, 5, 6), C=3, F=2, k=(2, 2, 3), padding="valid",
+                      strides=(1, 2, 2)), id="3d_k2x2x3_valid_s1x2x2"),
+    pytest.param(dict(spatial=(5, 6), C=3, F=5, k=(3, 3), padding="same", go_backwards=True),
+                 id="2d_go_backwards"),
+    pytest.param(dict(spatial=(5, 6), C=3, F=5, k=(3, 3), padding="same", initial_state=True),
+                 id="2d_initial_state"),
+    pytest.param(dict(spatial=(5, 6), C=3, F=5, k=(3, 3), padding="same", mask=True,
+                      initial_state=True, T=5, B=3), id="2d_mask_initial_state"),
+    pytest.param(dict(spatial=(7,), C=3, F=5, k=(3,), padding="same", mask=True,
+                      initial_state=True, go_backwards=True, T=5, B=3),
+                 id="1d_mask_go_backwards_initial_state"),
+    pytest.param(dict(spatial=(5, 6), C=2, F=3, k=(3, 3), padding="same", T=1),
+                 id="2d_single_step"),
+    pytest.param(dict(spatial=(5, 6), C=2, F=3, k=(3, 3), padding="valid", bias=False),
+                 id="2d_no_bias"),
+    pytest.param(dict(spatial=(5, 6), C=2, F=3, k=(3, 3), padding="same",
+                      activation="relu", recurrent_activation="hard_sigmoid"),
+                 id="2d_relu_hard_sigmoid"),
+    pytest.param(dict(spatial=(9,), C=2, F=3, k=(5,), padding="same",
+                      activation="linear", recurrent_activation="tanh", initial_state=True),
+                 id="1d_linear_tanh"),
+]
+
+
+def make_inputs(case, dtype=torch.float32, device="cpu"):
+    """Fresh random inputs (weights scaled so gates are neither saturated nor linear)."""
+    B, T = case.get("B", 2), case.get("T", 3)
+    spatial, C, F, k = case["spatial"], case["C"], case["F"], case["k"]
+    kvol = 1
+    for v in k:
+        kvol *= v
+    x = torch.randn(B, T, *spatial, C, dtype=dtype, device=device)
+    kernel = torch.randn(*k, C, 4 * F, dtype=dtype, device=device) / (kvol * C) ** 0.5
+    rkernel = torch.randn(*k, F, 4 * F, dtype=dtype, device=device) / (kvol * F) ** 0.5
+    bias = torch.randn(4 * F, dtype=dtype, device=device) if case.get("bias", True) else None
+    options = {key: case[key] for key in ("strides", "padding", "dilation_rate", "activation",
+                                          "recurrent_activation", "go_backwards") if key in case}
+    initial_state = mask = None
+    seq_ref, _, _ = conv_lstm(x, kernel, rkernel, bias, backend="reference", **options)
+    out_spatial = seq_ref.shape[2:-1]
+    if case.get("initial_state"):
+        initial_state = (torch.randn(B, *out_spatial, F, dtype=dtype, device=device),
+                         torch.randn(B, *out_spatial, F, dtype=dtype, device=device))
+    if case.get("mask"):
+        mask = torch.rand(B, T, device=device) > 0.4
+        mask[0, :2] = False  # leading masked steps: output zeros while the state stays h0
+        mask[0, 2:] = True
+        mask[-1, T // 2] = False  # a masked step in the middle
+    return x, kernel, rkernel, bias, initial_state, mask, options
+
+
+def run_with_grads(backend, x, kernel, rkernel, bias, initial_state, mask, options, cotangents):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, kernel, rkernel)]
+    bias = bias.detach().clone().requires_grad_() if bias is not None else None
+    state = (tuple(s.detach().clone().requires_grad_() for s in initial_state)
+             if initial_state is not None else None)
+    seq, h, c = conv_lstm(leaves[0], leaves[1], leaves[2], bias, state, mask=mask,
+                          backend=backend, **options)
+    d_seq, d_h, d_c = cotangents(seq, h, c)
+    loss = (seq * d_seq).sum() + (h * d_h).sum() + (c * d_c).sum()
+    inputs = leaves + ([bias] if bias is not None else []) + (list(state) if state else [])
+    grads = torch.autograd.grad(loss, inputs)
+    names = ["x", "kernel", "recurrent_kernel"] + (["bias"] if bias is not None else []) + (
+        ["h0", "c0"] if state else [])
+    return (seq, h, c), dict(zip(names, grads))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_and_gradients_match_reference(case, poison_buffers):
+    device = kernel_device()
+    x, kernel, rkernel, bias, initial_state, mask, options = make_inputs(case, device=device)
+    fixed = {}
+
+    def cotangents(seq, h, c):
+        if not fixed:
+            fixed["v"] = (torch.randn_like(seq), torch.randn_like(h), torch.randn_like(c))
+        return fixed["v"]
+
+    (seq, h, c), grads = run_with_grads("triton", x, kernel, rkernel, bias, initial_state, mask,
+                                        options, cotangents)
+    ref_inputs = [t.double() if t is not None else None for t in (x, kernel, rkernel, bias)]
+    ref_state = tuple(s.double() for s in initial_state) if initial_state is not None else None
+    (rseq, rh, rc), rgrads = run_with_grads(
+        "reference", *ref_inputs, ref_state, mask, options,
+        lambda *_: tuple(v.double() for v in fixed["v"]))
+
+    tol = 1e-4 if device == "cpu" else 5e-3  # IEEE fp32 in the interpreter, TF32 on a GPU
+    assert_close(seq, rseq, torch.float32, "seq", tol)
+    assert_close(h, rh, torch.float32, "h", tol)
+    assert_close(c, rc, torch.float32, "c", tol)
+    assert grads.keys() == rgrads.keys()
+    for name in grads:
+        assert_close(grads[name], rgrads[name], torch.float32, f"d{name}", tol)
+
+
+@pytest.mark.parametrize("case", [CASES[2], CASES[13]], ids=["2d_k3_same", "2d_mask"])
+def test_inference_without_grad_matches_reference(case, poison_buffers):
+    """No grad needed: the kernels keep two cell-state slots and save no gates."""
+    x, kernel, rkernel, bias, initial_state, mask, options = make_inputs(case,
+                                                                        device=kernel_device())
+    with torch.no_grad():
+        out = conv_lstm(x, kernel, rkernel, bias, initial_state, mask=mask, backend="triton",
+                        **options)
+        ref = conv_lstm(x, kernel, rkernel, bias, initial_state, mask=mask,
+                        backend="reference", **options)
+    for name, a, r in zip(("seq", "h", "c"), out, ref):
+        assert_close(a, r, torch.float32, name, 1e-4 if x.device.type == "cpu" else 5e-3)
+
+
+def test_masked_leading_steps_output_zeros_and_keep_initial_state():
+    case = dict(spatial=(4, 5), C=2, F=3, k=(3, 3), padding="same", T=3, B=2,
+                initial_state=True)
+    x, kernel, rkernel, bias, initial_state, _, options = make_inputs(case,
+                                                                     device=kernel_device())
+    mask = torch.tensor([[False, False, False], [False, True, True]], device=x.device)
+    seq, h, c = conv_lstm(x, kernel, rkernel, bias, initial_state, mask=mask, backend="triton",
+                          **options)
+    assert torch.equal(seq[0], torch.zeros_like(seq[0]))
+    assert torch.equal(seq[1, 0], torch.zeros_like(seq[1, 0]))
+    assert torch.equal(h[0], initial_state[0][0])
+    assert torch.equal(c[0], initial_state[1][0])
