@@ -1,5 +1,7 @@
 """convlstm-triton: ConvLSTM layers with fused Triton kernels and Keras 3 semantics."""
 
 from ._version import __version__
+from .functional import conv_lstm
+from .layers import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "conv_lstm", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"]

@@ -26,7 +26,7 @@ TORCH_ACTIVATIONS = {
 
 
 def check_activation(name, argument):
-    """Return ``name`` if it is a supported activation, else raise a ValueError naming ``argument``."""
+    """``name`` if it is a supported activation, else a ValueError naming ``argument``."""
     if not isinstance(name, str):
         raise TypeError(
             f"{argument} must be an activation name (one of {sorted(TORCH_ACTIVATIONS)}), "

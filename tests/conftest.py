@@ -14,6 +14,10 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import pytest  # noqa: E402
 
+# Tiny tensors gain nothing from intra-op threads; with `pytest -n 2` on 2 cores, OpenMP
+# oversubscription made the suite ~30x slower.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):

@@ -1,0 +1,543 @@
+"""``ConvLSTM1D/2D/3D``: torch.nn.Modules with Keras 3's arguments, weights and semantics.
+
+Argument names and order are those of ``keras.layers.ConvLSTM2D`` (Keras 3), followed by the
+keyword-only PyTorch arguments ``in_channels``, ``backend``, ``device`` and ``dtype``. The
+parameters ``kernel`` ``(*kernel_size, C_in, 4F)``, ``recurrent_kernel`` ``(*kernel_size, F, 4F)``
+and ``bias`` ``(4F,)`` have the Keras shapes and gate order (i, f, c, o), so
+``layer.set_keras_weights(keras_layer.get_weights())`` reproduces a Keras layer exactly.
+
+* **Lazy input channels.** ``in_channels=None`` (the default, as in Keras where the weights are
+  built at the first call) makes the parameters ``UninitializedParameter``s
+  (``torch.nn.modules.lazy.LazyModuleMixin``); they are materialized and initialized at the first
+  forward (from x's channel dim), by ``set_keras_weights`` or by ``load_state_dict``. Create the
+  optimizer after that, as for torch's own lazy modules.
+* **Dropout.** In training mode with ``0 < rate < 1``, four per-gate inverted-dropout masks for
+  the input (one frame's shape) and four for the state are drawn once per call and reused at every
+  time step (Keras). With ``seed`` the masks come from a ``torch.Generator`` per device seeded with
+  ``seed`` (the layer's own stream: reproducible across processes, advancing with every call);
+  without, from torch's global RNG. No dropout in eval mode.
+* **stateful=True.** The final ``(h, c)`` of a call (detached) is the initial state of the next
+  call, kept as non-persistent buffers (they follow ``.to()`` but are not in the state_dict).
+  ``reset_states()`` forgets them; after that the next call may use a new batch size. An explicit
+  ``initial_state`` overrides the kept state for that call (as in Keras).
+* **Regularizers and constraints** are Keras objects with no torch counterpart: only ``None`` is
+  accepted (add penalties to the loss, use ``torch.nn.utils.parametrize`` for constraints).
+"""
+
+import inspect
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter, is_lazy
+
+from . import initializers
+from .activations import check_activation
+from .functional import conv_lstm
+from .geometry import ConvGeometry, normalize_tuple
+
+__all__ = ["ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"]
+
+_BACKENDS = ("auto", "triton", "reference")
+
+
+def _check_none(value, argument, hint):
+    if value is not None:
+        raise ValueError(
+            f"{argument}={value!r} is not supported: Keras {hint} have no PyTorch meaning here. "
+            f"Only {argument}=None is accepted; "
+            + (
+                "add the penalty to your loss instead."
+                if "regularizer" in argument
+                else "use torch.nn.utils.parametrize (or clamp after optimizer.step()) instead."
+            )
+        )
+
+
+def _check_rate(value, argument):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{argument} must be a float in [0, 1), got {type(value).__name__}")
+    if not 0.0 <= value < 1.0 or math.isnan(value):
+        raise ValueError(f"{argument} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _check_positive_int(value, argument, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{argument} must be a positive int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{argument} must be a positive int, got {value!r}")
+    return int(value)
+
+
+class _ConvLSTM(LazyModuleMixin, nn.Module):
+    """Shared implementation of ``ConvLSTM1D/2D/3D`` (``rank`` spatial dims)."""
+
+    def __init__(
+        self,
+        rank,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        data_format=None,
+        dilation_rate=1,
+        activation="tanh",
+        recurrent_activation="sigmoid",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        bias_initializer="zeros",
+        unit_forget_bias=True,
+        kernel_regularizer=None,
+        recurrent_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        recurrent_constraint=None,
+        bias_constraint=None,
+        dropout=0.0,
+        recurrent_dropout=0.0,
+        seed=None,
+        return_sequences=False,
+        return_state=False,
+        go_backwards=False,
+        stateful=False,
+        *,
+        in_channels=None,
+        backend="auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.rank = rank
+        self.filters = _check_positive_int(filters, "filters")
+        self.kernel_size = normalize_tuple(kernel_size, rank, "kernel_size")
+        self.strides = normalize_tuple(strides, rank, "strides")
+        if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid' or 'same' (any case), got {padding!r}")
+        self.padding = padding.lower()
+        if data_format is None:
+            data_format = "channels_last"
+        if not isinstance(data_format, str) or data_format.lower() not in (
+            "channels_last", "channels_first",
+        ):
+            raise ValueError(
+                f"data_format must be None, 'channels_last' or 'channels_first', "
+                f"got {data_format!r}"
+            )
+        self.data_format = data_format.lower()
+        self.dilation_rate = normalize_tuple(dilation_rate, rank, "dilation_rate")
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(
+                "strides > 1 is not compatible with dilation_rate > 1 (as in Keras); got "
+                f"strides={self.strides} and dilation_rate={self.dilation_rate}"
+            )
+        # Keras: activation=None means no activation.
+        self.activation = check_activation(
+            "linear" if activation is None else activation, "activation"
+        )
+        self.recurrent_activation = check_activation(
+            "linear" if recurrent_activation is None else recurrent_activation,
+            "recurrent_activation",
+        )
+        self.use_bias = bool(use_bias)
+        # Resolve now so that a bad name fails at construction, not at the first forward.
+        initializers.get(kernel_initializer, "kernel_initializer")
+        initializers.get(recurrent_initializer, "recurrent_initializer")
+        initializers.get(bias_initializer, "bias_initializer")
+        self.kernel_initializer = kernel_initializer
+        self.recurrent_initializer = recurrent_initializer
+        self.bias_initializer = bias_initializer
+        self.unit_forget_bias = bool(unit_forget_bias)
+        for value, argument in (
+            (kernel_regularizer, "kernel_regularizer"),
+            (recurrent_regularizer, "recurrent_regularizer"),
+            (bias_regularizer, "bias_regularizer"),
+            (activity_regularizer, "activity_regularizer"),
+        ):
+            _check_none(value, argument, "regularizers")
+        for value, argument in (
+            (kernel_constraint, "kernel_constraint"),
+            (recurrent_constraint, "recurrent_constraint"),
+            (bias_constraint, "bias_constraint"),
+        ):
+            _check_none(value, argument, "constraints")
+        self.dropout = _check_rate(dropout, "dropout")
+        self.recurrent_dropout = _check_rate(recurrent_dropout, "recurrent_dropout")
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+        ):
+            raise TypeError(f"seed must be None or an int, got {type(seed).__name__}")
+        self.seed = None if seed is None else int(seed)
+        self.return_sequences = bool(return_sequences)
+        self.return_state = bool(return_state)
+        self.go_backwards = bool(go_backwards)
+        self.stateful = bool(stateful)
+        in_channels = _check_positive_int(in_channels, "in_channels", allow_none=True)
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self._generators = {}  # device -> torch.Generator (only with a seed)
+
+        factory = {"device": device, "dtype": dtype}
+        f4 = 4 * self.filters
+        if in_channels is None:
+            self.kernel = UninitializedParameter(**factory)
+            self.recurrent_kernel = UninitializedParameter(**factory)
+            if self.use_bias:
+                self.bias = UninitializedParameter(**factory)
+        else:
+            self.kernel = nn.Parameter(
+                torch.empty(self.kernel_size + (in_channels, f4), **factory)
+            )
+            self.recurrent_kernel = nn.Parameter(
+                torch.empty(self.kernel_size + (self.filters, f4), **factory)
+            )
+            if self.use_bias:
+                self.bias = nn.Parameter(torch.empty(f4, **factory))
+        if not self.use_bias:
+            self.register_parameter("bias", None)
+        if in_channels is not None:
+            self.reset_parameters()
+        # stateful: the last (h, c), channels-last, detached; not part of the state_dict.
+        self.register_buffer("_state_h", None, persistent=False)
+        self.register_buffer("_state_c", None, persistent=False)
+
+    # ------------------------------------------------------------------ parameters
+
+    @property
+    def in_channels(self):
+        """Input channels, or None while the parameters are not initialized (lazy)."""
+        return None if is_lazy(self.kernel) else int(self.kernel.shape[-2])
+
+    def _weight_shapes(self, in_channels):
+        f4 = 4 * self.filters
+        shapes = {
+            "kernel": self.kernel_size + (in_channels, f4),
+            "recurrent_kernel": self.kernel_size + (self.filters, f4),
+        }
+        if self.use_bias:
+            shapes["bias"] = (f4,)
+        return shapes
+
+    def _materialize(self, in_channels):
+        with torch.no_grad():
+            for name, shape in self._weight_shapes(in_channels).items():
+                param = getattr(self, name)
+                if is_lazy(param):
+                    param.materialize(shape)
+
+    def reset_parameters(self, generator=None):
+        """(Re)initialize the parameters with the layer's initializers (Keras' build order).
+
+        ``generator``: a CPU ``torch.Generator`` for the draws; default torch's global RNG.
+        """
+        if self.has_uninitialized_params():
+            return  # initialized at the first forward / set_keras_weights / load_state_dict
+        with torch.no_grad():
+            initializers.initialize_(
+                self.kernel, self.kernel_initializer, generator=generator,
+                argument="kernel_initializer",
+            )
+            initializers.initialize_(
+                self.recurrent_kernel, self.recurrent_initializer, generator=generator,
+                argument="recurrent_initializer",
+            )
+            if self.bias is not None:
+                f = self.filters
+                kw = {"dtype": self.bias.dtype, "device": self.bias.device,
+                      "generator": generator, "argument": "bias_initializer"}
+                if self.unit_forget_bias:
+                    # Keras: concat(init(F), ones(F), init(2F)) -- the forget slice is *set* to 1.
+                    value = torch.cat([
+                        initializers.initialize(self.bias_initializer, (f,), **kw),
+                        torch.ones(f, dtype=self.bias.dtype, device=self.bias.device),
+                        initializers.initialize(self.bias_initializer, (2 * f,), **kw),
+                    ])
+                else:
+                    value = initializers.initialize(self.bias_initializer, (4 * f,), **kw)
+                self.bias.copy_(value)
+
+    def initialize_parameters(self, x, *args, **kwargs):
+        """LazyModuleMixin hook: materialize and initialize from the first input's channels."""
+        if self.has_uninitialized_params():
+            self._check_input_rank(x)
+            self._materialize(int(x.shape[self._channel_axis]))
+            self.reset_parameters()
+
+    def set_keras_weights(self, weights):
+        """Load ``[kernel, recurrent_kernel, bias]`` as a Keras layer's ``get_weights()`` has them.
+
+        Numpy arrays or tensors; the bias is omitted when ``use_bias=False``. Initializes a lazy
+        layer (C_in is taken from the kernel). Shapes are validated; values are cast to the
+        parameters' dtype and device.
+        """
+        names = ["kernel", "recurrent_kernel"] + (["bias"] if self.use_bias else [])
+        if isinstance(weights, (torch.Tensor, np.ndarray)) or not hasattr(weights, "__len__"):
+            raise TypeError(
+                f"weights must be a list {names} (Keras get_weights()), got "
+                f"{type(weights).__name__}"
+            )
+        if len(weights) != len(names):
+            raise ValueError(
+                f"expected {len(names)} weights {names} (use_bias={self.use_bias}), "
+                f"got {len(weights)}"
+            )
+        values = [
+            w if isinstance(w, torch.Tensor) else torch.from_numpy(np.array(w)) for w in weights
+        ]
+        kernel = values[0]
+        if kernel.dim() != self.rank + 2:
+            raise ValueError(
+                f"kernel must have shape {self.kernel_size + ('C_in', 4 * self.filters)}, "
+                f"got {tuple(kernel.shape)}"
+            )
+        in_channels = self.in_channels
+        if in_channels is None:
+            in_channels = int(kernel.shape[-2])
+        expected = self._weight_shapes(in_channels)
+        for name, w in zip(names, values):
+            if tuple(w.shape) != expected[name]:
+                raise ValueError(
+                    f"{name} must have shape {expected[name]}, got {tuple(w.shape)}"
+                )
+        self._materialize(in_channels)
+        with torch.no_grad():
+            for name, w in zip(names, values):
+                getattr(self, name).copy_(w)
+
+    def get_keras_weights(self):
+        """``[kernel, recurrent_kernel, bias]`` as numpy arrays (Keras ``get_weights()`` order).
+
+        bfloat16 parameters are returned as float32 (numpy has no bfloat16).
+        """
+        if self.has_uninitialized_params():
+            raise RuntimeError(
+                f"{self._get_name()} has uninitialized (lazy) parameters: call it once, or "
+                "pass in_channels=..., or set_keras_weights(...) first"
+            )
+        out = []
+        for p in (self.kernel, self.recurrent_kernel, self.bias):
+            if p is None:
+                continue
+            t = p.detach().cpu()
+            if t.dtype == torch.bfloat16:
+                t = t.float()
+            out.append(t.numpy().copy())
+        return out
+
+    # ------------------------------------------------------------------ forward
+
+    @property
+    def _channel_axis(self):
+        return -1 if self.data_format == "channels_last" else 2
+
+    def _check_input_rank(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != self.rank + 3:
+            layout = (
+                "(B, T, *spatial, C)" if self.data_format == "channels_last"
+                else "(B, T, C, *spatial)"
+            )
+            raise ValueError(
+                f"{self._get_name()} expects x of rank {self.rank + 3} {layout} "
+                f"({self.data_format}), got shape {tuple(x.shape)}"
+            )
+
+    def _generator(self, device):
+        if self.seed is None:
+            return None
+        key = str(device)
+        gen = self._generators.get(key)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed)
+            self._generators[key] = gen
+        return gen
+
+    def _dropout_masks(self, rate, shape, like):
+        """Four per-gate inverted-dropout masks ``(4, *shape)`` scaled by 1/(1-rate)."""
+        keep = 1.0 - rate
+        u = torch.rand(
+            (4,) + tuple(shape), generator=self._generator(like.device), device=like.device,
+        )
+        return torch.where(u < keep, 1.0 / keep, 0.0).to(like.dtype)
+
+    def forward(self, x, initial_state=None, mask=None):
+        """Run the layer over ``x``.
+
+        Args:
+            x: ``(B, T, *spatial, C)`` (channels_last) or ``(B, T, C, *spatial)`` (channels_first).
+            initial_state: None or ``(h0, c0)``, each ``(B, *out_spatial, F)`` /
+                ``(B, F, *out_spatial)`` in the layer's data_format.
+            mask: None or ``(B, T)`` bool / 0-1 (Keras masking: masked steps carry state and
+                output over).
+
+        Returns:
+            The output sequence ``(B, T, ...)`` if ``return_sequences`` else the last output step
+            ``(B, ...)``; with ``return_state`` a tuple ``(output, h, c)``.
+        """
+        self._check_input_rank(x)
+        # forward() called directly (without __call__'s lazy hook). Skipped while compiling:
+        # dynamo cannot trace is_lazy(), and a compiled module must already be initialized.
+        if not torch.compiler.is_compiling() and self.has_uninitialized_params():
+            self.initialize_parameters(x)
+        channels_first = self.data_format == "channels_first"
+        x_cl = x.movedim(2, -1) if channels_first else x
+        in_channels = self.kernel.shape[-2]
+        if x_cl.shape[-1] != in_channels:
+            raise ValueError(
+                f"{self._get_name()} was built for {in_channels} input channels, got x with "
+                f"{x_cl.shape[-1]} channels (shape {tuple(x.shape)}, {self.data_format})"
+            )
+        batch = x.shape[0]
+
+        if initial_state is not None:
+            if isinstance(initial_state, torch.Tensor) or len(initial_state) != 2:
+                raise ValueError("initial_state must be a pair (h0, c0)")
+            h0, c0 = initial_state
+            if channels_first:
+                h0, c0 = h0.movedim(1, -1), c0.movedim(1, -1)
+            initial_state = (h0, c0)
+        if self.stateful and self._state_h is not None:
+            kept = self._state_h.shape[0]
+            if batch != kept:
+                raise ValueError(
+                    f"{self._get_name()} is stateful and keeps states for batch size {kept}, "
+                    f"but got an input of batch size {batch}; call reset_states() to start "
+                    "over with a new batch size"
+                )
+            if initial_state is None:
+                initial_state = (self._state_h, self._state_c)
+
+        input_mask = recurrent_mask = None
+        if self.training and self.dropout > 0.0:
+            input_mask = self._dropout_masks(self.dropout, (batch,) + x_cl.shape[2:], x_cl)
+        if self.training and self.recurrent_dropout > 0.0:
+            geom = ConvGeometry.build(
+                tuple(x_cl.shape[2:-1]), self.kernel_size, self.strides, self.dilation_rate,
+                self.padding,
+            )
+            recurrent_mask = self._dropout_masks(
+                self.recurrent_dropout, (batch,) + geom.out_spatial + (self.filters,), x_cl
+            )
+
+        seq, h, c = conv_lstm(
+            x_cl, self.kernel, self.recurrent_kernel, self.bias, initial_state,
+            strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
+            activation=self.activation, recurrent_activation=self.recurrent_activation,
+            go_backwards=self.go_backwards, mask=mask, backend=self.backend,
+            input_dropout_mask=input_mask, recurrent_dropout_mask=recurrent_mask,
+        )
+        if self.stateful:
+            self._state_h = h.detach()
+            self._state_c = c.detach()
+
+        # Keras returns the last *output* (with a mask it can differ from h: zeros if every
+        # step was masked, while h is the initial state).
+        output = seq if self.return_sequences else seq[:, -1]
+        if channels_first:
+            output = output.movedim(-1, 2 if self.return_sequences else 1)
+            h, c = h.movedim(-1, 1), c.movedim(-1, 1)
+        if self.return_state:
+            return output, h, c
+        return output
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def states(self):
+        """The kept ``(h, c)`` of a stateful layer in its data_format, or None."""
+        if self._state_h is None:
+            return None
+        if self.data_format == "channels_first":
+            return self._state_h.movedim(-1, 1), self._state_c.movedim(-1, 1)
+        return self._state_h, self._state_c
+
+    def reset_states(self):
+        """Forget the kept state of a stateful layer (the next call starts from zeros)."""
+        self._state_h = None
+        self._state_c = None
+
+    reset_state = reset_states  # Keras 3 name
+
+    def extra_repr(self):
+        parts = [
+            f"in_channels={self.in_channels}" + (" (lazy)" if self.in_channels is None else ""),
+            f"filters={self.filters}",
+            f"kernel_size={self.kernel_size}",
+        ]
+        defaults = {
+            "strides": ((1,) * self.rank, self.strides),
+            "padding": ("valid", self.padding),
+            "data_format": ("channels_last", self.data_format),
+            "dilation_rate": ((1,) * self.rank, self.dilation_rate),
+            "activation": ("tanh", self.activation),
+            "recurrent_activation": ("sigmoid", self.recurrent_activation),
+            "use_bias": (True, self.use_bias),
+            "dropout": (0.0, self.dropout),
+            "recurrent_dropout": (0.0, self.recurrent_dropout),
+            "seed": (None, self.seed),
+            "return_sequences": (False, self.return_sequences),
+            "return_state": (False, self.return_state),
+            "go_backwards": (False, self.go_backwards),
+            "stateful": (False, self.stateful),
+            "backend": ("auto", self.backend),
+        }
+        parts += [f"{k}={v!r}" for k, (d, v) in defaults.items() if v != d]
+        return ", ".join(parts)
+
+
+_BASE_SIGNATURE = inspect.signature(_ConvLSTM.__init__)
+_PUBLIC_SIGNATURE = _BASE_SIGNATURE.replace(
+    parameters=[p for name, p in _BASE_SIGNATURE.parameters.items() if name != "rank"]
+)
+
+
+class ConvLSTM1D(_ConvLSTM):
+    """1D convolutional LSTM, Keras 3 ``keras.layers.ConvLSTM1D`` semantics.
+
+    x ``(B, T, W, C)`` (channels_last) or ``(B, T, C, W)`` (channels_first). Arguments as in Keras
+    (same names and order), then keyword-only ``in_channels`` (None: lazy), ``backend``
+    ("auto", "triton", "reference"), ``device``, ``dtype``. See ``convlstm_triton.layers``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(1, *args, **kwargs)
+
+    __init__.__signature__ = _PUBLIC_SIGNATURE
+
+
+class ConvLSTM2D(_ConvLSTM):
+    """2D convolutional LSTM, Keras 3 ``keras.layers.ConvLSTM2D`` semantics.
+
+    x ``(B, T, H, W, C)`` (channels_last) or ``(B, T, C, H, W)`` (channels_first). Arguments as
+    in Keras (same names and order), then keyword-only ``in_channels`` (None: lazy), ``backend``
+    ("auto", "triton", "reference"), ``device``, ``dtype``. See ``convlstm_triton.layers``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(2, *args, **kwargs)
+
+    __init__.__signature__ = _PUBLIC_SIGNATURE
+
+
+class ConvLSTM3D(_ConvLSTM):
+    """3D convolutional LSTM, Keras 3 ``keras.layers.ConvLSTM3D`` semantics.
+
+    x ``(B, T, D, H, W, C)`` (channels_last) or ``(B, T, C, D, H, W)`` (channels_first).
+    Arguments as in Keras (same names and order), then keyword-only ``in_channels`` (None: lazy),
+    ``backend`` ("auto", "triton", "reference"), ``device``, ``dtype``. See
+    ``convlstm_triton.layers``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(3, *args, **kwargs)
+
+    __init__.__signature__ = _PUBLIC_SIGNATURE

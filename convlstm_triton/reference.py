@@ -1,0 +1,195 @@
+"""Plain-torch ConvLSTM: the oracle every kernel is tested against, and the CPU backend.
+
+Semantics are Keras 3 ``ConvLSTM1D/2D/3D`` (``keras/src/layers/rnn/conv_lstm.py`` plus the torch
+backend's ``rnn`` loop), checked against Keras itself in ``tests/test_reference_keras.py``.
+
+Shapes (channels-last, rank r = 1, 2 or 3 spatial dims):
+    x                       (B, T, *spatial, C_in)
+    kernel                  (*k, C_in, 4F)      gate blocks i, f, c, o along the last axis
+    recurrent_kernel        (*k, F, 4F)
+    bias                    (4F,)
+    h, c, initial_state[i]  (B, *out_spatial, F)
+    seq                     (B, T, *out_spatial, F)
+    mask                    (B, T)
+    input_dropout_mask      (4, B, *spatial, C_in)
+    recurrent_dropout_mask  (4, B, *out_spatial, F)
+
+Internally everything runs channels-first so that ``torch.nn.functional.convNd`` applies directly.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .activations import torch_activation
+from .geometry import ConvGeometry, normalize_tuple
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _to_channels_first(t):
+    # (N, *spatial, C) -> (N, C, *spatial)
+    return t.movedim(-1, 1)
+
+
+def _to_channels_last(t):
+    # (N, C, *spatial) -> (N, *spatial, C)
+    return t.movedim(1, -1)
+
+
+def _torch_weight(w, rank):
+    # Keras (*k, C_in, C_out) -> torch (C_out, C_in, *k)
+    return w.permute(rank + 1, rank, *range(rank))
+
+
+def _pad_pairs(in_spatial, out_spatial, kernel_size, strides, dilation, pad_before):
+    """F.pad argument (last dim first) reproducing TF padding, asymmetric for even kernels.
+
+    The input extent the conv reads is ``(out - 1) * s + (k - 1) * d + 1``; whatever of it lies
+    beyond the input after ``pad_before`` is padded after. For "valid" this is never positive.
+    """
+    pairs = []
+    for n, o, k, s, d, before in zip(
+        in_spatial, out_spatial, kernel_size, strides, dilation, pad_before
+    ):
+        after = max((o - 1) * s + (k - 1) * d + 1 - n - before, 0)
+        pairs.append((before, after))
+    flat = []
+    for before, after in reversed(pairs):
+        flat.extend((before, after))
+    return flat
+
+
+def _conv(t, weight, bias, strides, dilation, pads, rank):
+    """Channels-first conv with explicit (possibly asymmetric) zero padding."""
+    if any(pads):
+        t = F.pad(t, pads)
+    return _CONV[rank](t, weight, bias, stride=strides, dilation=dilation)
+
+
+def conv_lstm_reference(
+    x,
+    kernel,
+    recurrent_kernel,
+    bias=None,
+    initial_state=None,
+    *,
+    strides=1,
+    padding="valid",
+    dilation_rate=1,
+    activation="tanh",
+    recurrent_activation="sigmoid",
+    go_backwards=False,
+    mask=None,
+    input_dropout_mask=None,
+    recurrent_dropout_mask=None,
+):
+    """Run a ConvLSTM over a whole sequence; returns ``(seq, h, c)``.
+
+    Args:
+        x: (B, T, *spatial, C_in), channels-last; rank = x.dim() - 3 in {1, 2, 3}.
+        kernel: (*k, C_in, 4F). recurrent_kernel: (*k, F, 4F). bias: (4F,) or None.
+        initial_state: None (zeros) or (h0, c0), each (B, *out_spatial, F).
+        strides, dilation_rate: int or tuple of rank ints (input conv only).
+        padding: "valid" or "same" (TF-style; input conv only). The recurrent conv is always
+            stride 1, "same", no dilation.
+        activation, recurrent_activation: names from ``activations.TORCH_ACTIVATIONS``.
+        go_backwards: process time reversed; ``seq`` is returned in processing (reversed) order.
+        mask: (B, T) bool or 0/1, in *input* time order (Keras flips it together with x).
+            At a masked step h and c carry over and the output repeats the previous output,
+            which is zeros before the first unmasked step (even if the initial state is not).
+        input_dropout_mask: (4, B, *spatial, C_in), already scaled; gate g's input conv sees
+            ``x_t * input_dropout_mask[g]`` at every step.
+        recurrent_dropout_mask: (4, B, *out_spatial, F), already scaled; gate g's recurrent conv
+            sees ``h_prev * recurrent_dropout_mask[g]``.
+
+    Returns:
+        seq: (B, T, *out_spatial, F); h, c: (B, *out_spatial, F) final states.
+    """
+    rank = x.dim() - 3
+    batch, steps = x.shape[0], x.shape[1]
+    in_spatial = tuple(x.shape[2:-1])
+    kernel_size = tuple(kernel.shape[:rank])
+    filters = recurrent_kernel.shape[-2]
+    strides = normalize_tuple(strides, rank, "strides")
+    dilation = normalize_tuple(dilation_rate, rank, "dilation_rate")
+    geom = ConvGeometry.build(in_spatial, kernel_size, strides, dilation, padding)
+    out_spatial = geom.out_spatial
+    act = torch_activation(activation)
+    ract = torch_activation(recurrent_activation)
+
+    in_pads = _pad_pairs(in_spatial, out_spatial, kernel_size, strides, dilation, geom.pad_before)
+    rec_pads = _pad_pairs(
+        out_spatial, out_spatial, kernel_size, (1,) * rank, (1,) * rank, geom.recurrent_pad_before
+    )
+    w = _torch_weight(kernel, rank)  # (4F, C_in, *k)
+    r = _torch_weight(recurrent_kernel, rank)  # (4F, F, *k)
+
+    # Input projection for all B*T frames at once: it does not depend on the state.
+    frames = _to_channels_first(x.reshape(batch * steps, *in_spatial, x.shape[-1]))
+    if input_dropout_mask is None:
+        xg = _conv(frames, w, bias, strides, dilation, in_pads, rank)
+    else:
+        # Each gate sees its own dropped-out copy of the input, so one conv per gate; the
+        # same per-frame mask applies at every time step.
+        gate_outs = []
+        for g in range(4):
+            xm = x * input_dropout_mask[g].unsqueeze(1)  # broadcast over T
+            xm = _to_channels_first(xm.reshape(batch * steps, *in_spatial, x.shape[-1]))
+            sl = slice(g * filters, (g + 1) * filters)
+            b = None if bias is None else bias[sl]
+            gate_outs.append(_conv(xm, w[sl], b, strides, dilation, in_pads, rank))
+        xg = torch.cat(gate_outs, dim=1)
+    xg = xg.reshape(batch, steps, 4 * filters, *out_spatial)
+
+    state_shape = (batch, filters, *out_spatial)
+    if initial_state is None:
+        h = x.new_zeros(state_shape)
+        c = x.new_zeros(state_shape)
+    else:
+        h = _to_channels_first(initial_state[0])
+        c = _to_channels_first(initial_state[1])
+    if recurrent_dropout_mask is not None:
+        # (4, B, *out_spatial, F) -> (4, B, F, *out_spatial), matching h's internal layout.
+        rmask = recurrent_dropout_mask.movedim(-1, 2)
+        r_gates = r.chunk(4, dim=0)  # (F, F, *k) each, gate order i, f, c, o
+    if mask is not None:
+        # (B, T) -> (B, T, 1, ...) broadcastable against (B, F, *out_spatial) per step.
+        mask = mask.to(torch.bool).reshape(batch, steps, *(1,) * (rank + 1))
+        prev_out = x.new_zeros(state_shape)
+
+    ones = (1,) * rank
+    outputs = []
+    order = range(steps - 1, -1, -1) if go_backwards else range(steps)
+    for t in order:
+        if recurrent_dropout_mask is None:
+            hg = _conv(h, r, None, ones, ones, rec_pads, rank)
+        else:
+            # Each gate sees its own dropped-out copy of h, so one conv per gate.
+            hg = torch.cat(
+                [
+                    _conv(h * rmask[g], r_gates[g], None, ones, ones, rec_pads, rank)
+                    for g in range(4)
+                ],
+                dim=1,
+            )
+        zi, zf, zc, zo = (xg[:, t] + hg).chunk(4, dim=1)
+        i = ract(zi)
+        f = ract(zf)
+        c_new = f * c + i * act(zc)
+        o = ract(zo)
+        h_new = o * act(c_new)
+        if mask is None:
+            h, c = h_new, c_new
+            outputs.append(h_new)
+        else:
+            # Keras' rnn loop: masked steps keep the state and repeat the previous *output*;
+            # the output before any unmasked step is zeros, not the initial h.
+            m = mask[:, t]
+            h = torch.where(m, h_new, h)
+            c = torch.where(m, c_new, c)
+            prev_out = torch.where(m, h_new, prev_out)
+            outputs.append(prev_out)
+
+    seq = _to_channels_last(torch.stack(outputs, dim=1).flatten(0, 1))
+    seq = seq.reshape(batch, steps, *out_spatial, filters)
+    return seq, _to_channels_last(h), _to_channels_last(c)
