@@ -7,8 +7,9 @@ from helpers import assert_close, kernel_device, triton_available_here
 from convlstm_triton import launchers
 from convlstm_triton.activations import KERNEL_ACTIVATION_CODES, torch_activation
 
-pytestmark = pytest.mark.skipif(not triton_available_here(),
-                                reason="needs a GPU or TRITON_INTERPRET=1")
+pytestmark = [pytest.mark.kernels,
+              pytest.mark.skipif(not triton_available_here(),
+                                 reason="needs a GPU or TRITON_INTERPRET=1")]
 
 
 def torch_cell(pre, c_prev, act, ract):

@@ -3,12 +3,14 @@ forward outputs and every gradient, on odd shapes, with NaN-poisoned output buff
 
 import pytest
 import torch
-from helpers import assert_close, kernel_device, triton_available_here
+from helpers import TF32_TOLERANCE, TOLERANCES, assert_close, kernel_device, triton_available_here
 
 from convlstm_triton.functional import conv_lstm
+from convlstm_triton.geometry import ConvGeometry, normalize_tuple
 
-pytestmark = pytest.mark.skipif(not triton_available_here(),
-                                reason="needs a GPU or TRITON_INTERPRET=1")
+pytestmark = [pytest.mark.kernels,
+              pytest.mark.skipif(not triton_available_here(),
+                                 reason="needs a GPU or TRITON_INTERPRET=1")]
 
 # (rank-specific) shapes: spatial, C_in, F, kernel_size, options. Channel counts are primes,
 # pixel counts not multiples of any block size.
@@ -69,8 +71,10 @@ def make_inputs(case, dtype=torch.float32, device="cpu"):
     options = {key: case[key] for key in ("strides", "padding", "dilation_rate", "activation",
                                           "recurrent_activation", "go_backwards") if key in case}
     initial_state = mask = None
-    seq_ref, _, _ = conv_lstm(x, kernel, rkernel, bias, backend="reference", **options)
-    out_spatial = seq_ref.shape[2:-1]
+    out_spatial = ConvGeometry.build(
+        spatial, k, normalize_tuple(case.get("strides", 1), len(k), "strides"),
+        normalize_tuple(case.get("dilation_rate", 1), len(k), "dilation_rate"),
+        case["padding"]).out_spatial
     if case.get("initial_state"):
         initial_state = (torch.randn(B, *out_spatial, F, dtype=dtype, device=device),
                          torch.randn(B, *out_spatial, F, dtype=dtype, device=device))
@@ -98,10 +102,26 @@ def run_with_grads(backend, x, kernel, rkernel, bias, initial_state, mask, optio
     return (seq, h, c), dict(zip(names, grads))
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_forward_and_gradients_match_reference(case, poison_buffers):
+def tolerance(dtype, device):
+    if dtype == torch.float32 and device != "cpu":
+        return TF32_TOLERANCE  # GPU fp32 dots use TF32 (PyTorch's conv default)
+    return TOLERANCES[dtype]
+
+
+LOW_PRECISION_CASES = [CASES[2], CASES[4], CASES[13]]
+DTYPE_CASES = (
+    [pytest.param(torch.float32, *c.values, id=f"fp32-{c.id}") for c in CASES]
+    + [pytest.param(torch.float16, *c.values, id=f"fp16-{c.id}") for c in LOW_PRECISION_CASES]
+    + [pytest.param(torch.bfloat16, *c.values, id=f"bf16-{c.id}") for c in LOW_PRECISION_CASES]
+)
+
+
+@pytest.mark.parametrize("dtype,case", DTYPE_CASES)
+def test_forward_and_gradients_match_reference(dtype, case, poison_buffers):
     device = kernel_device()
-    x, kernel, rkernel, bias, initial_state, mask, options = make_inputs(case, device=device)
+    if dtype == torch.bfloat16 and device == "cpu":
+        pytest.skip("Triton's CPU interpreter computes bf16 tl.dot wrongly; bf16 runs on a GPU")
+    x, kernel, rkernel, bias, initial_state, mask, options = make_inputs(case, dtype, device)
     fixed = {}
 
     def cotangents(seq, h, c):
@@ -117,13 +137,13 @@ def test_forward_and_gradients_match_reference(case, poison_buffers):
         "reference", *ref_inputs, ref_state, mask, options,
         lambda *_: tuple(v.double() for v in fixed["v"]))
 
-    tol = 1e-4 if device == "cpu" else 5e-3  # IEEE fp32 in the interpreter, TF32 on a GPU
-    assert_close(seq, rseq, torch.float32, "seq", tol)
-    assert_close(h, rh, torch.float32, "h", tol)
-    assert_close(c, rc, torch.float32, "c", tol)
+    tol = tolerance(dtype, device)
+    assert_close(seq, rseq, dtype, "seq", tol)
+    assert_close(h, rh, dtype, "h", tol)
+    assert_close(c, rc, dtype, "c", tol)
     assert grads.keys() == rgrads.keys()
     for name in grads:
-        assert_close(grads[name], rgrads[name], torch.float32, f"d{name}", tol)
+        assert_close(grads[name], rgrads[name], dtype, f"d{name}", tol)
 
 
 @pytest.mark.parametrize("case", [CASES[2], CASES[13]], ids=["2d_k3_same", "2d_mask"])
@@ -137,7 +157,7 @@ def test_inference_without_grad_matches_reference(case, poison_buffers):
         ref = conv_lstm(x, kernel, rkernel, bias, initial_state, mask=mask,
                         backend="reference", **options)
     for name, a, r in zip(("seq", "h", "c"), out, ref):
-        assert_close(a, r, torch.float32, name, 1e-4 if x.device.type == "cpu" else 5e-3)
+        assert_close(a, r, torch.float32, name, tolerance(torch.float32, x.device.type))
 
 
 def test_masked_leading_steps_output_zeros_and_keep_initial_state():

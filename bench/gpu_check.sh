@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# One-shot check on a CUDA machine: GPU tests, then a short benchmark, in about 8 minutes.
+#
+# For a machine that already has torch, Triton and Python and no package registry: installs
+# nothing but this repository (editable, no dependencies, no network). Run from anywhere:
+#
+#     bash bench/gpu_check.sh            # results in bench/out/
+#     OUT=/some/dir bash bench/gpu_check.sh
+#
+# Writes to $OUT: machine.txt (nvidia-smi, versions), install.log, gpu_tests.log, bench.md
+# (markdown table), bench.csv, bench.log (progress, tracebacks) and summary.txt (each step's
+# exit status). Exit status: 0 when every step passed, 1 otherwise. A failing or hanging test
+# step is recorded and the benchmark still runs. Environment knobs (seconds): BUDGET_S (whole
+# script, default 470), BENCH_RESERVE_S (kept for the benchmark, default 180); PYTHON.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+OUT="${OUT:-bench/out}"
+PYTHON="${PYTHON:-python}"
+BUDGET_S="${BUDGET_S:-470}"
+BENCH_RESERVE_S="${BENCH_RESERVE_S:-180}"
+mkdir -p "$OUT"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1  # no network: never let pip wait on it
+
+deadline=$((SECONDS + BUDGET_S))
+status=0
+: >"$OUT/summary.txt"
+
+banner() { printf '\n=== %s ===\n' "$*"; }
+loud() { printf '\n!!!!!!!!!! %s !!!!!!!!!!\n\n' "$*" >&2; }
+# seconds left for a step: what remains of the budget minus what later steps keep, at least 30
+left() { local n=$((deadline - SECONDS - ${1:-0})); ((n < 30)) && n=30; echo "$n"; }
+record() {  # record <step> <exit status>
+    local what="ok"
+    (($2 == 124 || $2 == 137)) && what="TIMED OUT"
+    (($2 != 0 && $2 != 124 && $2 != 137)) && what="FAILED"
+    echo "$1: $what (exit $2)" | tee -a "$OUT/summary.txt"
+    if (($2 != 0)); then status=1; fi
+}
+has_module() { "$PYTHON" -c "import $1" >/dev/null 2>&1; }
+
+banner "machine -> $OUT/machine.txt"
+{
+    date -u '+%Y-%m-%d %H:%M:%S UTC'
+    timeout -k 5 30 nvidia-smi || echo "nvidia-smi failed or is missing"
+    timeout -k 5 60 "$PYTHON" - <<'EOF' || echo "python could not report versions"
+import platform, sys
+import torch, triton
+print("python", sys.version.split()[0], platform.platform())
+print("torch", torch.__version__, "| CUDA", torch.version.cuda, "| cuDNN",
+      torch.backends.cudnn.version(), "| triton", triton.__version__)
+print("cuda available:", torch.cuda.is_available())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("gpu:", p.name, f"sm_{p.major}{p.minor}", f"{p.total_memory / 2**30:.0f} GiB")
+for name in ("numpy", "pytest", "xdist"):
+    try:
+        module = __import__(name)
+        print(name, getattr(module, "__version__", "?"))
+    except ImportError:
+        print(name, "NOT INSTALLED")
+EOF
+} 2>&1 | tee "$OUT/machine.txt"
+
+banner "install (editable, no deps, no network) -> $OUT/install.log"
+rc=0
+timeout -k 5 120 "$PYTHON" -m pip install --no-index --no-build-isolation --no-deps -q -e . \
+    >"$OUT/install.log" 2>&1 || rc=$?
+if ((rc == 0)); then
+    "$PYTHON" -c "import convlstm_triton.functional, convlstm_triton.kernels" \
+        >>"$OUT/install.log" 2>&1 || rc=$?
+fi
+if ((rc != 0)); then
+    tail -n 20 "$OUT/install.log" || true
+    loud "pip install -e . failed (exit $rc): using a source tree on PYTHONPATH instead"
+    # The installed layout maps kernels/ to convlstm_triton.kernels; rebuild that with symlinks.
+    src="$(mktemp -d "${TMPDIR:-/tmp}/convlstm_triton_src.XXXXXX")"
+    mkdir "$src/convlstm_triton"
+    ln -s "$PWD"/convlstm_triton/* "$src/convlstm_triton/"
+    ln -s "$PWD/kernels" "$src/convlstm_triton/kernels"
+    export PYTHONPATH="$src${PYTHONPATH:+:$PYTHONPATH}"
+    if "$PYTHON" -c "import convlstm_triton.functional, convlstm_triton.kernels" \
+        >>"$OUT/install.log" 2>&1; then
+        echo "install: pip failed (exit $rc); importing from $src instead" >>"$OUT/summary.txt"
+        rc=0
+    else
+        loud "convlstm_triton does not import: the tests and the benchmark will fail"
+    fi
+fi
+record install "$rc"
+
+banner "GPU tests -> $OUT/gpu_tests.log"
+rc=0
+if has_module pytest; then
+    workers=()
+    # Parallel workers share the GPU; they mainly overlap Triton's CPU-bound compiles.
+    has_module xdist && workers=(-n 4)
+    timeout -k 10 "$(left "$BENCH_RESERVE_S")" "$PYTHON" -m pytest -q -m "gpu or kernels" -rs \
+        --durations=10 -p no:cacheprovider ${workers[@]+"${workers[@]}"} tests 2>&1 |
+        tee "$OUT/gpu_tests.log" || rc=$?
+else
+    rc=3
+    loud "pytest is NOT installed: the GPU tests did NOT run (only bench --check runs)" 2>&1 |
+        tee "$OUT/gpu_tests.log"
+fi
+record gpu_tests "$rc"
+
+banner "benchmark -> $OUT/bench.md, $OUT/bench.csv"
+rc=0
+timeout -k 10 "$(left 5)" "$PYTHON" bench/bench_convlstm.py --shapes mnist_l1,small \
+    --dtypes fp32,bf16 --check --csv "$OUT/bench.csv" 2> >(tee "$OUT/bench.log" >&2) |
+    tee "$OUT/bench.md" || rc=$?
+record bench "$rc"
+
+banner "summary (elapsed ${SECONDS}s)"
+cat "$OUT/summary.txt"
+exit "$status"

@@ -1,0 +1,104 @@
+"""Compile every kernel launch of the Triton path for an H100 (sm_90), without a GPU.
+
+The interpreter does not check what only the GPU compiler does (``tl.dot`` block sizes, dtype
+rules, layouts, register and shared-memory limits at ptxas time). This script runs the real
+launchers on CPU tensors with ``JITFunction.run`` replaced by an ahead-of-time compile for
+``GPUTarget("cuda", 90, 32)`` through Triton's NVIDIA backend (its bundled ptxas): every
+(kernel, signature, constexprs) the forward and backward launch is compiled once; nothing runs.
+
+    python tests/sm90_compile.py fp32|bf16|fp16      (exit 0 when everything compiled)
+Must run in a process without TRITON_INTERPRET (the kernels are plain JITFunctions then).
+"""
+
+import inspect
+import os
+import sys
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("run without TRITON_INTERPRET: the kernels must be compiled, not interpreted")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16",
+                 torch.int8: "*i8", torch.int32: "*i32", torch.int64: "*i64"}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+compiled = {}
+
+
+def _signature(kernel, args, kwargs):
+    params = list(inspect.signature(kernel.fn).parameters.values())
+    bound = dict(zip((p.name for p in params), args))
+    bound.update(kwargs)
+    signature, constexprs = {}, {}
+    for index, param in enumerate(params):
+        value = bound[param.name]
+        if "constexpr" in str(param.annotation):
+            signature[param.name] = "constexpr"
+            constexprs[(index,)] = value
+        elif isinstance(value, torch.Tensor):
+            signature[param.name] = POINTER_TYPES[value.dtype]
+        elif isinstance(value, bool):
+            signature[param.name] = "i1"
+        elif isinstance(value, int):
+            signature[param.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+        else:
+            raise TypeError(f"{kernel.fn.__name__}: cannot type argument {param.name}={value!r}")
+    return signature, constexprs
+
+
+def compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
+    options = {"num_warps": kwargs.pop("num_warps", 4), "num_stages": kwargs.pop("num_stages", 3)}
+    signature, constexprs = _signature(self, args, kwargs)
+    key = (self.fn.__name__, tuple(signature.items()), tuple(sorted(constexprs.items())),
+           tuple(options.items()))
+    if key not in compiled:
+        kernel = triton.compile(ASTSource(self, signature, constexprs), target=TARGET,
+                                options=options)
+        compiled[key] = kernel.metadata.shared
+
+
+def main(dtype_name):
+    JITFunction.run = compile_instead_of_launch
+    from convlstm_triton import functional, launchers
+
+    functional.triton_interpreter_enabled = lambda: True  # CPU tensors may take the Triton path
+    dtype = DTYPES[dtype_name]
+    cases = [
+        dict(rank=2, k=3, padding="same", mask=True, state=True, go_backwards=True),
+        dict(rank=1, k=4, padding="valid", strides=2, bias=False, activation="relu",
+             recurrent_activation="hard_sigmoid"),
+    ]
+    for case in cases:
+        rank, k = case["rank"], case["k"]
+        x = torch.randn(2, 3, *(9,) * rank, 3, dtype=dtype, requires_grad=True)
+        kernel = torch.randn(*(k,) * rank, 3, 20, dtype=dtype, requires_grad=True)
+        rkernel = torch.randn(*(k,) * rank, 5, 20, dtype=dtype, requires_grad=True)
+        bias = torch.randn(20, dtype=dtype, requires_grad=True) if case.get("bias", True) else None
+        options = {key: case[key] for key in ("padding", "strides", "go_backwards", "activation",
+                                              "recurrent_activation") if key in case}
+        state = None
+        if case.get("state"):
+            state = tuple(torch.randn(2, *(9,) * rank, 5, dtype=dtype, requires_grad=True)
+                          for _ in range(2))
+        mask = torch.ones(2, 3, dtype=torch.bool) if case.get("mask") else None
+        seq, h, c = functional.conv_lstm(x, kernel, rkernel, bias, state, mask=mask,
+                                         backend="triton", **options)
+        (seq.float().sum() + h.float().sum() + c.float().sum()).backward()
+        with torch.no_grad():
+            functional.conv_lstm(x, kernel, rkernel, bias, state, mask=mask, backend="triton",
+                                 **options)
+    pre = torch.randn(40, 20, dtype=dtype)
+    h, c, gates = launchers.cell_forward(pre, torch.randn(40, 5), 1, 2)
+    launchers.cell_backward(h, c, gates, c, c, 1, 2)
+    names = sorted({key[0] for key in compiled})
+    print(f"sm_90 {dtype_name}: compiled {len(compiled)} kernel variants of {len(names)} kernels "
+          f"({', '.join(names)}); max shared memory {max(compiled.values())} bytes")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
