@@ -24,6 +24,18 @@ def split_rows(rows, P, H, W):
 
 
 @triton.jit
+def state_tile(M, P, H, W, F, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
+    """This program's tile of a (B, P, F) state: rows (b, p) on axis 0, channels on axis 1.
+
+    Returns rows, row_mask, b (int64), p, d, h, w, channels, channel_mask.
+    """
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, d, h, w = split_rows(rows, P, H, W)
+    fs = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    return rows, rows < M, b.to(tl.int64), rows % P, d, h, w, fs, fs < F
+
+
+@triton.jit
 def conv_gather(
     src_ptr, row_base, od, oh, ow, row_mask, ks, K_TOTAL, C, D, H, W,
     KH: tl.constexpr, KW: tl.constexpr,

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .cell import lstm_cell_grad
-from .im2col import split_rows, tconv_gather, tconv_weight_tile
+from .im2col import state_tile, tconv_gather, tconv_weight_tile
 
 # (BLOCK_M, BLOCK_F, BLOCK_K, num_warps)
 DEFAULT_CONFIG = (64, 32, 32, 4)
@@ -45,15 +45,7 @@ def step_backward_kernel(
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_f = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = rows < M
-    b, d, hh, ww = split_rows(rows, P, H, W)
-    b = b.to(tl.int64)
-    p = rows % P
-    fs = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
-    f_mask = fs < F
+    rows, row_mask, b, p, d, hh, ww, fs, f_mask = state_tile(M, P, H, W, F, BLOCK_M, BLOCK_F)
     N = 4 * F
 
     acc = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .cell import lstm_cell
-from .im2col import conv_gather, split_rows
+from .im2col import conv_gather, state_tile
 
 # (BLOCK_M, BLOCK_F, BLOCK_K, num_warps); four BLOCK_M x BLOCK_F fp32 accumulators in registers.
 DEFAULT_CONFIG = (64, 32, 32, 4)
@@ -41,15 +41,7 @@ def step_forward_kernel(
     HAS_MASK: tl.constexpr, SAVE_GATES: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_f = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = rows < M
-    b, d, hh, ww = split_rows(rows, P, H, W)
-    b = b.to(tl.int64)
-    p = rows % P
-    fs = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
-    f_mask = fs < F
+    rows, row_mask, b, p, d, hh, ww, fs, f_mask = state_tile(M, P, H, W, F, BLOCK_M, BLOCK_F)
     N = 4 * F
 
     acc_i = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
