@@ -9,6 +9,7 @@ Time runs in processing order here: ``go_backwards`` is handled by the caller fl
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import launchers
 from .launchers import KernelGeometry
@@ -70,6 +71,7 @@ class ConvLSTMFunction(torch.autograd.Function):
         return states, h_final, c_final
 
     @staticmethod
+    @once_differentiable  # double backward through the kernels is not implemented: say so
     def backward(ctx, d_states, d_h, d_c):
         x, kernel2d, recurrent_kernel2d, h0, states, c_all, gates, mask = ctx.saved_tensors
         spec = ctx.spec

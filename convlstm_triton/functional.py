@@ -120,7 +120,8 @@ def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go
                     KERNEL_ACTIVATION_CODES[args.recurrent_activation], precision)
     states, h, c = ConvLSTMFunction.apply(
         frames, kernel.reshape(-1, 4 * F).contiguous(),
-        recurrent_kernel.reshape(-1, 4 * F).contiguous(), bias, h0, c0, step_mask, spec,
+        recurrent_kernel.reshape(-1, 4 * F).contiguous(),
+        bias.contiguous() if bias is not None else None, h0, c0, step_mask, spec,
     )
     seq = states
     if step_mask is not None:

@@ -172,3 +172,31 @@ def test_masked_leading_steps_output_zeros_and_keep_initial_state():
     assert torch.equal(seq[1, 0], torch.zeros_like(seq[1, 0]))
     assert torch.equal(h[0], initial_state[0][0])
     assert torch.equal(c[0], initial_state[1][0])
+
+
+def test_non_contiguous_inputs(poison_buffers):
+    """Strided views (permuted x and state, sliced bias and weights) are read right."""
+    device = kernel_device()
+    B, T, H, W, C, F = 2, 3, 5, 6, 3, 2
+    x = torch.randn(B, H, T, W, C, device=device).transpose(1, 2)  # (B, T, H, W, C), strided
+    kernel = (torch.randn(3, 3, C, 8 * F, device=device) * 0.3)[..., ::2]
+    rkernel = (torch.randn(3, 3, F, 4 * F, device=device) * 0.3).transpose(0, 1)
+    bias = torch.randn(8 * F, device=device)[1::2]
+    h0 = torch.randn(B, W, H, F, device=device).transpose(1, 2)
+    c0 = torch.randn(B, H, W, F, device=device)
+    assert not any(t.is_contiguous() for t in (x, kernel, rkernel, bias, h0))
+    out = conv_lstm(x, kernel, rkernel, bias, (h0, c0), padding="same", backend="triton")
+    ref = conv_lstm(x, kernel, rkernel, bias, (h0, c0), padding="same", backend="reference")
+    for name, a, r in zip(("seq", "h", "c"), out, ref):
+        assert_close(a, r, torch.float32, name, tolerance(torch.float32, device))
+
+
+def test_double_backward_is_a_clear_error():
+    device = kernel_device()
+    x = torch.randn(1, 2, 4, 4, 2, device=device, requires_grad=True)
+    kernel = torch.randn(3, 3, 2, 8, device=device, requires_grad=True)
+    seq, _, _ = conv_lstm(x, kernel, torch.randn(3, 3, 2, 8, device=device), padding="same",
+                          backend="triton")
+    (gx,) = torch.autograd.grad(seq.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        torch.autograd.grad(gx.sum(), kernel)
