@@ -1,7 +1,7 @@
 """Activation names (Keras spelling) -> torch functions for the reference, codes for the kernels.
 
-The kernel codes must match ``kernels/activations.py``. Every kernel-supported activation has a
-derivative that is a function of its *output*, which lets backward use the saved activated gates.
+The kernel codes must match ``kernels/activations.py``. Backward recomputes every activation and
+its derivative from the saved pre-activation, so any elementwise function can be a kernel code.
 """
 
 import torch
@@ -14,7 +14,17 @@ KERNEL_ACTIVATION_CODES = {
     "sigmoid": 2,
     "hard_sigmoid": 3,  # Keras 3: clip(x / 6 + 0.5, 0, 1)
     "relu": 4,
+    "relu6": 5,
+    "elu": 6,  # alpha = 1 (Keras default)
+    "selu": 7,
+    "silu": 8,
+    "gelu": 9,  # exact (erf), Keras' default approximate=False
+    "softsign": 10,
+    "softplus": 11,
+    "exponential": 12,
+    "hard_sigmoid_legacy": 13,  # Keras 2: clip(0.2 x + 0.5, 0, 1)
 }
+ALIASES = {"swish": "silu"}
 
 TORCH_ACTIVATIONS = {
     "linear": lambda x: x,
@@ -22,20 +32,30 @@ TORCH_ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
     "hard_sigmoid": F.hardsigmoid,
     "relu": torch.relu,
+    "relu6": F.relu6,
+    "elu": F.elu,
+    "selu": F.selu,
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "softsign": F.softsign,
+    "softplus": F.softplus,
+    "exponential": torch.exp,
+    "hard_sigmoid_legacy": lambda x: torch.clamp(0.2 * x + 0.5, 0.0, 1.0),
 }
 
 
 def check_activation(name, argument):
-    """``name`` if it is a supported activation, else a ValueError naming ``argument``."""
+    """The canonical name of a supported activation, else a ValueError naming ``argument``."""
     if not isinstance(name, str):
         raise TypeError(
             f"{argument} must be an activation name (one of {sorted(TORCH_ACTIVATIONS)}), "
             f"got {type(name).__name__}"
         )
+    name = ALIASES.get(name, name)
     if name not in TORCH_ACTIVATIONS:
         raise ValueError(
             f"{argument}={name!r} is not a supported activation; "
-            f"expected one of {sorted(TORCH_ACTIVATIONS)}"
+            f"expected one of {sorted(TORCH_ACTIVATIONS) + sorted(ALIASES)}"
         )
     return name
 

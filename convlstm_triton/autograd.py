@@ -1,8 +1,10 @@
 """The autograd Function over a whole sequence (as cuDNN's RNN): Triton forward and backward.
 
-Forward saves, in the compute dtype, the state sequence h (it is the output) and the activated
-gates, and the cell states c in fp32; backward re-reads them instead of recomputing the
-recurrent convs (a recompute would redo the forward's recurrent GEMMs once more per step).
+Forward saves, in the compute dtype, the state sequence h (it is the output) and the gate
+pre-activations, and the cell states c in fp32; backward re-reads them instead of recomputing
+the recurrent convs (a recompute would redo the forward's recurrent GEMMs once more per step),
+and recomputes the gates from the pre-activations (cheap elementwise work inside a GEMM kernel,
+and it gives every activation, silu and gelu included, an exact derivative).
 Time runs in processing order here: ``go_backwards`` is handled by the caller flipping x.
 """
 
@@ -26,45 +28,49 @@ class StepSpec:
 
 
 class ConvLSTMFunction(torch.autograd.Function):
-    """(x, kernel2d, recurrent_kernel2d, bias, h0, c0, mask, spec) -> (states, h_T, c_T).
+    """(x, kernel2d, recurrent_kernel2d, bias, h0, c0, mask, xmask, hmask, spec)
+    -> (states, h_T, c_T).
 
     x (B, T, D, H, W, C_in) contiguous; kernel2d (K_in, 4F); recurrent_kernel2d (K_rec, 4F);
     bias (4F,) or None; h0 (B, P, F) compute dtype; c0 (B, P, F) any float dtype;
-    mask (B, T) int8 or None. states (B, T, P, F): the state h after every step (equal to the
-    output sequence except at leading masked steps, which the caller zeroes).
+    mask (B, T) int8 or None; xmask (4, B, D, H, W, C_in) and hmask (4, B, P, F) per-gate
+    dropout masks (compute dtype, contiguous) or None.
+    states (B, T, P, F): the state h after every step (equal to the output sequence except at
+    leading masked steps, which the caller zeroes).
     """
 
     @staticmethod
-    def forward(ctx, x, kernel2d, recurrent_kernel2d, bias, h0, c0, mask, spec: StepSpec):
+    def forward(ctx, x, kernel2d, recurrent_kernel2d, bias, h0, c0, mask, xmask, hmask,
+                spec: StepSpec):
         geom = spec.geometry
         B, T = x.shape[:2]
         P = geom.out_pixels
         F = recurrent_kernel2d.shape[1] // 4
         needs_grad = any(ctx.needs_input_grad[:6])
 
-        xg = launchers.input_projection(x, kernel2d, bias, geom, spec.precision)
+        xg = launchers.input_projection(x, kernel2d, bias, xmask, geom, spec.precision)
         states = launchers.new_buffer((B, T, P, F), x.device, x.dtype)
         # Training keeps every c_t (slot 0 holds c0); inference ping-pongs two slots.
         c_all = launchers.new_buffer((B, T + 1 if needs_grad else 2, P, F), x.device,
                                      torch.float32)
         c_all[:, 0] = c0
-        gates = (launchers.new_buffer((B, T, P, 4 * F), x.device, x.dtype)
-                 if needs_grad else None)
+        preact = (launchers.new_buffer((B, T, P, 4 * F), x.device, x.dtype)
+                  if needs_grad else None)
         for s in range(T):
             h_prev = h0 if s == 0 else states[:, s - 1]
             c_in, c_out = (s, s + 1) if needs_grad else (s % 2, (s + 1) % 2)
             launchers.step_forward(
                 h_prev, c_all[:, c_in], xg[:, s], recurrent_kernel2d, states[:, s],
-                c_all[:, c_out], gates[:, s] if needs_grad else None,
-                mask[:, s] if mask is not None else None, geom, spec.act, spec.ract,
+                c_all[:, c_out], preact[:, s] if needs_grad else None,
+                mask[:, s] if mask is not None else None, hmask, geom, spec.act, spec.ract,
                 spec.precision,
             )
         del xg
         c_final = c_all[:, T if needs_grad else T % 2].clone()
         h_final = states[:, T - 1].clone()
         if needs_grad:
-            ctx.save_for_backward(x, kernel2d, recurrent_kernel2d, h0, states, c_all, gates,
-                                  mask)
+            ctx.save_for_backward(x, kernel2d, recurrent_kernel2d, h0, states, c_all, preact,
+                                  mask, xmask, hmask)
             ctx.spec = spec
             ctx.has_bias = bias is not None
             ctx.c0_dtype = c0.dtype
@@ -73,7 +79,8 @@ class ConvLSTMFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # double backward through the kernels is not implemented: say so
     def backward(ctx, d_states, d_h, d_c):
-        x, kernel2d, recurrent_kernel2d, h0, states, c_all, gates, mask = ctx.saved_tensors
+        (x, kernel2d, recurrent_kernel2d, h0, states, c_all, preact, mask, xmask,
+         hmask) = ctx.saved_tensors
         spec = ctx.spec
         geom = spec.geometry
         B, T = x.shape[:2]
@@ -90,24 +97,24 @@ class ConvLSTMFunction(torch.autograd.Function):
             launchers.step_backward(
                 dgates[:, s + 1] if s + 1 < T else None, recurrent_kernel2d,
                 d_states[:, s] if d_states is not None else None, dh_carry, dc_carry,
-                gates[:, s], c_all[:, s + 1], c_all[:, s],
-                mask[:, s] if mask is not None else None, dgates[:, s],
+                preact[:, s], c_all[:, s + 1], c_all[:, s],
+                mask[:, s] if mask is not None else None, hmask, dgates[:, s],
                 geom, spec.act, spec.ract, spec.precision,
             )
 
         dh0 = dc0 = dx = dk = drk = db = None
         if need_h0:
             launchers.step_backward(dgates[:, 0], recurrent_kernel2d, None, dh_carry, dc_carry,
-                                    None, None, None, None, None, geom, spec.act, spec.ract,
-                                    spec.precision, cell=False)
+                                    None, None, None, None, hmask, None, geom, spec.act,
+                                    spec.ract, spec.precision, cell=False)
             dh0 = dh_carry.to(h0.dtype)
         if need_c0:
             dc0 = dc_carry.to(ctx.c0_dtype)
         if need_x:
-            dx = launchers.input_grad(dgates, kernel2d, geom, x.shape[-1], spec.precision)
+            dx = launchers.input_grad(dgates, kernel2d, xmask, geom, x.shape[-1], spec.precision)
             dx = dx.view(x.shape)
         if need_k or (need_b and ctx.has_bias):
-            dk, db = launchers.weight_grad(x, dgates, geom, ctx.has_bias and need_b,
+            dk, db = launchers.weight_grad(x, dgates, xmask, geom, ctx.has_bias and need_b,
                                            spec.precision)
             dk = dk.to(kernel2d.dtype) if need_k else None
             db = db.to(kernel2d.dtype) if db is not None else None
@@ -115,10 +122,11 @@ class ConvLSTMFunction(torch.autograd.Function):
             rgeom = geom.recurrent_as_conv()
             # h_{s-1} for s >= 1 is states[:, s-1]; for s = 0 it is h0: two launches, one sum.
             h0_frames = h0.view(B, 1, *geom.out_spatial, F)
-            drk, _ = launchers.weight_grad(h0_frames, dgates[:, :1], rgeom, False, spec.precision)
+            drk, _ = launchers.weight_grad(h0_frames, dgates[:, :1], hmask, rgeom, False,
+                                           spec.precision)
             if T > 1:
                 prev = states[:, : T - 1].view(B, T - 1, *geom.out_spatial, F)
-                drk += launchers.weight_grad(prev, dgates[:, 1:], rgeom, False,
+                drk += launchers.weight_grad(prev, dgates[:, 1:], hmask, rgeom, False,
                                              spec.precision)[0]
             drk = drk.to(recurrent_kernel2d.dtype)
-        return dx, dk, drk, db, dh0, dc0, None, None
+        return dx, dk, drk, db, dh0, dc0, None, None, None, None

@@ -21,13 +21,10 @@ def triton_interpreter_enabled():
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-def _fallback_reason(x, input_dropout_mask, recurrent_dropout_mask, activation,
-                     recurrent_activation):
+def _fallback_reason(x, activation, recurrent_activation):
     """Why the Triton kernels cannot run this call, or None."""
     if x.dtype not in _KERNEL_DTYPES:
         return f"dtype {x.dtype} (the kernels take float32, float16 and bfloat16)"
-    if input_dropout_mask is not None or recurrent_dropout_mask is not None:
-        return "dropout masks (not yet inside the kernels)"
     for name in (activation, recurrent_activation):
         if name not in KERNEL_ACTIVATION_CODES:
             return f"activation {name!r}"
@@ -83,8 +80,7 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
                                    padding, dilation_rate, activation, recurrent_activation,
                                    go_backwards, mask, backend, input_dropout_mask,
                                    recurrent_dropout_mask)
-    reason = _fallback_reason(x, input_dropout_mask, recurrent_dropout_mask, activation,
-                              recurrent_activation)
+    reason = _fallback_reason(x, args.activation, args.recurrent_activation)
     if _resolve_backend(backend, x, reason) == "reference":
         return conv_lstm_reference(
             x, kernel, recurrent_kernel, bias, initial_state, strides=strides,
@@ -95,11 +91,12 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cudnn.allow_tf32
     return _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards,
-                             mask, dot_precision(x.dtype, allow_tf32))
+                             mask, input_dropout_mask, recurrent_dropout_mask,
+                             dot_precision(x.dtype, allow_tf32))
 
 
 def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards, mask,
-                      precision):
+                      input_dropout_mask, recurrent_dropout_mask, precision):
     geom = KernelGeometry.from_conv(args.geometry)
     B, T, C, F = args.batch, args.steps, args.in_channels, args.filters
     P = geom.out_pixels
@@ -116,12 +113,18 @@ def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go
     step_mask = None
     if mask is not None:
         step_mask = (mask.flip(1) if go_backwards else mask).to(torch.int8).contiguous()
+    # Dropout masks are constant over time, so go_backwards needs no flip of them.
+    xmask = hmask = None
+    if input_dropout_mask is not None:
+        xmask = input_dropout_mask.reshape(4, B, *geom.in_spatial, C).contiguous()
+    if recurrent_dropout_mask is not None:
+        hmask = recurrent_dropout_mask.reshape(4, B, P, F).contiguous()
     spec = StepSpec(geom, KERNEL_ACTIVATION_CODES[args.activation],
                     KERNEL_ACTIVATION_CODES[args.recurrent_activation], precision)
     states, h, c = ConvLSTMFunction.apply(
         frames, kernel.reshape(-1, 4 * F).contiguous(),
         recurrent_kernel.reshape(-1, 4 * F).contiguous(),
-        bias.contiguous() if bias is not None else None, h0, c0, step_mask, spec,
+        bias.contiguous() if bias is not None else None, h0, c0, step_mask, xmask, hmask, spec,
     )
     seq = states
     if step_mask is not None:

@@ -82,76 +82,80 @@ def dot_precision(dtype, allow_tf32):
     return "tf32" if dtype == torch.float32 and allow_tf32 else "ieee"
 
 
-def input_projection(x, kernel2d, bias, geom: KernelGeometry, precision):
-    """x (B, T, D, H, W, C_in) frames contiguous; kernel2d (K, 4F) -> xg (B, T, Po, 4F)."""
+def input_projection(x, kernel2d, bias, xmask, geom: KernelGeometry, precision):
+    """x (B, T, D, H, W, C_in) frames contiguous; kernel2d (K, 4F); xmask (4, B, D, H, W, C_in)
+    input-dropout masks or None -> xg (B, T, Po, 4F)."""
     B, T = x.shape[:2]
     C = x.shape[-1]
-    N = kernel2d.shape[1]
+    F = kernel2d.shape[1] // 4
     Po = geom.out_pixels
     M = B * T * Po
-    xg = new_buffer((B, T, Po, N), x.device, x.dtype)
+    xg = new_buffer((B, T, Po, 4 * F), x.device, x.dtype)
     block_m, block_n, block_k, warps = input_projection_kernels.DEFAULT_CONFIG
-    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    grid = (triton.cdiv(M, block_m), 4 * triton.cdiv(F, block_n))
     input_projection_kernels.input_projection_kernel[grid](
         x, x.stride(0), x.stride(1), T,
-        kernel2d, bias if bias is not None else kernel2d, xg,
-        M, N, C, *geom.in_spatial, Po, geom.out_spatial[1], geom.out_spatial[2],
+        kernel2d, bias if bias is not None else kernel2d, _ptr(xmask, x), _stride0(xmask), xg,
+        M, F, C, *geom.in_spatial, Po, geom.out_spatial[1], geom.out_spatial[2],
         **geom.input_conv_constexprs(),
-        HAS_BIAS=bias is not None, DOT_PRECISION=precision,
+        HAS_BIAS=bias is not None, HAS_DROPOUT=xmask is not None, DOT_PRECISION=precision,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
     )
     return xg
+
+
+def _ptr(t, dummy):
+    """Optional tensors reach a kernel as a dummy pointer that its constexpr flags never read."""
+    return t if t is not None else dummy
 
 
 def _stride0(t):
     return t.stride(0) if t is not None else 0
 
 
-def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, gates_t, mask_t, geom: KernelGeometry,
-                 act, ract, precision):
-    """One fused step. State tensors are (B, P, F) views (sample stride free, rest contiguous)."""
+def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hmask,
+                 geom: KernelGeometry, act, ract, precision):
+    """One fused step. State tensors are (B, P, F) views (sample stride free, rest contiguous);
+    hmask (4, B, P, F) recurrent-dropout masks or None; preact_t (B, P, 4F) or None."""
     B, P, F = h_out.shape
     M = B * P
     block_m, block_f, block_k, warps = step_forward_kernels.DEFAULT_CONFIG
     grid = (triton.cdiv(M, block_m), triton.cdiv(F, block_f))
-    dummy = c_out
     rc = geom.recurrent_conv_constexprs()
     step_forward_kernels.step_forward_kernel[grid](
         h_prev, h_prev.stride(0), c_prev, c_prev.stride(0), xg_t, xg_t.stride(0), rk2d,
         h_out, h_out.stride(0), c_out, c_out.stride(0),
-        gates_t if gates_t is not None else dummy, _stride0(gates_t),
-        mask_t if mask_t is not None else dummy, _stride0(mask_t),
+        _ptr(preact_t, c_out), _stride0(preact_t), _ptr(mask_t, c_out), _stride0(mask_t),
+        _ptr(hmask, c_out), _stride0(hmask),
         M, P, *geom.out_spatial, F,
         KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
-        ACT=act, RACT=ract, HAS_MASK=mask_t is not None, SAVE_GATES=gates_t is not None,
-        DOT_PRECISION=precision, BLOCK_M=block_m, BLOCK_F=block_f, BLOCK_K=block_k,
-        num_warps=warps,
+        ACT=act, RACT=ract, HAS_MASK=mask_t is not None, HAS_RDROP=hmask is not None,
+        SAVE_PREACT=preact_t is not None, DOT_PRECISION=precision,
+        BLOCK_M=block_m, BLOCK_F=block_f, BLOCK_K=block_k, num_warps=warps,
     )
 
 
-def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, gates_t, c_t, c_prev, mask_t, dg_out,
-                  geom: KernelGeometry, act, ract, precision, cell=True):
+def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, mask_t, hmask,
+                  dg_out, geom: KernelGeometry, act, ract, precision, cell=True):
     """One fused backward step (cell=True), or the initial-state pass (cell=False: dh_carry
     becomes dh0 = dgrad(dg_next) + dh_carry)."""
     B, P, F = dh_carry.shape
     M = B * P
     block_m, block_f, block_k, warps = step_backward_kernels.DEFAULT_CONFIG
     grid = (triton.cdiv(M, block_m), triton.cdiv(F, block_f))
-    dummy = dh_carry
     rc = geom.recurrent_conv_constexprs()
-
-    def ptr(t):
-        return t if t is not None else dummy
-
+    d = dh_carry
     step_backward_kernels.step_backward_kernel[grid](
-        ptr(dg_next), _stride0(dg_next), rk2d, ptr(dy), _stride0(dy), dh_carry, dc_carry,
-        ptr(gates_t), _stride0(gates_t), ptr(c_t), _stride0(c_t), ptr(c_prev), _stride0(c_prev),
-        ptr(mask_t), _stride0(mask_t), ptr(dg_out), _stride0(dg_out),
+        _ptr(dg_next, d), _stride0(dg_next), rk2d, _ptr(dy, d), _stride0(dy), dh_carry, dc_carry,
+        _ptr(preact_t, d), _stride0(preact_t), _ptr(c_t, d), _stride0(c_t), _ptr(c_prev, d),
+        _stride0(c_prev), _ptr(mask_t, d), _stride0(mask_t), _ptr(hmask, d), _stride0(hmask),
+        _ptr(dg_out, d), _stride0(dg_out),
         M, P, *geom.out_spatial, F,
         KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
         ACT=act, RACT=ract, HAS_NEXT=dg_next is not None, HAS_DY=dy is not None,
-        HAS_MASK=mask_t is not None, CELL=cell, DOT_PRECISION=precision,
-        BLOCK_M=block_m, BLOCK_F=block_f, BLOCK_K=block_k, num_warps=warps,
+        HAS_MASK=mask_t is not None, HAS_RDROP=hmask is not None, CELL=cell,
+        DOT_PRECISION=precision, BLOCK_M=block_m, BLOCK_F=block_f, BLOCK_K=block_k,
+        num_warps=warps,
     )
 
 
@@ -161,38 +165,42 @@ def _sm_count(device):
     return 1
 
 
-def weight_grad(src, dgates, geom: KernelGeometry, with_bias, precision):
-    """Weight gradient (K, N) fp32 (and bias gradient (N,) fp32 or None) of a conv.
+def weight_grad(src, dgates, smask, geom: KernelGeometry, with_bias, precision):
+    """Weight gradient (K, 4F) fp32 (and bias gradient (4F,) fp32 or None) of a conv.
 
-    src (B, T', D, H, W, C) and dgates (B, T', Po, N) may be strided (B, T') views.
+    src (B, T', D, H, W, C) and dgates (B, T', Po, 4F) may be strided (B, T') views;
+    smask (4, B, D, H, W, C) dropout masks on src, or None.
     """
     B, T = dgates.shape[:2]
     C = src.shape[-1]
-    N = dgates.shape[-1]
+    F = dgates.shape[-1] // 4
     Po = geom.out_pixels
     K = geom.kernel_size[0] * geom.kernel_size[1] * geom.kernel_size[2] * C
     R = B * T * Po
     block_r, block_k, block_n, warps = weight_grad_kernels.DEFAULT_CONFIG
-    tiles = triton.cdiv(K, block_k) * triton.cdiv(N, block_n)
+    col_tiles = 4 * triton.cdiv(F, block_n)
+    tiles = triton.cdiv(K, block_k) * col_tiles
     # Enough programs to fill the GPU twice over; each split reduces a contiguous row range.
     split = max(1, min(triton.cdiv(R, block_r), triton.cdiv(2 * _sm_count(src.device), tiles)))
     rows_per_split = triton.cdiv(triton.cdiv(R, split), block_r) * block_r
     split = triton.cdiv(R, rows_per_split)
-    dw = new_buffer((split, K, N), src.device, torch.float32)
-    db = new_buffer((split, N), src.device, torch.float32) if with_bias else dw
-    grid = (triton.cdiv(K, block_k), triton.cdiv(N, block_n), split)
+    dw = new_buffer((split, K, 4 * F), src.device, torch.float32)
+    db = new_buffer((split, 4 * F), src.device, torch.float32) if with_bias else dw
+    grid = (triton.cdiv(K, block_k), col_tiles, split)
     weight_grad_kernels.weight_grad_kernel[grid](
-        src, src.stride(0), src.stride(1), dgates, dgates.stride(0), dgates.stride(1), dw, db,
+        src, src.stride(0), src.stride(1), dgates, dgates.stride(0), dgates.stride(1),
+        _ptr(smask, src), _stride0(smask), dw, db,
         T, R, rows_per_split, C, *geom.in_spatial, Po, geom.out_spatial[1], geom.out_spatial[2],
-        N, **geom.input_conv_constexprs(), HAS_BIAS_GRAD=with_bias,
-        DOT_PRECISION=precision,
+        F, **geom.input_conv_constexprs(), HAS_BIAS_GRAD=with_bias,
+        HAS_DROPOUT=smask is not None, DOT_PRECISION=precision,
         BLOCK_R=block_r, BLOCK_K=block_k, BLOCK_N=block_n, num_warps=warps,
     )
     return dw.sum(0), (db.sum(0) if with_bias else None)
 
 
-def input_grad(dgates, kernel2d, geom: KernelGeometry, c_in, precision):
-    """dgates (B, T, Po, 4F) contiguous, kernel2d (K, 4F) -> dx (B, T, D, H, W, C_in)."""
+def input_grad(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision):
+    """dgates (B, T, Po, 4F) contiguous, kernel2d (K, 4F), xmask (4, B, D, H, W, C_in) or None
+    -> dx (B, T, D, H, W, C_in)."""
     B, T, Po, N = dgates.shape
     P_in = geom.in_pixels
     M = B * T * P_in
@@ -200,37 +208,36 @@ def input_grad(dgates, kernel2d, geom: KernelGeometry, c_in, precision):
     block_m, block_c, block_k, warps = input_grad_kernels.DEFAULT_CONFIG
     grid = (triton.cdiv(M, block_m), triton.cdiv(c_in, block_c))
     input_grad_kernels.input_grad_kernel[grid](
-        dgates, kernel2d, dx, M, c_in, *geom.in_spatial, P_in, N, *geom.out_spatial, Po,
-        **geom.input_conv_constexprs(), DOT_PRECISION=precision,
+        dgates, kernel2d, _ptr(xmask, dgates), _stride0(xmask), dx,
+        M, T, c_in, *geom.in_spatial, P_in, N // 4, *geom.out_spatial, Po,
+        **geom.input_conv_constexprs(), HAS_DROPOUT=xmask is not None, DOT_PRECISION=precision,
         BLOCK_M=block_m, BLOCK_C=block_c, BLOCK_K=block_k, num_warps=warps,
     )
     return dx
 
 
 def cell_forward(pre, c_prev, act, ract):
-    """Unfused cell: pre-activations (M, 4F), c_prev (M, F) fp32 -> h (M, F), c (M, F) fp32,
-    gates (M, 4F)."""
+    """Unfused cell: pre-activations (M, 4F), c_prev (M, F) fp32 -> h (M, F), c (M, F) fp32."""
     M, N = pre.shape
     F = N // 4
     h = new_buffer((M, F), pre.device, pre.dtype)
     c = new_buffer((M, F), pre.device, torch.float32)
-    gates = new_buffer(pre.shape, pre.device, pre.dtype)
     block_m, block_f, warps = cell_kernels.DEFAULT_CONFIG
     grid = (triton.cdiv(M, block_m), triton.cdiv(F, block_f))
-    cell_kernels.cell_forward_kernel[grid](pre, c_prev, h, c, gates, M, F, ACT=act, RACT=ract,
+    cell_kernels.cell_forward_kernel[grid](pre, c_prev, h, c, M, F, ACT=act, RACT=ract,
                                            BLOCK_M=block_m, BLOCK_F=block_f, num_warps=warps)
-    return h, c, gates
+    return h, c
 
 
-def cell_backward(dh, dc, gates, c, c_prev, act, ract):
+def cell_backward(dh, dc, pre, c, c_prev, act, ract):
     """Unfused cell backward -> d pre-activations (M, 4F), dc_prev (M, F) fp32."""
-    M, N = gates.shape
+    M, N = pre.shape
     F = N // 4
-    dpre = new_buffer(gates.shape, gates.device, gates.dtype)
-    dc_prev = new_buffer((M, F), gates.device, torch.float32)
+    dpre = new_buffer(pre.shape, pre.device, pre.dtype)
+    dc_prev = new_buffer((M, F), pre.device, torch.float32)
     block_m, block_f, warps = cell_kernels.DEFAULT_CONFIG
     grid = (triton.cdiv(M, block_m), triton.cdiv(F, block_f))
-    cell_kernels.cell_backward_kernel[grid](dh, dc, gates, c, c_prev, dpre, dc_prev, M, F,
+    cell_kernels.cell_backward_kernel[grid](dh, dc, pre, c, c_prev, dpre, dc_prev, M, F,
                                             ACT=act, RACT=ract, BLOCK_M=block_m,
                                             BLOCK_F=block_f, num_warps=warps)
     return dpre, dc_prev

@@ -3,14 +3,15 @@
 ``lstm_cell`` / ``lstm_cell_grad`` are the epilogues of the fused step kernels. The standalone
 ``cell_forward_kernel`` / ``cell_backward_kernel`` are the *unfused* variant (pre-activations
 round-trip through memory), kept to measure what fusion buys.
-Shapes: pre-activations and gates (M, 4F) gate-major (i, f, c, o blocks of F) in the compute
-dtype; c, c_prev (M, F) fp32; h (M, F) compute dtype.
+Shapes: pre-activations (M, 4F) gate-major (i, f, c, o blocks of F) in the compute dtype;
+c, c_prev (M, F) fp32; h (M, F) compute dtype. Backward recomputes the gates from the
+pre-activations, which is what lets every activation (silu, gelu, ...) have a kernel path.
 """
 
 import triton
 import triton.language as tl
 
-from .activations import activate, activation_grad_from_output
+from .activations import activate, activation_grad
 
 # (BLOCK_M, BLOCK_F, num_warps)
 DEFAULT_CONFIG = (64, 32, 4)
@@ -18,29 +19,28 @@ DEFAULT_CONFIG = (64, 32, 4)
 
 @triton.jit
 def lstm_cell(a_i, a_f, a_c, a_o, c_prev, ACT: tl.constexpr, RACT: tl.constexpr):
-    """fp32 pre-activations -> (gate_i, gate_f, gate_c, gate_o, c, h)."""
+    """fp32 pre-activations -> (c, h)."""
+    c = activate(a_f, RACT) * c_prev + activate(a_i, RACT) * activate(a_c, ACT)
+    return c, activate(a_o, RACT) * activate(c, ACT)
+
+
+@triton.jit
+def lstm_cell_grad(dh, dc_carry, a_i, a_f, a_c, a_o, c, c_prev,
+                   ACT: tl.constexpr, RACT: tl.constexpr):
+    """Gradients of the pre-activations (d_i, d_f, d_c, d_o) and of c_prev, all fp32.
+
+    Gates are recomputed from the saved pre-activations a_*; dh is the total gradient of h,
+    dc_carry the gradient reaching c from the next step.
+    """
     gate_i = activate(a_i, RACT)
     gate_f = activate(a_f, RACT)
     gate_c = activate(a_c, ACT)
     gate_o = activate(a_o, RACT)
-    c = gate_f * c_prev + gate_i * gate_c
-    h = gate_o * activate(c, ACT)
-    return gate_i, gate_f, gate_c, gate_o, c, h
-
-
-@triton.jit
-def lstm_cell_grad(dh, dc_carry, gate_i, gate_f, gate_c, gate_o, c, c_prev,
-                   ACT: tl.constexpr, RACT: tl.constexpr):
-    """Gradients of the pre-activations (d_i, d_f, d_c, d_o) and of c_prev, all fp32.
-
-    dh is the total gradient of h; dc_carry the gradient reaching c from the next step.
-    """
-    act_c = activate(c, ACT)
-    dc = dc_carry + dh * gate_o * activation_grad_from_output(act_c, ACT)
-    d_i = dc * gate_c * activation_grad_from_output(gate_i, RACT)
-    d_f = dc * c_prev * activation_grad_from_output(gate_f, RACT)
-    d_c = dc * gate_i * activation_grad_from_output(gate_c, ACT)
-    d_o = dh * act_c * activation_grad_from_output(gate_o, RACT)
+    dc = dc_carry + dh * gate_o * activation_grad(c, ACT)
+    d_i = dc * gate_c * activation_grad(a_i, RACT)
+    d_f = dc * c_prev * activation_grad(a_f, RACT)
+    d_c = dc * gate_i * activation_grad(a_c, ACT)
+    d_o = dh * activate(c, ACT) * activation_grad(a_o, RACT)
     return d_i, d_f, d_c, d_o, dc * gate_f
 
 
@@ -53,44 +53,42 @@ def _tile(M, F, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
 
 
 @triton.jit
-def cell_forward_kernel(
-    pre_ptr, c_prev_ptr, h_ptr, c_ptr, gates_ptr, M, F,
-    ACT: tl.constexpr, RACT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr,
-):
-    gate_offs, state_offs, mask = _tile(M, F, BLOCK_M, BLOCK_F)
+def _load_preact(pre_ptr, gate_offs, mask, F):
     a_i = tl.load(pre_ptr + gate_offs, mask=mask, other=0.0).to(tl.float32)
     a_f = tl.load(pre_ptr + gate_offs + F, mask=mask, other=0.0).to(tl.float32)
     a_c = tl.load(pre_ptr + gate_offs + 2 * F, mask=mask, other=0.0).to(tl.float32)
     a_o = tl.load(pre_ptr + gate_offs + 3 * F, mask=mask, other=0.0).to(tl.float32)
-    c_prev = tl.load(c_prev_ptr + state_offs, mask=mask, other=0.0)
-    gate_i, gate_f, gate_c, gate_o, c, h = lstm_cell(a_i, a_f, a_c, a_o, c_prev, ACT, RACT)
-    tl.store(c_ptr + state_offs, c, mask=mask)
-    tl.store(h_ptr + state_offs, h.to(h_ptr.dtype.element_ty), mask=mask)
-    gdt = gates_ptr.dtype.element_ty
-    tl.store(gates_ptr + gate_offs, gate_i.to(gdt), mask=mask)
-    tl.store(gates_ptr + gate_offs + F, gate_f.to(gdt), mask=mask)
-    tl.store(gates_ptr + gate_offs + 2 * F, gate_c.to(gdt), mask=mask)
-    tl.store(gates_ptr + gate_offs + 3 * F, gate_o.to(gdt), mask=mask)
+    return a_i, a_f, a_c, a_o
 
 
 @triton.jit
-def cell_backward_kernel(
-    dh_ptr, dc_ptr, gates_ptr, c_ptr, c_prev_ptr, dpre_ptr, dc_prev_ptr, M, F,
+def cell_forward_kernel(
+    pre_ptr, c_prev_ptr, h_ptr, c_ptr, M, F,
     ACT: tl.constexpr, RACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
     gate_offs, state_offs, mask = _tile(M, F, BLOCK_M, BLOCK_F)
-    gate_i = tl.load(gates_ptr + gate_offs, mask=mask, other=0.0).to(tl.float32)
-    gate_f = tl.load(gates_ptr + gate_offs + F, mask=mask, other=0.0).to(tl.float32)
-    gate_c = tl.load(gates_ptr + gate_offs + 2 * F, mask=mask, other=0.0).to(tl.float32)
-    gate_o = tl.load(gates_ptr + gate_offs + 3 * F, mask=mask, other=0.0).to(tl.float32)
+    a_i, a_f, a_c, a_o = _load_preact(pre_ptr, gate_offs, mask, F)
+    c_prev = tl.load(c_prev_ptr + state_offs, mask=mask, other=0.0)
+    c, h = lstm_cell(a_i, a_f, a_c, a_o, c_prev, ACT, RACT)
+    tl.store(c_ptr + state_offs, c, mask=mask)
+    tl.store(h_ptr + state_offs, h.to(h_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def cell_backward_kernel(
+    dh_ptr, dc_ptr, pre_ptr, c_ptr, c_prev_ptr, dpre_ptr, dc_prev_ptr, M, F,
+    ACT: tl.constexpr, RACT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr,
+):
+    gate_offs, state_offs, mask = _tile(M, F, BLOCK_M, BLOCK_F)
+    a_i, a_f, a_c, a_o = _load_preact(pre_ptr, gate_offs, mask, F)
     dh = tl.load(dh_ptr + state_offs, mask=mask, other=0.0).to(tl.float32)
     dc = tl.load(dc_ptr + state_offs, mask=mask, other=0.0).to(tl.float32)
     c = tl.load(c_ptr + state_offs, mask=mask, other=0.0)
     c_prev = tl.load(c_prev_ptr + state_offs, mask=mask, other=0.0)
-    d_i, d_f, d_c, d_o, dc_prev = lstm_cell_grad(dh, dc, gate_i, gate_f, gate_c, gate_o, c,
-                                                 c_prev, ACT, RACT)
+    d_i, d_f, d_c, d_o, dc_prev = lstm_cell_grad(dh, dc, a_i, a_f, a_c, a_o, c, c_prev, ACT,
+                                                 RACT)
     gdt = dpre_ptr.dtype.element_ty
     tl.store(dpre_ptr + gate_offs, d_i.to(gdt), mask=mask)
     tl.store(dpre_ptr + gate_offs + F, d_f.to(gdt), mask=mask)

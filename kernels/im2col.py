@@ -70,19 +70,20 @@ def _tconv_source(q, tap, PAD: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.const
 
 @triton.jit
 def tconv_gather(
-    src_ptr, row_base, qd, qh, qw, row_mask, ks, K_TOTAL, N, Do, Ho, Wo,
+    src_ptr, row_base, qd, qh, qw, row_mask, ks, K_TOTAL, NG, N0, N, Do, Ho, Wo,
     KH: tl.constexpr, KW: tl.constexpr,
     SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
 ):
-    """Tile [rows, ks] for the data gradient of a conv (a transposed conv).
+    """Tile [rows, ks] for the data gradient of a conv (a transposed conv), one gate at a time.
 
     Rows are pixels q of the conv's *input*; src is the conv's output gradient (Do, Ho, Wo, N);
-    k = tap * N + n. Output pixel p feeds q through tap when q = p * stride - pad + tap * dil.
+    k = tap * NG + j reads channel N0 + j (one gate's NG = F channels starting at N0).
+    Output pixel p feeds q through tap when q = p * stride - pad + tap * dil.
     """
-    tap = ks // N
-    n = ks % N
+    tap = ks // NG
+    n = N0 + ks % NG
     kd = tap // (KH * KW)
     kh = (tap // KW) % KH
     kw = tap % KW
@@ -95,10 +96,22 @@ def tconv_gather(
 
 
 @triton.jit
-def tconv_weight_tile(w_ptr, ks, cs, K_TOTAL, C, N):
-    """Tile [ks, cs] of a Keras kernel (taps, C, N) read as the transposed conv's B matrix."""
-    tap = ks // N
-    n = ks % N
+def tconv_weight_tile(w_ptr, ks, cs, K_TOTAL, C, NG, N0, N):
+    """Tile [ks, cs] of a Keras kernel (taps, C, N) read as the transposed conv's B matrix,
+    for the gate whose NG output channels start at N0 (k = tap * NG + j)."""
+    tap = ks // NG
+    n = N0 + ks % NG
     offs = (tap[:, None] * C + cs[None, :]) * N + n[:, None]
     mask = (ks < K_TOTAL)[:, None] & (cs < C)[None, :]
     return tl.load(w_ptr + offs, mask=mask, other=0.0)
+
+
+@triton.jit
+def gate_columns(pid_n, F, BLOCK_N: tl.constexpr):
+    """Column tile of a (., 4F) gate matrix that stays inside one gate: (gate, cols, col_mask).
+
+    Keeping a tile inside one gate lets per-gate dropout masks scale the A tile."""
+    per_gate = tl.cdiv(F, BLOCK_N)
+    gate = pid_n // per_gate
+    fs = (pid_n % per_gate) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return gate, gate * F + fs, fs < F

@@ -1,8 +1,10 @@
 """Input gradient: one transposed conv of the gate gradients over all B*T frames.
 
-    dx[frame, q, c] = sum_{tap, n} dgates[frame, p(q, tap), n] * kernel[tap, c, n]
+    dx[frame, q, c] = sum_g xmask[g][b, q, c] * sum_{tap, f} dgates[frame, p(q, tap), g*F + f]
+                                                           * kernel[tap, c, g*F + f]
 with p(q, tap) = (q + pad - tap * dil) / stride where that divides exactly and lands inside the
-output. GEMM view: M = B*T*D*H*W (input pixels), N = C_in, K = KD*KH*KW*4F.
+output. GEMM view: M = B*T*D*H*W (input pixels), N = C_in, K = 4 * KD*KH*KW*F, run gate by gate so
+each gate's partial sum can take its input-dropout mask (HAS_DROPOUT; xmask (4, B, D, H, W, C)).
 """
 
 import triton
@@ -16,13 +18,13 @@ DEFAULT_CONFIG = (64, 16, 64, 4)
 
 @triton.jit
 def input_grad_kernel(
-    dg_ptr, w_ptr, dx_ptr,
-    M, C, D, H, W, P_in, N, Do, Ho, Wo, Po,
+    dg_ptr, w_ptr, xmask_ptr, stride_xmask_gate, dx_ptr,
+    M, T, C, D, H, W, P_in, F, Do, Ho, Wo, Po,
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -32,16 +34,25 @@ def input_grad_kernel(
     frame, qd, qh, qw = split_rows(rows, P_in, H, W)
     frame = frame.to(tl.int64)
     cs = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    tile_mask = row_mask[:, None] & (cs < C)[None, :]
+    N = 4 * F
 
-    K_TOTAL = KD * KH * KW * N
+    K_GATE = KD * KH * KW * F
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
-    for k0 in range(0, K_TOTAL, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        a = tconv_gather(dg_ptr, frame * Po * N, qd, qh, qw, row_mask, ks, K_TOTAL, N, Do, Ho, Wo,
-                         KH, KW, SD, SH, SW, PD, PH, PW, LD, LH, LW)
-        w = tconv_weight_tile(w_ptr, ks, cs, K_TOTAL, C, N)
-        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+    for gate in tl.static_range(4):
+        part = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+        for k0 in range(0, K_GATE, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            a = tconv_gather(dg_ptr, frame * Po * N, qd, qh, qw, row_mask, ks, K_GATE, F,
+                             gate * F, N, Do, Ho, Wo, KH, KW, SD, SH, SW, PD, PH, PW, LD, LH, LW)
+            w = tconv_weight_tile(w_ptr, ks, cs, K_GATE, C, F, gate * F, N)
+            part = tl.dot(a, w, part, input_precision=DOT_PRECISION)
+        if HAS_DROPOUT:
+            # the sample's mask pixel: frame (b, t) -> b, pixel q = rows % P_in
+            m_offs = (gate * stride_xmask_gate + (frame // T) * P_in * C
+                      + (rows % P_in) * C)[:, None] + cs[None, :]
+            part *= tl.load(xmask_ptr + m_offs, mask=tile_mask, other=0.0).to(tl.float32)
+        acc += part
 
     out_offs = rows.to(tl.int64)[:, None] * C + cs[None, :]
-    tl.store(dx_ptr + out_offs, acc.to(dx_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & (cs < C)[None, :])
+    tl.store(dx_ptr + out_offs, acc.to(dx_ptr.dtype.element_ty), mask=tile_mask)

@@ -2,18 +2,20 @@
 
 For step s (reverse time), one program owns BLOCK_M pixels x BLOCK_F channels of dh_s:
 
-    dh_s = dy_s + dh_carry + sum_k tconv(dgates_{s+1})[b, p, k] * R^T[k, f]     (dgrad GEMM)
+    dh_s = dy_s + dh_carry + sum_g hmask[g] * (tconv(dgates_{s+1}[gate g]) @ R_g^T)  (dgrad GEMM)
     dc_s = dc_carry + dh_s * o * act'(c_s)
-    dgates_s = (dc_s * g * ract'(i), dc_s * c_{s-1} * ract'(f), dc_s * i * act'(g),
-                dh_s * act(c_s) * ract'(o))
+    dgates_s = (dc_s * g * ract'(a_i), dc_s * c_{s-1} * ract'(a_f), dc_s * i * act'(a_c),
+                dh_s * act(c_s) * ract'(a_o))
     carries to step s-1: dc_carry = dc_s * f, dh_carry = 0
     masked sample (state carried over in forward): dgates_s = 0, dh_carry = dh_s, dc_carry = dc
+The GEMM runs gate by gate so each gate's partial sum can take its recurrent-dropout mask
+(HAS_RDROP); gates are recomputed from the saved pre-activations a_*.
 
 With CELL=False the epilogue only writes dh_s into the dh carry: that is the gradient of the
 initial state h0 (launched once after step 0 with dgates_0 as "next").
 Shapes: dgates (B, P, 4F) compute dtype, rows at a sample stride; R (KD*KH*KW*F, 4F);
 dy (B, P, F); dh/dc carries (B, P, F) fp32, contiguous, read and rewritten in place (each element
-by the program that owns it); gates (B, P, 4F) activated; c, c_prev (B, P, F) fp32.
+by the program that owns it); preact (B, P, 4F); c, c_prev (B, P, F) fp32; hmask (4, B, P, F).
 """
 
 import triton
@@ -32,53 +34,59 @@ def step_backward_kernel(
     r_ptr,
     dy_ptr, stride_dy,
     dh_ptr, dc_ptr,
-    gates_ptr, stride_g,
+    preact_ptr, stride_pa,
     c_ptr, stride_c,
     c_prev_ptr, stride_cp,
     mask_ptr, stride_mask,
+    hmask_ptr, stride_hmask_gate,
     dg_ptr, stride_dg,
     M, P, D, H, W, F,
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     ACT: tl.constexpr, RACT: tl.constexpr,
-    HAS_NEXT: tl.constexpr, HAS_DY: tl.constexpr, HAS_MASK: tl.constexpr, CELL: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    HAS_NEXT: tl.constexpr, HAS_DY: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_RDROP: tl.constexpr, CELL: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows, row_mask, b, p, d, hh, ww, fs, f_mask = state_tile(M, P, H, W, F, BLOCK_M, BLOCK_F)
     N = 4 * F
-
-    acc = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
-    if HAS_NEXT:
-        K_TOTAL = KD * KH * KW * N
-        for k0 in range(0, K_TOTAL, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            a = tconv_gather(dg_next_ptr, b * stride_dgn, d, hh, ww, row_mask, ks, K_TOTAL, N,
-                             D, H, W, KH, KW, 1, 1, 1, PD, PH, PW, 1, 1, 1)
-            w = tconv_weight_tile(r_ptr, ks, fs, K_TOTAL, F, N)
-            acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
-
     tile_mask = row_mask[:, None] & f_mask[None, :]
     state_offs = (p * F)[:, None] + fs[None, :]
     carry_ptrs = (b * P * F)[:, None] + state_offs
+
+    acc = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
+    if HAS_NEXT:
+        K_GATE = KD * KH * KW * F
+        for gate in tl.static_range(4):
+            part = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
+            for k0 in range(0, K_GATE, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                a = tconv_gather(dg_next_ptr, b * stride_dgn, d, hh, ww, row_mask, ks, K_GATE, F,
+                                 gate * F, N, D, H, W, KH, KW, 1, 1, 1, PD, PH, PW, 1, 1, 1)
+                w = tconv_weight_tile(r_ptr, ks, fs, K_GATE, F, F, gate * F, N)
+                part = tl.dot(a, w, part, input_precision=DOT_PRECISION)
+            if HAS_RDROP:
+                part *= tl.load(hmask_ptr + gate * stride_hmask_gate + carry_ptrs, mask=tile_mask,
+                                other=0.0).to(tl.float32)
+            acc += part
+
     dh = acc + tl.load(dh_ptr + carry_ptrs, mask=tile_mask, other=0.0)
     if HAS_DY:
         dh += tl.load(dy_ptr + (b * stride_dy)[:, None] + state_offs, mask=tile_mask,
                       other=0.0).to(tl.float32)
 
     if CELL:
-        g_ptrs = gates_ptr + (b * stride_g + p * N)[:, None] + fs[None, :]
-        gate_i = tl.load(g_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-        gate_f = tl.load(g_ptrs + F, mask=tile_mask, other=0.0).to(tl.float32)
-        gate_c = tl.load(g_ptrs + 2 * F, mask=tile_mask, other=0.0).to(tl.float32)
-        gate_o = tl.load(g_ptrs + 3 * F, mask=tile_mask, other=0.0).to(tl.float32)
+        pa_ptrs = preact_ptr + (b * stride_pa + p * N)[:, None] + fs[None, :]
+        a_i = tl.load(pa_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
+        a_f = tl.load(pa_ptrs + F, mask=tile_mask, other=0.0).to(tl.float32)
+        a_c = tl.load(pa_ptrs + 2 * F, mask=tile_mask, other=0.0).to(tl.float32)
+        a_o = tl.load(pa_ptrs + 3 * F, mask=tile_mask, other=0.0).to(tl.float32)
         c = tl.load(c_ptr + (b * stride_c)[:, None] + state_offs, mask=tile_mask, other=0.0)
         c_prev = tl.load(c_prev_ptr + (b * stride_cp)[:, None] + state_offs, mask=tile_mask,
                          other=0.0)
         dc_carry = tl.load(dc_ptr + carry_ptrs, mask=tile_mask, other=0.0)
-
-        d_i, d_f, d_c, d_o, dc_next = lstm_cell_grad(dh, dc_carry, gate_i, gate_f, gate_c,
-                                                     gate_o, c, c_prev, ACT, RACT)
+        d_i, d_f, d_c, d_o, dc_next = lstm_cell_grad(dh, dc_carry, a_i, a_f, a_c, a_o, c, c_prev,
+                                                     ACT, RACT)
         dh_next = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
         if HAS_MASK:
             keep = (tl.load(mask_ptr + b * stride_mask, mask=row_mask, other=0) != 0)[:, None]

@@ -2,16 +2,17 @@
 
 One program owns BLOCK_M state pixels x BLOCK_F channels and keeps four fp32 accumulators
 (i, f, c, o) fed by four ``tl.dot``s that share one im2col tile of h_prev, so the epilogue sees
-every gate of its channels and gate pre-activations never go to memory.
+every gate of its channels and gate pre-activations never make a round trip through memory.
 
-    a_g   = xg[b, p, g*F + f] + sum_k im2col(h_prev)[b, p, k] * R[k, g*F + f]
+    a_g   = xg[b, p, g*F + f] + sum_k im2col(h_prev * hmask[g])[b, p, k] * R[k, g*F + f]
     i, f, o = ract(a_i), ract(a_f), ract(a_o);  g = act(a_c)
     c     = f * c_prev + i * g;   h = o * act(c)
     masked sample (mask[b] == 0): h, c = h_prev, c_prev
 Shapes (per step): h_prev, h (B, P, F) in the compute dtype, rows b at a sample stride (h is a
 time slice of the output sequence); c_prev, c (B, P, F) fp32; xg (B, P, 4F); R (KD*KH*KW*F, 4F);
-gates (B, P, 4F) activated, saved for backward when SAVE_GATES. The recurrent conv is stride 1,
-"same" (padding before = P*), no dilation.
+hmask (4, B, P, F) recurrent-dropout masks (HAS_RDROP; the four A tiles then differ);
+preact (B, P, 4F) the pre-activations a_*, saved for backward when SAVE_PREACT.
+The recurrent conv is stride 1, "same" (padding before = P*), no dilation.
 """
 
 import triton
@@ -25,6 +26,16 @@ DEFAULT_CONFIG = (64, 32, 32, 4)
 
 
 @triton.jit
+def _gate_dot(a, w_ptrs, w_mask, acc, hmask_ptr, mask_base, d, hh, ww, row_mask, ks, K_TOTAL, F,
+              D, H, W, KH: tl.constexpr, KW: tl.constexpr, PD: tl.constexpr, PH: tl.constexpr,
+              PW: tl.constexpr, HAS_RDROP: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    if HAS_RDROP:
+        a = a * conv_gather(hmask_ptr, mask_base, d, hh, ww, row_mask, ks, K_TOTAL, F, D, H, W,
+                            KH, KW, 1, 1, 1, PD, PH, PW, 1, 1, 1)
+    return tl.dot(a, tl.load(w_ptrs, mask=w_mask, other=0.0), acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
 def step_forward_kernel(
     h_prev_ptr, stride_hp,
     c_prev_ptr, stride_cp,
@@ -32,17 +43,20 @@ def step_forward_kernel(
     r_ptr,
     h_ptr, stride_h,
     c_ptr, stride_c,
-    gates_ptr, stride_g,
+    preact_ptr, stride_pa,
     mask_ptr, stride_mask,
+    hmask_ptr, stride_hmask_gate,
     M, P, D, H, W, F,
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     ACT: tl.constexpr, RACT: tl.constexpr,
-    HAS_MASK: tl.constexpr, SAVE_GATES: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_RDROP: tl.constexpr, SAVE_PREACT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows, row_mask, b, p, d, hh, ww, fs, f_mask = state_tile(M, P, H, W, F, BLOCK_M, BLOCK_F)
     N = 4 * F
+    sample = b * (P * F)  # a sample's offset in the contiguous (4, B, P, F) dropout masks
 
     acc_i = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
     acc_f = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
@@ -55,14 +69,17 @@ def step_forward_kernel(
                         KH, KW, 1, 1, 1, PD, PH, PW, 1, 1, 1)
         w_ptrs = r_ptr + ks[:, None] * N + fs[None, :]
         w_mask = (ks < K_TOTAL)[:, None] & f_mask[None, :]
-        acc_i = tl.dot(a, tl.load(w_ptrs, mask=w_mask, other=0.0), acc_i,
-                       input_precision=DOT_PRECISION)
-        acc_f = tl.dot(a, tl.load(w_ptrs + F, mask=w_mask, other=0.0), acc_f,
-                       input_precision=DOT_PRECISION)
-        acc_c = tl.dot(a, tl.load(w_ptrs + 2 * F, mask=w_mask, other=0.0), acc_c,
-                       input_precision=DOT_PRECISION)
-        acc_o = tl.dot(a, tl.load(w_ptrs + 3 * F, mask=w_mask, other=0.0), acc_o,
-                       input_precision=DOT_PRECISION)
+        acc_i = _gate_dot(a, w_ptrs, w_mask, acc_i, hmask_ptr, sample, d, hh, ww, row_mask, ks,
+                          K_TOTAL, F, D, H, W, KH, KW, PD, PH, PW, HAS_RDROP, DOT_PRECISION)
+        acc_f = _gate_dot(a, w_ptrs + F, w_mask, acc_f, hmask_ptr, sample + stride_hmask_gate,
+                          d, hh, ww, row_mask, ks, K_TOTAL, F, D, H, W, KH, KW, PD, PH, PW,
+                          HAS_RDROP, DOT_PRECISION)
+        acc_c = _gate_dot(a, w_ptrs + 2 * F, w_mask, acc_c, hmask_ptr,
+                          sample + 2 * stride_hmask_gate, d, hh, ww, row_mask, ks, K_TOTAL, F,
+                          D, H, W, KH, KW, PD, PH, PW, HAS_RDROP, DOT_PRECISION)
+        acc_o = _gate_dot(a, w_ptrs + 3 * F, w_mask, acc_o, hmask_ptr,
+                          sample + 3 * stride_hmask_gate, d, hh, ww, row_mask, ks, K_TOTAL, F,
+                          D, H, W, KH, KW, PD, PH, PW, HAS_RDROP, DOT_PRECISION)
 
     tile_mask = row_mask[:, None] & f_mask[None, :]
     xg_ptrs = xg_ptr + (b * stride_xg + p * N)[:, None] + fs[None, :]
@@ -72,7 +89,7 @@ def step_forward_kernel(
     a_o = acc_o + tl.load(xg_ptrs + 3 * F, mask=tile_mask, other=0.0).to(tl.float32)
     state_offs = (p * F)[:, None] + fs[None, :]
     c_prev = tl.load(c_prev_ptr + (b * stride_cp)[:, None] + state_offs, mask=tile_mask, other=0.0)
-    gate_i, gate_f, gate_c, gate_o, c_new, h_new = lstm_cell(a_i, a_f, a_c, a_o, c_prev, ACT, RACT)
+    c_new, h_new = lstm_cell(a_i, a_f, a_c, a_o, c_prev, ACT, RACT)
     if HAS_MASK:
         keep = tl.load(mask_ptr + b * stride_mask, mask=row_mask, other=0) != 0
         h_prev = tl.load(h_prev_ptr + (b * stride_hp)[:, None] + state_offs, mask=tile_mask,
@@ -83,10 +100,10 @@ def step_forward_kernel(
     tl.store(h_ptr + (b * stride_h)[:, None] + state_offs, h_new.to(h_ptr.dtype.element_ty),
              mask=tile_mask)
     tl.store(c_ptr + (b * stride_c)[:, None] + state_offs, c_new, mask=tile_mask)
-    if SAVE_GATES:
-        g_ptrs = gates_ptr + (b * stride_g + p * N)[:, None] + fs[None, :]
-        gdt = gates_ptr.dtype.element_ty
-        tl.store(g_ptrs, gate_i.to(gdt), mask=tile_mask)
-        tl.store(g_ptrs + F, gate_f.to(gdt), mask=tile_mask)
-        tl.store(g_ptrs + 2 * F, gate_c.to(gdt), mask=tile_mask)
-        tl.store(g_ptrs + 3 * F, gate_o.to(gdt), mask=tile_mask)
+    if SAVE_PREACT:
+        pa_ptrs = preact_ptr + (b * stride_pa + p * N)[:, None] + fs[None, :]
+        pdt = preact_ptr.dtype.element_ty
+        tl.store(pa_ptrs, a_i.to(pdt), mask=tile_mask)
+        tl.store(pa_ptrs + F, a_f.to(pdt), mask=tile_mask)
+        tl.store(pa_ptrs + 2 * F, a_c.to(pdt), mask=tile_mask)
+        tl.store(pa_ptrs + 3 * F, a_o.to(pdt), mask=tile_mask)

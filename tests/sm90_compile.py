@@ -70,8 +70,8 @@ def main(dtype_name):
     dtype = DTYPES[dtype_name]
     cases = [
         dict(rank=2, k=3, padding="same", mask=True, state=True, go_backwards=True),
-        dict(rank=1, k=4, padding="valid", strides=2, bias=False, activation="relu",
-             recurrent_activation="hard_sigmoid"),
+        dict(rank=1, k=4, padding="valid", strides=2, bias=False, activation="gelu",
+             recurrent_activation="hard_sigmoid", dropout=True),
     ]
     for case in cases:
         rank, k = case["rank"], case["k"]
@@ -86,6 +86,10 @@ def main(dtype_name):
             state = tuple(torch.randn(2, *(9,) * rank, 5, dtype=dtype, requires_grad=True)
                           for _ in range(2))
         mask = torch.ones(2, 3, dtype=torch.bool) if case.get("mask") else None
+        if case.get("dropout"):
+            options["input_dropout_mask"] = torch.ones(4, *x.shape[:1], *x.shape[2:], dtype=dtype)
+            out = (9 - k) // case.get("strides", 1) + 1
+            options["recurrent_dropout_mask"] = torch.ones(4, 2, *(out,) * rank, 5, dtype=dtype)
         seq, h, c = functional.conv_lstm(x, kernel, rkernel, bias, state, mask=mask,
                                          backend="triton", **options)
         (seq.float().sum() + h.float().sum() + c.float().sum()).backward()
@@ -93,8 +97,8 @@ def main(dtype_name):
             functional.conv_lstm(x, kernel, rkernel, bias, state, mask=mask, backend="triton",
                                  **options)
     pre = torch.randn(40, 20, dtype=dtype)
-    h, c, gates = launchers.cell_forward(pre, torch.randn(40, 5), 1, 2)
-    launchers.cell_backward(h, c, gates, c, c, 1, 2)
+    h, c = launchers.cell_forward(pre, torch.randn(40, 5), 1, 2)
+    launchers.cell_backward(h, c, pre, c, c, 1, 2)
     names = sorted({key[0] for key in compiled})
     print(f"sm_90 {dtype_name}: compiled {len(compiled)} kernel variants of {len(names)} kernels "
           f"({', '.join(names)}); max shared memory {max(compiled.values())} bytes")

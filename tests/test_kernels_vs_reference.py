@@ -54,6 +54,21 @@ CASES = [
     pytest.param(dict(spatial=(9,), C=2, F=3, k=(5,), padding="same",
                       activation="linear", recurrent_activation="tanh", initial_state=True),
                  id="1d_linear_tanh"),
+    pytest.param(dict(spatial=(5, 6), C=3, F=5, k=(3, 3), padding="same", dropout=True,
+                      initial_state=True), id="2d_dropout"),
+    pytest.param(dict(spatial=(9, 7), C=2, F=3, k=(3, 2), padding="valid", strides=2,
+                      dropout=True, mask=True, go_backwards=True, T=4, B=3),
+                 id="2d_dropout_s2_mask_go_backwards"),
+    pytest.param(dict(spatial=(3, 4, 5), C=2, F=3, k=(2, 3, 3), padding="same", dropout=True),
+                 id="3d_dropout_even_same"),
+    pytest.param(dict(spatial=(8,), C=3, F=5, k=(3,), padding="same", dilation_rate=2,
+                      dropout=True, activation="gelu", recurrent_activation="hard_sigmoid_legacy"),
+                 id="1d_dropout_dil2_gelu"),
+    *[pytest.param(dict(spatial=(5, 4), C=2, F=3, k=(3, 3), padding="same", activation=act,
+                        recurrent_activation=ract, initial_state=True), id=f"2d_{act}_{ract}")
+      for act, ract in [("relu6", "elu"), ("selu", "silu"), ("gelu", "softsign"),
+                        ("softplus", "swish"), ("hard_sigmoid_legacy", "sigmoid")]]
+# "exponential" explodes over time steps with random weights: checked in test_cell_kernels.py,
 ]
 
 
@@ -78,6 +93,13 @@ def make_inputs(case, dtype=torch.float32, device="cpu"):
     if case.get("initial_state"):
         initial_state = (torch.randn(B, *out_spatial, F, dtype=dtype, device=device),
                          torch.randn(B, *out_spatial, F, dtype=dtype, device=device))
+    if case.get("dropout"):
+        # per-gate inverted-dropout masks (keep 0.7), constant over time, as the layers draw them
+        keep = 0.7
+        options["input_dropout_mask"] = (
+            torch.rand(4, B, *spatial, C, device=device) < keep).to(dtype) / keep
+        options["recurrent_dropout_mask"] = (
+            torch.rand(4, B, *out_spatial, F, device=device) < keep).to(dtype) / keep
     if case.get("mask"):
         mask = torch.rand(B, T, device=device) > 0.4
         mask[0, :2] = False  # leading masked steps: output zeros while the state stays h0
@@ -108,7 +130,7 @@ def tolerance(dtype, device):
     return TOLERANCES[dtype]
 
 
-LOW_PRECISION_CASES = [CASES[2], CASES[4], CASES[13]]
+LOW_PRECISION_CASES = [CASES[2], CASES[4], CASES[13], CASES[20]]
 DTYPE_CASES = (
     [pytest.param(torch.float32, *c.values, id=f"fp32-{c.id}") for c in CASES]
     + [pytest.param(torch.float16, *c.values, id=f"fp16-{c.id}") for c in LOW_PRECISION_CASES]
@@ -133,8 +155,10 @@ def test_forward_and_gradients_match_reference(dtype, case, poison_buffers):
                                         options, cotangents)
     ref_inputs = [t.double() if t is not None else None for t in (x, kernel, rkernel, bias)]
     ref_state = tuple(s.double() for s in initial_state) if initial_state is not None else None
+    ref_options = {key: value.double() if isinstance(value, torch.Tensor) else value
+                   for key, value in options.items()}
     (rseq, rh, rc), rgrads = run_with_grads(
-        "reference", *ref_inputs, ref_state, mask, options,
+        "reference", *ref_inputs, ref_state, mask, ref_options,
         lambda *_: tuple(v.double() for v in fixed["v"]))
 
     tol = tolerance(dtype, device)
