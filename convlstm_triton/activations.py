@@ -45,11 +45,14 @@ TORCH_ACTIVATIONS = {
 
 
 def check_activation(name, argument):
-    """The canonical name of a supported activation, else a ValueError naming ``argument``."""
+    """The canonical name of a supported activation (or a callable, which only the reference
+    runs), else a ValueError/TypeError naming ``argument``."""
+    if callable(name):
+        return name
     if not isinstance(name, str):
         raise TypeError(
-            f"{argument} must be an activation name (one of {sorted(TORCH_ACTIVATIONS)}), "
-            f"got {type(name).__name__}"
+            f"{argument} must be an activation name (one of {sorted(TORCH_ACTIVATIONS)}) or a "
+            f"callable, got {type(name).__name__}"
         )
     name = ALIASES.get(name, name)
     if name not in TORCH_ACTIVATIONS:
@@ -61,8 +64,5 @@ def check_activation(name, argument):
 
 
 def torch_activation(name):
-    return TORCH_ACTIVATIONS[check_activation(name, "activation")]
-
-
-def kernel_activation_code(name):
-    return KERNEL_ACTIVATION_CODES[check_activation(name, "activation")]
+    name = check_activation(name, "activation")
+    return name if callable(name) else TORCH_ACTIVATIONS[name]

@@ -26,8 +26,8 @@ def _fallback_reason(x, activation, recurrent_activation):
     if x.dtype not in _KERNEL_DTYPES:
         return f"dtype {x.dtype} (the kernels take float32, float16 and bfloat16)"
     for name in (activation, recurrent_activation):
-        if name not in KERNEL_ACTIVATION_CODES:
-            return f"activation {name!r}"
+        if callable(name):
+            return f"a Python callable as activation ({getattr(name, '__name__', name)!r})"
     return None
 
 

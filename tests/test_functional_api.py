@@ -51,7 +51,7 @@ def bad_calls():
         ("mask must have shape", ValueError, dict(mask=torch.ones(2, 4, dtype=torch.bool))),
         ("mask must be boolean", ValueError, dict(mask=torch.full((2, 3), 0.5))),
         ("activation", ValueError, dict(activation="swishy")),
-        ("recurrent_activation", TypeError, dict(recurrent_activation=torch.sigmoid)),
+        ("recurrent_activation", TypeError, dict(recurrent_activation=3)),
         ("go_backwards", TypeError, dict(go_backwards=1)),
         ("backend", ValueError, dict(backend="cuda")),
         ("input_dropout_mask", ValueError, dict(input_dropout_mask=torch.ones(4, 2, 5, 6, 2))),
@@ -109,3 +109,18 @@ def test_allow_tf32_override_is_accepted():
     out = conv_lstm(x, kernel, rkernel, bias, backend="triton", allow_tf32=False)
     ref = conv_lstm(x, kernel, rkernel, bias, backend="reference")
     assert_close(out[0], ref[0], torch.float32, "seq")
+
+
+@pytest.mark.skipif(not triton_available_here(), reason="needs a GPU or TRITON_INTERPRET=1")
+def test_callable_activation_runs_on_the_reference_with_a_warning(monkeypatch):
+    monkeypatch.setattr(functional, "_warned", set())
+    x, kernel, rkernel, bias = small_inputs()
+
+    def my_tanh(t):
+        return torch.tanh(t)
+
+    with pytest.warns(UserWarning, match="callable.*falling back"):
+        out = conv_lstm(x, kernel, rkernel, bias, activation=my_tanh, backend="triton")
+    ref = conv_lstm(x, kernel, rkernel, bias, activation="tanh", backend="reference")
+    for a, r in zip(out, ref):
+        assert torch.equal(a, r)

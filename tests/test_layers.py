@@ -516,7 +516,7 @@ BAD_ARGS = [
     ({"strides": 2, "dilation_rate": 2}, ValueError, "strides.*dilation_rate"),
     ({"activation": "geluu"}, ValueError, "activation"),
     ({"recurrent_activation": "swish2"}, ValueError, "recurrent_activation"),
-    ({"activation": torch.tanh}, TypeError, "activation"),
+    ({"activation": 3}, TypeError, "activation"),
     ({"kernel_initializer": "foo"}, ValueError, "kernel_initializer"),
     ({"recurrent_initializer": 1.0}, TypeError, "recurrent_initializer"),
     ({"bias_initializer": "bar"}, ValueError, "bias_initializer"),
