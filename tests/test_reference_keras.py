@@ -218,13 +218,24 @@ def test_mask_matches_keras(spatial, kwargs, with_state, go_backwards):
         pytest.param("tanh", "linear", id="tanh_linear"),
         pytest.param("sigmoid", "relu", id="sigmoid_relu"),
         pytest.param("hard_sigmoid", "tanh", id="hard_sigmoid_tanh"),
+        pytest.param("relu6", "sigmoid", id="relu6_sigmoid"),
+        pytest.param("elu", "hard_sigmoid", id="elu_hard_sigmoid"),
+        pytest.param("selu", "sigmoid", id="selu_sigmoid"),
+        pytest.param("silu", "sigmoid", id="silu_sigmoid"),
+        pytest.param("swish", "softsign", id="swish_softsign"),
+        pytest.param("gelu", "sigmoid", id="gelu_sigmoid"),
+        pytest.param("softplus", "sigmoid", id="softplus_sigmoid"),
+        pytest.param("tanh", "exponential", id="tanh_exponential"),
+        # exponential as the cell activation is exp(exp(.)) over steps: overflows on any data
     ],
 )
 def test_activations_match_keras(activation, recurrent_activation):
     spatial = (5, 6)
     x, k, r, b = _make_case(spatial, 3, 3, 3)
-    # Larger pre-activations so hard_sigmoid / relu actually hit their clipped regions.
-    x = x * 3
+    # Larger pre-activations so hard_sigmoid / relu actually hit their clipped regions; smaller
+    # for the unbounded exponential, which otherwise overflows within three steps.
+    exponential = "exponential" in (activation, recurrent_activation)
+    x = x * (0.3 if exponential else 3)
     acts = {"activation": activation, "recurrent_activation": recurrent_activation}
     layer = _keras_layer(2, 3, 3, x, (k, r, b), padding="same", **acts)
     ours = conv_lstm_reference(x, k, r, b, padding="same", **acts)
@@ -237,6 +248,17 @@ def test_no_bias_matches_keras(spatial):
     layer = _keras_layer(len(spatial), 3, 3, x, (k, r), padding="same", use_bias=False)
     ours = conv_lstm_reference(x, k, r, None, padding="same")
     _compare(ours, _run_keras(layer, x))
+
+
+def test_hard_sigmoid_legacy_is_keras2_formula():
+    """Keras 3 has no Keras 2 hard_sigmoid; check ``clip(0.2 x + 0.5, 0, 1)`` directly."""
+    x, k, r, b = _make_case((5, 6), 3, 3, 3)
+    ours = conv_lstm_reference(x * 3, k, r, b, padding="same",
+                               recurrent_activation="hard_sigmoid_legacy")
+    legacy = conv_lstm_reference(x * 3, k, r, b, padding="same",
+                                 recurrent_activation=lambda t: (0.2 * t + 0.5).clamp(0, 1))
+    for a, e in zip(ours, legacy):
+        assert torch.equal(a, e)
 
 
 def _capture_dropout_masks(cell, monkeypatch):
