@@ -3,5 +3,7 @@
 from ._version import __version__
 from .functional import conv_lstm
 from .layers import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D
+from .torch_modules import ConvLSTM, ConvLSTMCell
 
-__all__ = ["__version__", "conv_lstm", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"]
+__all__ = ["__version__", "conv_lstm", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTMCell",
+           "ConvLSTM"]

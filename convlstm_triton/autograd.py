@@ -28,11 +28,12 @@ class StepSpec:
 
 
 class ConvLSTMFunction(torch.autograd.Function):
-    """(x, kernel2d, recurrent_kernel2d, bias, h0, c0, mask, xmask, hmask, spec)
+    """(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, mask, xmask, hmask, spec)
     -> (states, h_T, c_T).
 
     x (B, T, D, H, W, C_in) contiguous; kernel2d (K_in, 4F); recurrent_kernel2d (K_rec, 4F);
     bias (4F,) or None; h0 (B, P, F) compute dtype; c0 (B, P, F) any float dtype;
+    peephole (3F,) per-channel peephole weights w_ci, w_cf, w_co, or None;
     mask (B, T) int8 or None; xmask (4, B, D, H, W, C_in) and hmask (4, B, P, F) per-gate
     dropout masks (compute dtype, contiguous) or None.
     states (B, T, P, F): the state h after every step (equal to the output sequence except at
@@ -40,13 +41,13 @@ class ConvLSTMFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, kernel2d, recurrent_kernel2d, bias, h0, c0, mask, xmask, hmask,
+    def forward(ctx, x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, mask, xmask, hmask,
                 spec: StepSpec):
         geom = spec.geometry
         B, T = x.shape[:2]
         P = geom.out_pixels
         F = recurrent_kernel2d.shape[1] // 4
-        needs_grad = any(ctx.needs_input_grad[:6])
+        needs_grad = any(ctx.needs_input_grad[:7])
 
         xg = launchers.input_projection(x, kernel2d, bias, xmask, geom, spec.precision)
         states = launchers.new_buffer((B, T, P, F), x.device, x.dtype)
@@ -62,15 +63,15 @@ class ConvLSTMFunction(torch.autograd.Function):
             launchers.step_forward(
                 h_prev, c_all[:, c_in], xg[:, s], recurrent_kernel2d, states[:, s],
                 c_all[:, c_out], preact[:, s] if needs_grad else None,
-                mask[:, s] if mask is not None else None, hmask, geom, spec.act, spec.ract,
-                spec.precision,
+                mask[:, s] if mask is not None else None, hmask, peephole, geom, spec.act,
+                spec.ract, spec.precision,
             )
         del xg
         c_final = c_all[:, T if needs_grad else T % 2].clone()
         h_final = states[:, T - 1].clone()
         if needs_grad:
             ctx.save_for_backward(x, kernel2d, recurrent_kernel2d, h0, states, c_all, preact,
-                                  mask, xmask, hmask)
+                                  peephole, mask, xmask, hmask)
             ctx.spec = spec
             ctx.has_bias = bias is not None
             ctx.c0_dtype = c0.dtype
@@ -79,17 +80,19 @@ class ConvLSTMFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # double backward through the kernels is not implemented: say so
     def backward(ctx, d_states, d_h, d_c):
-        (x, kernel2d, recurrent_kernel2d, h0, states, c_all, preact, mask, xmask,
+        (x, kernel2d, recurrent_kernel2d, h0, states, c_all, preact, peephole, mask, xmask,
          hmask) = ctx.saved_tensors
         spec = ctx.spec
         geom = spec.geometry
         B, T = x.shape[:2]
         P, F = states.shape[2:]
-        need_x, need_k, need_rk, need_b, need_h0, need_c0 = ctx.needs_input_grad[:6]
+        need_x, need_k, need_rk, need_b, need_h0, need_c0, need_peep = ctx.needs_input_grad[:7]
 
-        dh_carry = (d_h.float().clone() if d_h is not None
+        # The carries are rewritten in place by the kernels, which index them as contiguous
+        # (B, P, F): a fresh contiguous copy whatever layout the incoming gradient has.
+        dh_carry = (d_h.float().clone(memory_format=torch.contiguous_format) if d_h is not None
                     else torch.zeros((B, P, F), device=x.device, dtype=torch.float32))
-        dc_carry = (d_c.float().clone() if d_c is not None
+        dc_carry = (d_c.float().clone(memory_format=torch.contiguous_format) if d_c is not None
                     else torch.zeros((B, P, F), device=x.device, dtype=torch.float32))
         d_states = d_states.contiguous() if d_states is not None else None
         dgates = launchers.new_buffer((B, T, P, 4 * F), x.device, x.dtype)
@@ -98,14 +101,14 @@ class ConvLSTMFunction(torch.autograd.Function):
                 dgates[:, s + 1] if s + 1 < T else None, recurrent_kernel2d,
                 d_states[:, s] if d_states is not None else None, dh_carry, dc_carry,
                 preact[:, s], c_all[:, s + 1], c_all[:, s],
-                mask[:, s] if mask is not None else None, hmask, dgates[:, s],
+                mask[:, s] if mask is not None else None, hmask, peephole, dgates[:, s],
                 geom, spec.act, spec.ract, spec.precision,
             )
 
-        dh0 = dc0 = dx = dk = drk = db = None
+        dh0 = dc0 = dx = dk = drk = db = dpeep = None
         if need_h0:
             launchers.step_backward(dgates[:, 0], recurrent_kernel2d, None, dh_carry, dc_carry,
-                                    None, None, None, None, hmask, None, geom, spec.act,
+                                    None, None, None, None, hmask, None, None, geom, spec.act,
                                     spec.ract, spec.precision, cell=False)
             dh0 = dh_carry.to(h0.dtype)
         if need_c0:
@@ -129,4 +132,13 @@ class ConvLSTMFunction(torch.autograd.Function):
                 drk += launchers.weight_grad(prev, dgates[:, 1:], hmask, rgeom, False,
                                              spec.precision)[0]
             drk = drk.to(recurrent_kernel2d.dtype)
-        return dx, dk, drk, db, dh0, dc0, None, None, None, None
+        if need_peep:
+            # sum over (b, t, p) of d_i * c_{t-1}, d_f * c_{t-1}, d_o * c_t; masked steps have
+            # zero gate gradients. Elementwise on saved tensors: torch does it at copy speed.
+            dg = dgates.view(B, T, P, 4, F).float()
+            dpeep = torch.stack([
+                (dg[:, :, :, 0] * c_all[:, :T]).sum((0, 1, 2)),
+                (dg[:, :, :, 1] * c_all[:, :T]).sum((0, 1, 2)),
+                (dg[:, :, :, 3] * c_all[:, 1:]).sum((0, 1, 2)),
+            ]).reshape(-1).to(peephole.dtype)
+        return dx, dk, drk, db, dh0, dc0, dpeep, None, None, None, None

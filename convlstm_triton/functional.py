@@ -53,7 +53,8 @@ def _resolve_backend(backend, x, reason):
 def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, strides=1,
               padding="valid", dilation_rate=1, activation="tanh",
               recurrent_activation="sigmoid", go_backwards=False, mask=None, backend="auto",
-              input_dropout_mask=None, recurrent_dropout_mask=None, allow_tf32=None):
+              input_dropout_mask=None, recurrent_dropout_mask=None, peephole=None,
+              allow_tf32=None):
     """ConvLSTM over a whole sequence with Keras 3 semantics.
 
     Args:
@@ -71,6 +72,8 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
         backend: "auto" (CUDA -> triton, CPU -> reference), "triton", "reference".
         input_dropout_mask: (4, B, *spatial, C_in) per-gate scaled dropout masks, or None.
         recurrent_dropout_mask: (4, B, *out_spatial, F), or None.
+        peephole: (3, F) per-channel peephole weights (w_ci, w_cf, w_co; Shi et al. 2015, not
+            in Keras): i and f see ``+ w_ci * c_prev``, ``+ w_cf * c_prev``, o ``+ w_co * c``.
         allow_tf32: fp32 dots in TF32; default ``torch.backends.cudnn.allow_tf32``.
 
     Returns:
@@ -79,7 +82,7 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
     args = validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, strides,
                                    padding, dilation_rate, activation, recurrent_activation,
                                    go_backwards, mask, backend, input_dropout_mask,
-                                   recurrent_dropout_mask)
+                                   recurrent_dropout_mask, peephole)
     reason = _fallback_reason(x, args.activation, args.recurrent_activation)
     if _resolve_backend(backend, x, reason) == "reference":
         return conv_lstm_reference(
@@ -87,16 +90,17 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
             padding=padding.lower(), dilation_rate=dilation_rate, activation=activation,
             recurrent_activation=recurrent_activation, go_backwards=go_backwards, mask=mask,
             input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
+            peephole=peephole,
         )
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cudnn.allow_tf32
     return _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards,
-                             mask, input_dropout_mask, recurrent_dropout_mask,
+                             mask, input_dropout_mask, recurrent_dropout_mask, peephole,
                              dot_precision(x.dtype, allow_tf32))
 
 
 def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards, mask,
-                      input_dropout_mask, recurrent_dropout_mask, precision):
+                      input_dropout_mask, recurrent_dropout_mask, peephole, precision):
     geom = KernelGeometry.from_conv(args.geometry)
     B, T, C, F = args.batch, args.steps, args.in_channels, args.filters
     P = geom.out_pixels
@@ -124,7 +128,9 @@ def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go
     states, h, c = ConvLSTMFunction.apply(
         frames, kernel.reshape(-1, 4 * F).contiguous(),
         recurrent_kernel.reshape(-1, 4 * F).contiguous(),
-        bias.contiguous() if bias is not None else None, h0, c0, step_mask, xmask, hmask, spec,
+        bias.contiguous() if bias is not None else None, h0, c0,
+        peephole.reshape(-1).contiguous() if peephole is not None else None,
+        step_mask, xmask, hmask, spec,
     )
     seq = states
     if step_mask is not None:

@@ -113,7 +113,7 @@ def _stride0(t):
     return t.stride(0) if t is not None else 0
 
 
-def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hmask,
+def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hmask, peephole,
                  geom: KernelGeometry, act, ract, precision):
     """One fused step. State tensors are (B, P, F) views (sample stride free, rest contiguous);
     hmask (4, B, P, F) recurrent-dropout masks or None; preact_t (B, P, 4F) or None."""
@@ -126,17 +126,18 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
         h_prev, h_prev.stride(0), c_prev, c_prev.stride(0), xg_t, xg_t.stride(0), rk2d,
         h_out, h_out.stride(0), c_out, c_out.stride(0),
         _ptr(preact_t, c_out), _stride0(preact_t), _ptr(mask_t, c_out), _stride0(mask_t),
-        _ptr(hmask, c_out), _stride0(hmask),
+        _ptr(hmask, c_out), _stride0(hmask), _ptr(peephole, c_out),
         M, P, *geom.out_spatial, F,
         KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
         ACT=act, RACT=ract, HAS_MASK=mask_t is not None, HAS_RDROP=hmask is not None,
-        SAVE_PREACT=preact_t is not None, DOT_PRECISION=precision,
+        HAS_PEEPHOLE=peephole is not None, SAVE_PREACT=preact_t is not None,
+        DOT_PRECISION=precision,
         BLOCK_M=block_m, BLOCK_F=block_f, BLOCK_K=block_k, num_warps=warps,
     )
 
 
 def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, mask_t, hmask,
-                  dg_out, geom: KernelGeometry, act, ract, precision, cell=True):
+                  peephole, dg_out, geom: KernelGeometry, act, ract, precision, cell=True):
     """One fused backward step (cell=True), or the initial-state pass (cell=False: dh_carry
     becomes dh0 = dgrad(dg_next) + dh_carry)."""
     B, P, F = dh_carry.shape
@@ -149,11 +150,12 @@ def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, 
         _ptr(dg_next, d), _stride0(dg_next), rk2d, _ptr(dy, d), _stride0(dy), dh_carry, dc_carry,
         _ptr(preact_t, d), _stride0(preact_t), _ptr(c_t, d), _stride0(c_t), _ptr(c_prev, d),
         _stride0(c_prev), _ptr(mask_t, d), _stride0(mask_t), _ptr(hmask, d), _stride0(hmask),
-        _ptr(dg_out, d), _stride0(dg_out),
+        _ptr(peephole, d), _ptr(dg_out, d), _stride0(dg_out),
         M, P, *geom.out_spatial, F,
         KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
         ACT=act, RACT=ract, HAS_NEXT=dg_next is not None, HAS_DY=dy is not None,
-        HAS_MASK=mask_t is not None, HAS_RDROP=hmask is not None, CELL=cell,
+        HAS_MASK=mask_t is not None, HAS_RDROP=hmask is not None,
+        HAS_PEEPHOLE=peephole is not None, CELL=cell,
         DOT_PRECISION=precision, BLOCK_M=block_m, BLOCK_F=block_f, BLOCK_K=block_k,
         num_warps=warps,
     )

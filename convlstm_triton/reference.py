@@ -82,6 +82,7 @@ def conv_lstm_reference(
     mask=None,
     input_dropout_mask=None,
     recurrent_dropout_mask=None,
+    peephole=None,
 ):
     """Run a ConvLSTM over a whole sequence; returns ``(seq, h, c)``.
 
@@ -101,6 +102,9 @@ def conv_lstm_reference(
             ``x_t * input_dropout_mask[g]`` at every step.
         recurrent_dropout_mask: (4, B, *out_spatial, F), already scaled; gate g's recurrent conv
             sees ``h_prev * recurrent_dropout_mask[g]``.
+        peephole: None or (3, F) per-channel peephole weights (w_ci, w_cf, w_co), an extension
+            beyond Keras (Shi et al. 2015): i and f see ``+ w_ci * c_prev``, ``+ w_cf * c_prev``,
+            o sees ``+ w_co * c``.
 
     Returns:
         seq: (B, T, *out_spatial, F); h, c: (B, *out_spatial, F) final states.
@@ -157,6 +161,10 @@ def conv_lstm_reference(
         mask = mask.to(torch.bool).reshape(batch, steps, *(1,) * (rank + 1))
         prev_out = x.new_zeros(state_shape)
 
+    if peephole is not None:
+        # (3, F) -> three (1, F, 1, ...) per-channel weights against (B, F, *out_spatial)
+        w_ci, w_cf, w_co = peephole.reshape(3, 1, filters, *(1,) * rank).unbind(0)
+
     ones = (1,) * rank
     outputs = []
     order = range(steps - 1, -1, -1) if go_backwards else range(steps)
@@ -173,9 +181,14 @@ def conv_lstm_reference(
                 dim=1,
             )
         zi, zf, zc, zo = (xg[:, t] + hg).chunk(4, dim=1)
+        if peephole is not None:
+            zi = zi + w_ci * c
+            zf = zf + w_cf * c
         i = ract(zi)
         f = ract(zf)
         c_new = f * c + i * act(zc)
+        if peephole is not None:
+            zo = zo + w_co * c_new
         o = ract(zo)
         h_new = o * act(c_new)
         if mask is None:

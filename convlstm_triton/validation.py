@@ -47,7 +47,7 @@ def _expect_like(tensor, x, name):
 
 def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, strides, padding,
                             dilation_rate, activation, recurrent_activation, go_backwards, mask,
-                            backend, input_dropout_mask, recurrent_dropout_mask):
+                            backend, input_dropout_mask, recurrent_dropout_mask, peephole=None):
     _check_tensor(x, "x")
     _check_tensor(kernel, "kernel")
     _check_tensor(recurrent_kernel, "recurrent_kernel")
@@ -128,6 +128,10 @@ def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, st
             _check_tensor(value, name)
             _expect_shape(value, shape, name, "(4 gates, batch, *spatial, channels)")
             _expect_like(value, x, name)
+    if peephole is not None:
+        _check_tensor(peephole, "peephole")
+        _expect_shape(peephole, (3, filters), "peephole", "(3, filters): w_ci, w_cf, w_co")
+        _expect_like(peephole, x, "peephole")
     if not isinstance(go_backwards, bool):
         raise TypeError(f"go_backwards must be a bool, got {type(go_backwards).__name__}")
     if backend not in BACKENDS:

@@ -18,30 +18,57 @@ DEFAULT_CONFIG = (64, 32, 4)
 
 
 @triton.jit
-def lstm_cell(a_i, a_f, a_c, a_o, c_prev, ACT: tl.constexpr, RACT: tl.constexpr):
-    """fp32 pre-activations -> (c, h)."""
+def lstm_cell(a_i, a_f, a_c, a_o, c_prev, w_ci, w_cf, w_co, HAS_PEEPHOLE: tl.constexpr,
+              ACT: tl.constexpr, RACT: tl.constexpr):
+    """fp32 pre-activations -> (a_i, a_f, a_o, c, h); with peepholes (Shi et al. 2015, one
+    weight per channel) a_i, a_f gain w_ci * c_prev, w_cf * c_prev and a_o gains w_co * c, and
+    the updated pre-activations are returned for backward."""
+    if HAS_PEEPHOLE:
+        a_i += w_ci * c_prev
+        a_f += w_cf * c_prev
     c = activate(a_f, RACT) * c_prev + activate(a_i, RACT) * activate(a_c, ACT)
-    return c, activate(a_o, RACT) * activate(c, ACT)
+    if HAS_PEEPHOLE:
+        a_o += w_co * c
+    return a_i, a_f, a_o, c, activate(a_o, RACT) * activate(c, ACT)
 
 
 @triton.jit
-def lstm_cell_grad(dh, dc_carry, a_i, a_f, a_c, a_o, c, c_prev,
-                   ACT: tl.constexpr, RACT: tl.constexpr):
+def lstm_cell_grad(dh, dc_carry, a_i, a_f, a_c, a_o, c, c_prev, w_ci, w_cf, w_co,
+                   HAS_PEEPHOLE: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr):
     """Gradients of the pre-activations (d_i, d_f, d_c, d_o) and of c_prev, all fp32.
 
-    Gates are recomputed from the saved pre-activations a_*; dh is the total gradient of h,
-    dc_carry the gradient reaching c from the next step.
+    Gates are recomputed from the saved pre-activations a_* (peephole terms included); dh is the
+    total gradient of h, dc_carry the gradient reaching c from the next step.
     """
     gate_i = activate(a_i, RACT)
     gate_f = activate(a_f, RACT)
     gate_c = activate(a_c, ACT)
     gate_o = activate(a_o, RACT)
+    d_o = dh * activate(c, ACT) * activation_grad(a_o, RACT)
     dc = dc_carry + dh * gate_o * activation_grad(c, ACT)
+    if HAS_PEEPHOLE:
+        dc += d_o * w_co
     d_i = dc * gate_c * activation_grad(a_i, RACT)
     d_f = dc * c_prev * activation_grad(a_f, RACT)
     d_c = dc * gate_i * activation_grad(a_c, ACT)
-    d_o = dh * activate(c, ACT) * activation_grad(a_o, RACT)
-    return d_i, d_f, d_c, d_o, dc * gate_f
+    dc_prev = dc * gate_f
+    if HAS_PEEPHOLE:
+        dc_prev += d_i * w_ci + d_f * w_cf
+    return d_i, d_f, d_c, d_o, dc_prev
+
+
+@triton.jit
+def load_peephole(peephole_ptr, fs, f_mask, F, HAS_PEEPHOLE: tl.constexpr):
+    """Per-channel peephole weights (3, F) as [1, BLOCK_F] rows (zeros without peepholes)."""
+    if HAS_PEEPHOLE:
+        w_ci = tl.load(peephole_ptr + fs, mask=f_mask, other=0.0).to(tl.float32)[None, :]
+        w_cf = tl.load(peephole_ptr + F + fs, mask=f_mask, other=0.0).to(tl.float32)[None, :]
+        w_co = tl.load(peephole_ptr + 2 * F + fs, mask=f_mask, other=0.0).to(tl.float32)[None, :]
+    else:
+        w_ci = tl.zeros((1, fs.shape[0]), dtype=tl.float32)
+        w_cf = w_ci
+        w_co = w_ci
+    return w_ci, w_cf, w_co
 
 
 @triton.jit
@@ -70,7 +97,7 @@ def cell_forward_kernel(
     gate_offs, state_offs, mask = _tile(M, F, BLOCK_M, BLOCK_F)
     a_i, a_f, a_c, a_o = _load_preact(pre_ptr, gate_offs, mask, F)
     c_prev = tl.load(c_prev_ptr + state_offs, mask=mask, other=0.0)
-    c, h = lstm_cell(a_i, a_f, a_c, a_o, c_prev, ACT, RACT)
+    _, _, _, c, h = lstm_cell(a_i, a_f, a_c, a_o, c_prev, 0.0, 0.0, 0.0, False, ACT, RACT)
     tl.store(c_ptr + state_offs, c, mask=mask)
     tl.store(h_ptr + state_offs, h.to(h_ptr.dtype.element_ty), mask=mask)
 
@@ -87,8 +114,8 @@ def cell_backward_kernel(
     dc = tl.load(dc_ptr + state_offs, mask=mask, other=0.0).to(tl.float32)
     c = tl.load(c_ptr + state_offs, mask=mask, other=0.0)
     c_prev = tl.load(c_prev_ptr + state_offs, mask=mask, other=0.0)
-    d_i, d_f, d_c, d_o, dc_prev = lstm_cell_grad(dh, dc, a_i, a_f, a_c, a_o, c, c_prev, ACT,
-                                                 RACT)
+    d_i, d_f, d_c, d_o, dc_prev = lstm_cell_grad(dh, dc, a_i, a_f, a_c, a_o, c, c_prev, 0.0, 0.0,
+                                                 0.0, False, ACT, RACT)
     gdt = dpre_ptr.dtype.element_ty
     tl.store(dpre_ptr + gate_offs, d_i.to(gdt), mask=mask)
     tl.store(dpre_ptr + gate_offs + F, d_f.to(gdt), mask=mask)

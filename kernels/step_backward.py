@@ -9,7 +9,8 @@ For step s (reverse time), one program owns BLOCK_M pixels x BLOCK_F channels of
     carries to step s-1: dc_carry = dc_s * f, dh_carry = 0
     masked sample (state carried over in forward): dgates_s = 0, dh_carry = dh_s, dc_carry = dc
 The GEMM runs gate by gate so each gate's partial sum can take its recurrent-dropout mask
-(HAS_RDROP); gates are recomputed from the saved pre-activations a_*.
+(HAS_RDROP); gates are recomputed from the saved pre-activations a_*. Peepholes (HAS_PEEPHOLE)
+add d_o * w_co to dc and d_i * w_ci + d_f * w_cf to the dc carry (cell.lstm_cell_grad).
 
 With CELL=False the epilogue only writes dh_s into the dh carry: that is the gradient of the
 initial state h0 (launched once after step 0 with dgates_0 as "next").
@@ -21,7 +22,7 @@ by the program that owns it); preact (B, P, 4F); c, c_prev (B, P, F) fp32; hmask
 import triton
 import triton.language as tl
 
-from .cell import lstm_cell_grad
+from .cell import load_peephole, lstm_cell_grad
 from .im2col import state_tile, tconv_gather, tconv_weight_tile
 
 # (BLOCK_M, BLOCK_F, BLOCK_K, num_warps)
@@ -39,13 +40,15 @@ def step_backward_kernel(
     c_prev_ptr, stride_cp,
     mask_ptr, stride_mask,
     hmask_ptr, stride_hmask_gate,
+    peephole_ptr,
     dg_ptr, stride_dg,
     M, P, D, H, W, F,
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     ACT: tl.constexpr, RACT: tl.constexpr,
     HAS_NEXT: tl.constexpr, HAS_DY: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_RDROP: tl.constexpr, CELL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_RDROP: tl.constexpr, HAS_PEEPHOLE: tl.constexpr, CELL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows, row_mask, b, p, d, hh, ww, fs, f_mask = state_tile(M, P, H, W, F, BLOCK_M, BLOCK_F)
@@ -85,8 +88,9 @@ def step_backward_kernel(
         c_prev = tl.load(c_prev_ptr + (b * stride_cp)[:, None] + state_offs, mask=tile_mask,
                          other=0.0)
         dc_carry = tl.load(dc_ptr + carry_ptrs, mask=tile_mask, other=0.0)
+        w_ci, w_cf, w_co = load_peephole(peephole_ptr, fs, f_mask, F, HAS_PEEPHOLE)
         d_i, d_f, d_c, d_o, dc_next = lstm_cell_grad(dh, dc_carry, a_i, a_f, a_c, a_o, c, c_prev,
-                                                     ACT, RACT)
+                                                     w_ci, w_cf, w_co, HAS_PEEPHOLE, ACT, RACT)
         dh_next = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
         if HAS_MASK:
             keep = (tl.load(mask_ptr + b * stride_mask, mask=row_mask, other=0) != 0)[:, None]

@@ -11,6 +11,7 @@ every gate of its channels and gate pre-activations never make a round trip thro
 Shapes (per step): h_prev, h (B, P, F) in the compute dtype, rows b at a sample stride (h is a
 time slice of the output sequence); c_prev, c (B, P, F) fp32; xg (B, P, 4F); R (KD*KH*KW*F, 4F);
 hmask (4, B, P, F) recurrent-dropout masks (HAS_RDROP; the four A tiles then differ);
+peephole (3, F) per-channel weights w_ci, w_cf, w_co (HAS_PEEPHOLE, see cell.lstm_cell);
 preact (B, P, 4F) the pre-activations a_*, saved for backward when SAVE_PREACT.
 The recurrent conv is stride 1, "same" (padding before = P*), no dilation.
 """
@@ -18,7 +19,7 @@ The recurrent conv is stride 1, "same" (padding before = P*), no dilation.
 import triton
 import triton.language as tl
 
-from .cell import lstm_cell
+from .cell import load_peephole, lstm_cell
 from .im2col import conv_gather, state_tile
 
 # (BLOCK_M, BLOCK_F, BLOCK_K, num_warps); four BLOCK_M x BLOCK_F fp32 accumulators in registers.
@@ -46,12 +47,13 @@ def step_forward_kernel(
     preact_ptr, stride_pa,
     mask_ptr, stride_mask,
     hmask_ptr, stride_hmask_gate,
+    peephole_ptr,
     M, P, D, H, W, F,
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     ACT: tl.constexpr, RACT: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_RDROP: tl.constexpr, SAVE_PREACT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_RDROP: tl.constexpr, HAS_PEEPHOLE: tl.constexpr,
+    SAVE_PREACT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows, row_mask, b, p, d, hh, ww, fs, f_mask = state_tile(M, P, H, W, F, BLOCK_M, BLOCK_F)
@@ -89,7 +91,9 @@ def step_forward_kernel(
     a_o = acc_o + tl.load(xg_ptrs + 3 * F, mask=tile_mask, other=0.0).to(tl.float32)
     state_offs = (p * F)[:, None] + fs[None, :]
     c_prev = tl.load(c_prev_ptr + (b * stride_cp)[:, None] + state_offs, mask=tile_mask, other=0.0)
-    c_new, h_new = lstm_cell(a_i, a_f, a_c, a_o, c_prev, ACT, RACT)
+    w_ci, w_cf, w_co = load_peephole(peephole_ptr, fs, f_mask, F, HAS_PEEPHOLE)
+    a_i, a_f, a_o, c_new, h_new = lstm_cell(a_i, a_f, a_c, a_o, c_prev, w_ci, w_cf, w_co,
+                                            HAS_PEEPHOLE, ACT, RACT)
     if HAS_MASK:
         keep = tl.load(mask_ptr + b * stride_mask, mask=row_mask, other=0) != 0
         h_prev = tl.load(h_prev_ptr + (b * stride_hp)[:, None] + state_offs, mask=tile_mask,

@@ -69,7 +69,8 @@ def main(dtype_name):
     functional.triton_interpreter_enabled = lambda: True  # CPU tensors may take the Triton path
     dtype = DTYPES[dtype_name]
     cases = [
-        dict(rank=2, k=3, padding="same", mask=True, state=True, go_backwards=True),
+        dict(rank=2, k=3, padding="same", mask=True, state=True, go_backwards=True,
+             peephole=True),
         dict(rank=1, k=4, padding="valid", strides=2, bias=False, activation="gelu",
              recurrent_activation="hard_sigmoid", dropout=True),
     ]
@@ -86,6 +87,8 @@ def main(dtype_name):
             state = tuple(torch.randn(2, *(9,) * rank, 5, dtype=dtype, requires_grad=True)
                           for _ in range(2))
         mask = torch.ones(2, 3, dtype=torch.bool) if case.get("mask") else None
+        if case.get("peephole"):
+            options["peephole"] = torch.randn(3, 5, dtype=dtype, requires_grad=True)
         if case.get("dropout"):
             options["input_dropout_mask"] = torch.ones(4, *x.shape[:1], *x.shape[2:], dtype=dtype)
             out = (9 - k) // case.get("strides", 1) + 1
@@ -99,9 +102,12 @@ def main(dtype_name):
     pre = torch.randn(40, 20, dtype=dtype)
     h, c = launchers.cell_forward(pre, torch.randn(40, 5), 1, 2)
     launchers.cell_backward(h, c, pre, c, c, 1, 2)
-    names = sorted({key[0] for key in compiled})
-    print(f"sm_90 {dtype_name}: compiled {len(compiled)} kernel variants of {len(names)} kernels "
-          f"({', '.join(names)}); max shared memory {max(compiled.values())} bytes")
+    shared = {}
+    for key, nbytes in compiled.items():
+        shared[key[0]] = max(shared.get(key[0], 0), nbytes)
+    print(f"sm_90 {dtype_name}: compiled {len(compiled)} kernel variants of {len(shared)} kernels;"
+          " max shared memory per kernel: "
+          + ", ".join(f"{name} {nbytes // 1024} KiB" for name, nbytes in sorted(shared.items())))
 
 
 if __name__ == "__main__":

@@ -124,3 +124,23 @@ def test_callable_activation_runs_on_the_reference_with_a_warning(monkeypatch):
     ref = conv_lstm(x, kernel, rkernel, bias, activation="tanh", backend="reference")
     for a, r in zip(out, ref):
         assert torch.equal(a, r)
+
+
+def test_reference_peephole_gradcheck():
+    x, kernel, rkernel, bias = small_inputs(rank=1, B=1, T=3, C=2, F=2, dtype=torch.float64)
+    peephole = torch.randn(3, 2, dtype=torch.float64)
+    h0 = torch.randn(1, 5, 2, dtype=torch.float64)
+    c0 = torch.randn(1, 5, 2, dtype=torch.float64)
+    inputs = [t.requires_grad_() for t in (x, kernel, rkernel, bias, peephole, h0, c0)]
+
+    def fn(x, kernel, rkernel, bias, peephole, h0, c0):
+        return conv_lstm(x, kernel, rkernel, bias, (h0, c0), padding="same", peephole=peephole,
+                         backend="reference")
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_peephole_shape_is_checked():
+    x, kernel, rkernel, bias = small_inputs()
+    with pytest.raises(ValueError, match="peephole must have shape \\(3, 4\\)"):
+        conv_lstm(x, kernel, rkernel, bias, peephole=torch.zeros(4, 4))

@@ -64,6 +64,11 @@ CASES = [
     pytest.param(dict(spatial=(8,), C=3, F=5, k=(3,), padding="same", dilation_rate=2,
                       dropout=True, activation="gelu", recurrent_activation="hard_sigmoid_legacy"),
                  id="1d_dropout_dil2_gelu"),
+    pytest.param(dict(spatial=(5, 6), C=3, F=5, k=(3, 3), padding="same", peephole=True,
+                      initial_state=True), id="2d_peephole"),
+    pytest.param(dict(spatial=(7,), C=2, F=3, k=(3,), padding="same", peephole=True, mask=True,
+                      dropout=True, go_backwards=True, initial_state=True, T=4, B=3),
+                 id="1d_peephole_mask_dropout_go_backwards"),
     *[pytest.param(dict(spatial=(5, 4), C=2, F=3, k=(3, 3), padding="same", activation=act,
                         recurrent_activation=ract, initial_state=True), id=f"2d_{act}_{ract}")
       for act, ract in [("relu6", "elu"), ("selu", "silu"), ("gelu", "softsign"),
@@ -93,6 +98,8 @@ def make_inputs(case, dtype=torch.float32, device="cpu"):
     if case.get("initial_state"):
         initial_state = (torch.randn(B, *out_spatial, F, dtype=dtype, device=device),
                          torch.randn(B, *out_spatial, F, dtype=dtype, device=device))
+    if case.get("peephole"):
+        options["peephole"] = torch.randn(3, F, dtype=dtype, device=device) * 0.5
     if case.get("dropout"):
         # per-gate inverted-dropout masks (keep 0.7), constant over time, as the layers draw them
         keep = 0.7
@@ -109,6 +116,10 @@ def make_inputs(case, dtype=torch.float32, device="cpu"):
 
 
 def run_with_grads(backend, x, kernel, rkernel, bias, initial_state, mask, options, cotangents):
+    options = dict(options)
+    peephole = options.get("peephole")
+    if peephole is not None:
+        peephole = options["peephole"] = peephole.detach().clone().requires_grad_()
     leaves = [t.detach().clone().requires_grad_() for t in (x, kernel, rkernel)]
     bias = bias.detach().clone().requires_grad_() if bias is not None else None
     state = (tuple(s.detach().clone().requires_grad_() for s in initial_state)
@@ -117,10 +128,11 @@ def run_with_grads(backend, x, kernel, rkernel, bias, initial_state, mask, optio
                           backend=backend, **options)
     d_seq, d_h, d_c = cotangents(seq, h, c)
     loss = (seq * d_seq).sum() + (h * d_h).sum() + (c * d_c).sum()
-    inputs = leaves + ([bias] if bias is not None else []) + (list(state) if state else [])
+    inputs = (leaves + ([bias] if bias is not None else []) + (list(state) if state else [])
+              + ([peephole] if peephole is not None else []))
     grads = torch.autograd.grad(loss, inputs)
-    names = ["x", "kernel", "recurrent_kernel"] + (["bias"] if bias is not None else []) + (
-        ["h0", "c0"] if state else [])
+    names = (["x", "kernel", "recurrent_kernel"] + (["bias"] if bias is not None else [])
+             + (["h0", "c0"] if state else []) + (["peephole"] if peephole is not None else []))
     return (seq, h, c), dict(zip(names, grads))
 
 
@@ -224,3 +236,24 @@ def test_double_backward_is_a_clear_error():
     (gx,) = torch.autograd.grad(seq.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
         torch.autograd.grad(gx.sum(), kernel)
+
+
+def test_non_contiguous_output_gradients(poison_buffers):
+    """Gradients arriving for seq, h and c in any layout (a channels-first wrapper's movedim)."""
+    device = kernel_device()
+    case = dict(spatial=(4, 5), C=2, F=3, k=(3, 3), padding="same", initial_state=True)
+    x, kernel, rkernel, bias, initial_state, _, options = make_inputs(case, device=device)
+
+    def cotangents(seq, h, c):
+        torch.manual_seed(7)
+        # contiguous in a channels-first layout, seen through a channels-last view
+        return tuple(torch.randn(t.movedim(-1, 1).shape, device=device).movedim(1, -1)
+                     for t in (seq, h, c))
+
+    _, grads = run_with_grads("triton", x, kernel, rkernel, bias, initial_state, None, options,
+                              cotangents)
+    _, rgrads = run_with_grads("reference", x, kernel, rkernel, bias, initial_state, None,
+                               options, cotangents)
+    for name in grads:
+        assert_close(grads[name], rgrads[name], torch.float32, f"d{name}",
+                     tolerance(torch.float32, device))
