@@ -17,6 +17,7 @@ CamelCase class names are accepted too)::
     lecun_normal     truncated normal, stddev = sqrt(1 / fan_in) / 0.8796...
     orthogonal       QR of a normal matrix on the 2D flatten (prod(shape[:-1]), shape[-1]), gain 1
     zeros, ones
+    constant         Constant(value=0.0): every element = value
     random_normal    N(0, 0.05)
     random_uniform   U(-0.05, 0.05)
     truncated_normal N(0, 0.05) truncated to mean +- 2 stddev
@@ -25,6 +26,14 @@ CamelCase class names are accepted too)::
 *truncated* distribution has the nominal variance.) The truncated normals are exactly truncated
 (``torch.nn.init.trunc_normal_``); Keras' torch backend instead keeps the first of four draws that
 lies in (-2, 2), which is the same distribution up to a ~4e-6 chance per element.
+
+A dict in Keras' serialized form is accepted too, e.g. ``{"class_name": "Constant", "config":
+{"value": 0.5}}`` (what ``keras.initializers.serialize`` and a Keras layer config hold; ``"module"``
+and ``"registered_name"`` are ignored). Config keys: ``value`` (Constant), ``mean``/``stddev``
+(RandomNormal, TruncatedNormal), ``minval``/``maxval`` (RandomUniform), ``gain`` (Orthogonal);
+``seed`` is ignored (Keras' random streams cannot be reproduced in torch), and keys set to None
+(e.g. the variance-scaling initializers' ``input_axes``/``output_axes``) are ignored; anything else
+is a ValueError. ``constant(value)`` returns the Constant initializer as a callable.
 
 A callable is accepted in place of a name: ``fn(shape, *, dtype, device, generator)`` must return a
 tensor of exactly ``shape`` (``generator`` is a ``torch.Generator`` or None for torch's global RNG).
@@ -37,7 +46,9 @@ import math
 
 import torch
 
-__all__ = ["KNOWN_INITIALIZERS", "get", "initialize", "initialize_", "compute_fans"]
+__all__ = [
+    "KNOWN_INITIALIZERS", "get", "initialize", "initialize_", "compute_fans", "constant",
+]
 
 # stddev of a unit normal truncated to [-2, 2] (Keras' constant)
 _TRUNCATED_STDDEV = 0.87962566103423978
@@ -112,6 +123,17 @@ def _orthogonal(shape, dtype, generator, gain=1.0):
     return (gain * q).reshape(shape).to(_draw_dtype(dtype))
 
 
+def _constant(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"the constant initializer's value must be a number, got {value!r}")
+
+    def init(shape, dtype, generator):
+        # Keras: cast(value, dtype) * ones -- one rounding from the Python float to dtype.
+        return torch.full(shape, float(value), dtype=torch.float64)
+
+    return init
+
+
 _INITIALIZERS = {
     "glorot_uniform": _variance_scaling(1.0, "fan_avg", "uniform"),
     "glorot_normal": _variance_scaling(1.0, "fan_avg", "truncated_normal"),
@@ -122,6 +144,7 @@ _INITIALIZERS = {
     "orthogonal": _orthogonal,
     "zeros": lambda shape, dtype, generator: torch.zeros(shape, dtype=_draw_dtype(dtype)),
     "ones": lambda shape, dtype, generator: torch.ones(shape, dtype=_draw_dtype(dtype)),
+    "constant": _constant(0.0),
     "random_normal": lambda shape, dtype, generator: _normal(shape, 0.0, 0.05, dtype, generator),
     "random_uniform": lambda shape, dtype, generator: _uniform(
         shape, -0.05, 0.05, dtype, generator
@@ -132,6 +155,33 @@ _INITIALIZERS = {
 }
 
 KNOWN_INITIALIZERS = tuple(sorted(_INITIALIZERS))
+
+# Initializers with Keras config parameters: name -> (factory(**config) -> draw fn, defaults).
+_PARAMETRIC = {
+    "constant": (_constant, {"value": 0.0}),
+    "random_normal": (
+        lambda mean, stddev: lambda shape, dtype, generator: _normal(
+            shape, mean, stddev, dtype, generator
+        ),
+        {"mean": 0.0, "stddev": 0.05},
+    ),
+    "truncated_normal": (
+        lambda mean, stddev: lambda shape, dtype, generator: _truncated_normal(
+            shape, mean, stddev, dtype, generator
+        ),
+        {"mean": 0.0, "stddev": 0.05},
+    ),
+    "random_uniform": (
+        lambda minval, maxval: lambda shape, dtype, generator: _uniform(
+            shape, minval, maxval, dtype, generator
+        ),
+        {"minval": -0.05, "maxval": 0.05},
+    ),
+    "orthogonal": (
+        lambda gain: lambda shape, dtype, generator: _orthogonal(shape, dtype, generator, gain),
+        {"gain": 1.0},
+    ),
+}
 
 _ALIASES = {
     "normal": "random_normal",
@@ -159,31 +209,70 @@ def _canonical_name(name):
     return _ALIASES.get(key.replace("_", ""))
 
 
-def get(identifier, argument="initializer"):
-    """Resolve a name or callable to ``fn(shape, *, dtype, device, generator) -> tensor``.
+def _wrap(draw, name):
+    def init(shape, *, dtype=torch.float32, device=None, generator=None):
+        return draw(tuple(shape), dtype, generator).to(dtype=dtype, device=device)
 
-    Raises a ValueError listing the known names for an unknown name, a TypeError for anything that
-    is neither a string nor a callable; both name ``argument``.
+    init.__name__ = name
+    return init
+
+
+def constant(value=0.0):
+    """Keras ``Constant(value)``: ``fn(shape, *, dtype, device, generator)`` filling ``value``."""
+    return _wrap(_constant(value), "constant")
+
+
+def _from_dict(identifier, argument):
+    extra = set(identifier) - {"class_name", "config", "module", "registered_name"}
+    class_name = identifier.get("class_name")
+    config = identifier.get("config", {})
+    name = _canonical_name(class_name) if isinstance(class_name, str) else None
+    if extra or name is None or not isinstance(config, dict):
+        raise ValueError(
+            f"{argument}={identifier!r} is not a known initializer; a dict must be Keras' "
+            "serialized form {'class_name': ..., 'config': {...}} with a class_name among "
+            f"{list(KNOWN_INITIALIZERS)} (Keras spelling)"
+        )
+    factory, defaults = _PARAMETRIC.get(name, (None, {}))
+    kwargs = dict(defaults)
+    for key, value in config.items():
+        if key == "seed" or (value is None and key not in defaults):
+            continue  # Keras' seeded streams cannot be reproduced; None = not set
+        if key not in defaults:
+            raise ValueError(
+                f"{argument}={identifier!r}: config key {key!r} is not supported for {name} "
+                f"(supported: {sorted(defaults) + ['seed']})"
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{argument}={identifier!r}: {key} must be a number, got {value!r}")
+        kwargs[key] = float(value)
+    draw = factory(**kwargs) if factory is not None else _INITIALIZERS[name]
+    return _wrap(draw, name)
+
+
+def get(identifier, argument="initializer"):
+    """Resolve a name, Keras dict or callable to ``fn(shape, *, dtype, device, generator)``.
+
+    Raises a ValueError listing the known names for an unknown name or dict, a TypeError for
+    anything that is neither a string, a dict nor a callable; both name ``argument``.
     """
     if isinstance(identifier, str):
         name = _canonical_name(identifier)
         if name is None:
             raise ValueError(
                 f"{argument}={identifier!r} is not a known initializer; expected one of "
-                f"{list(KNOWN_INITIALIZERS)} or a callable fn(shape, *, dtype, device, generator)"
+                f"{list(KNOWN_INITIALIZERS)}, a Keras dict {{'class_name': ..., 'config': ...}} "
+                "or a callable fn(shape, *, dtype, device, generator)"
             )
-        draw = _INITIALIZERS[name]
-
-        def init(shape, *, dtype=torch.float32, device=None, generator=None):
-            return draw(tuple(shape), dtype, generator).to(dtype=dtype, device=device)
-
-        init.__name__ = name
-        return init
+        return _wrap(_INITIALIZERS[name], name)
+    if isinstance(identifier, dict):
+        return _from_dict(identifier, argument)
     if callable(identifier):
         return identifier
     raise TypeError(
-        f"{argument} must be an initializer name (one of {list(KNOWN_INITIALIZERS)}) or a "
-        f"callable fn(shape, *, dtype, device, generator), got {type(identifier).__name__}"
+        f"{argument} must be an initializer name (one of {list(KNOWN_INITIALIZERS)}), a Keras "
+        "dict {'class_name': ..., 'config': ...} or a callable "
+        f"fn(shape, *, dtype, device, generator), got {type(identifier).__name__}"
     )
 
 

@@ -20,8 +20,18 @@ and ``bias`` ``(4F,)`` have the Keras shapes and gate order (i, f, c, o), so
   call, kept as non-persistent buffers (they follow ``.to()`` but are not in the state_dict).
   ``reset_states()`` forgets them; after that the next call may use a new batch size. An explicit
   ``initial_state`` overrides the kept state for that call (as in Keras).
-* **Regularizers and constraints** are Keras objects with no torch counterpart: only ``None`` is
-  accepted (add penalties to the loss, use ``torch.nn.utils.parametrize`` for constraints).
+* **Regularizers** (``kernel_regularizer``, ``recurrent_regularizer``, ``bias_regularizer``,
+  ``activity_regularizer``): Keras names (``"l1"``, ``"l2"``, ``"l1_l2"``), Keras dicts or callables
+  (``convlstm_triton.regularizers``). torch has no ``layer.losses``: add
+  ``layer.regularization_loss()`` to your loss. It is the weight penalties on the current
+  parameters plus the activity penalty of the **last forward call** (Keras: the regularizer of each
+  returned tensor -- the output, and ``h``, ``c`` with ``return_state`` -- divided by the batch
+  size), kept with its autograd graph until the next call.
+* **Constraints** (``kernel_constraint``, ``recurrent_constraint``, ``bias_constraint``): Keras
+  names (``"max_norm"``, ``"non_neg"``, ``"unit_norm"``, ``"min_max_norm"``), Keras dicts or
+  callables (``convlstm_triton.constraints``; norms over ``axis`` of the Keras-layout weight).
+  Keras applies them after every optimizer update: call ``layer.apply_constraints()`` after
+  ``optimizer.step()``.
 """
 
 import inspect
@@ -33,7 +43,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter, is_lazy
 
-from . import initializers
+from . import constraints, initializers, regularizers
 from .activations import check_activation
 from .functional import conv_lstm
 from .geometry import ConvGeometry, normalize_tuple
@@ -41,19 +51,6 @@ from .geometry import ConvGeometry, normalize_tuple
 __all__ = ["ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"]
 
 _BACKENDS = ("auto", "triton", "reference")
-
-
-def _check_none(value, argument, hint):
-    if value is not None:
-        raise ValueError(
-            f"{argument}={value!r} is not supported: Keras {hint} have no PyTorch meaning here. "
-            f"Only {argument}=None is accepted; "
-            + (
-                "add the penalty to your loss instead."
-                if "regularizer" in argument
-                else "use torch.nn.utils.parametrize (or clamp after optimizer.step()) instead."
-            )
-        )
 
 
 def _check_rate(value, argument):
@@ -154,19 +151,28 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
         self.recurrent_initializer = recurrent_initializer
         self.bias_initializer = bias_initializer
         self.unit_forget_bias = bool(unit_forget_bias)
-        for value, argument in (
-            (kernel_regularizer, "kernel_regularizer"),
-            (recurrent_regularizer, "recurrent_regularizer"),
-            (bias_regularizer, "bias_regularizer"),
-            (activity_regularizer, "activity_regularizer"),
+        # Resolved objects (Keras keeps them as layer attributes too); see regularization_loss()
+        # and apply_constraints().
+        self.kernel_regularizer = regularizers.get(kernel_regularizer, "kernel_regularizer")
+        self.recurrent_regularizer = regularizers.get(
+            recurrent_regularizer, "recurrent_regularizer"
+        )
+        self.bias_regularizer = regularizers.get(bias_regularizer, "bias_regularizer")
+        self.activity_regularizer = regularizers.get(activity_regularizer, "activity_regularizer")
+        weight_rank = len(self.kernel_size) + 2
+        for argument, value, ndim in (
+            ("kernel_constraint", kernel_constraint, weight_rank),
+            ("recurrent_constraint", recurrent_constraint, weight_rank),
+            ("bias_constraint", bias_constraint, 1),
         ):
-            _check_none(value, argument, "regularizers")
-        for value, argument in (
-            (kernel_constraint, "kernel_constraint"),
-            (recurrent_constraint, "recurrent_constraint"),
-            (bias_constraint, "bias_constraint"),
-        ):
-            _check_none(value, argument, "constraints")
+            constraint = constraints.get(value, argument)
+            if isinstance(constraint, constraints.Constraint):
+                try:
+                    constraint.check_rank(ndim)
+                except ValueError as e:
+                    raise ValueError(f"{argument}={constraint!r}: {e}") from None
+            setattr(self, argument, constraint)
+        self._activity_penalty = None  # the last forward's activity penalty (with its graph)
         self.dropout = _check_rate(dropout, "dropout")
         self.recurrent_dropout = _check_rate(recurrent_dropout, "recurrent_dropout")
         if seed is not None and (
@@ -331,6 +337,18 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
             out.append(t.numpy().copy())
         return out
 
+    def load_keras_weights(self, path, layer_name):
+        """Load the weights of Keras layer ``layer_name`` from a saved Keras file.
+
+        ``path``: a ``.keras`` file, a ``.weights.h5`` file or a legacy Keras ``.h5`` file; read
+        with h5py (Keras is not needed). See ``convlstm_triton.keras_files``; then as
+        ``set_keras_weights`` (initializes a lazy layer, validates shapes). Returns ``self``.
+        """
+        from .keras_files import load_keras_layer_weights
+
+        self.set_keras_weights(load_keras_layer_weights(path, layer_name))
+        return self
+
     # ------------------------------------------------------------------ forward
 
     @property
@@ -445,9 +463,97 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
         if channels_first:
             output = output.movedim(-1, 2 if self.return_sequences else 1)
             h, c = h.movedim(-1, 1), c.movedim(-1, 1)
-        if self.return_state:
-            return output, h, c
-        return output
+        result = (output, h, c) if self.return_state else output
+        if self.activity_regularizer is not None:
+            self._activity_penalty = self._compute_activity_penalty(result)
+        return result
+
+    # ------------------------------------------------------------------ regularizers, constraints
+
+    def _compute_activity_penalty(self, outputs):
+        # Keras (Layer.__call__): the regularizer of every returned tensor, divided by its batch
+        # size (divide_no_nan: 0 for an empty batch), summed.
+        regularizer = regularizers.get(self.activity_regularizer, "activity_regularizer")
+        total = None
+        for t in outputs if isinstance(outputs, tuple) else (outputs,):
+            penalty = regularizer(t)
+            if not isinstance(penalty, torch.Tensor):
+                penalty = torch.as_tensor(penalty, dtype=t.dtype, device=t.device)
+            if t.dim() > 0:
+                batch = t.shape[0]
+                penalty = penalty / batch if batch else torch.zeros_like(penalty)
+            total = penalty if total is None else total + penalty
+        return total
+
+    def _regularized_weights(self):
+        # Resolved again so that an attribute reassigned after construction ("l2", a dict) works.
+        return [
+            (regularizers.get(getattr(self, argument), argument), getattr(self, name))
+            for name, argument in (
+                ("kernel", "kernel_regularizer"),
+                ("recurrent_kernel", "recurrent_regularizer"),
+                ("bias", "bias_regularizer"),
+            )
+        ]
+
+    def regularization_loss(self):
+        """Keras ``sum(layer.losses)``: weight penalties plus the last call's activity penalty.
+
+        A 0-dim tensor that backpropagates into the parameters (and, for the activity part, into
+        the graph of the **last** forward call -- call this after the forward whose output enters
+        your loss; the penalty of earlier calls is replaced). Zero when nothing is configured.
+        Lazy (not yet initialized) parameters have no penalty, as unbuilt Keras weights, and
+        frozen ones (``requires_grad=False``) neither, as Keras counts only trainable weights.
+        """
+        total = None
+        for regularizer, param in self._regularized_weights():
+            if regularizer is None or param is None or is_lazy(param) or not param.requires_grad:
+                continue
+            penalty = regularizer(param)
+            total = penalty if total is None else total + penalty
+        if self.activity_regularizer is not None and self._activity_penalty is not None:
+            p = self._activity_penalty
+            total = p if total is None else total + p.to(total.device)
+        if total is None:
+            kernel = self.kernel
+            dtype = torch.float32 if is_lazy(kernel) else kernel.dtype
+            return torch.zeros((), dtype=dtype, device=kernel.device)
+        if not isinstance(total, torch.Tensor):
+            total = torch.as_tensor(total, dtype=self.kernel.dtype, device=self.kernel.device)
+        return total.reshape(())
+
+    @torch.no_grad()
+    def apply_constraints(self):
+        """Project the parameters in place with their constraints (call after optimizer.step()).
+
+        Keras applies ``kernel_constraint``, ``recurrent_constraint`` and ``bias_constraint``
+        after every optimizer update; this does the same for the current values. A no-op for
+        parameters without a constraint (or not yet initialized).
+        """
+        for name, argument in (
+            ("kernel", "kernel_constraint"),
+            ("recurrent_kernel", "recurrent_constraint"),
+            ("bias", "bias_constraint"),
+        ):
+            constraint = constraints.get(getattr(self, argument), argument)
+            param = getattr(self, name)
+            if constraint is None or param is None or is_lazy(param):
+                continue
+            value = constraint(param)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(param.shape):
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)
+                raise ValueError(
+                    f"{argument} returned {got}, expected a tensor of shape {tuple(param.shape)}"
+                )
+            param.copy_(value)
+
+    def __getstate__(self):
+        # The kept activity penalty is a non-leaf tensor (deepcopy/pickle cannot copy those) and
+        # belongs to the last call only: do not carry it into copies.
+        parent = getattr(super(), "__getstate__", None)
+        state = dict(parent() if parent is not None else self.__dict__)
+        state["_activity_penalty"] = None
+        return state
 
     # ------------------------------------------------------------------ state
 
@@ -490,6 +596,11 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
             "stateful": (False, self.stateful),
             "backend": ("auto", self.backend),
         }
+        for argument in (
+            "kernel_regularizer", "recurrent_regularizer", "bias_regularizer",
+            "activity_regularizer", "kernel_constraint", "recurrent_constraint", "bias_constraint",
+        ):
+            defaults[argument] = (None, getattr(self, argument))
         parts += [f"{k}={v!r}" for k, (d, v) in defaults.items() if v != d]
         return ", ".join(parts)
 

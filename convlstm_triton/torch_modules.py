@@ -99,6 +99,9 @@ class ConvLSTMCell(nn.Module):
         activation, recurrent_activation: Keras activation names (default tanh, sigmoid), or
             callables (those run on the reference implementation, with a one-time warning).
         rank: 1, 2 or 3 spatial dims; None: ``len(kernel_size)`` for a tuple, else 2.
+        peephole: add peephole connections (Shi et al. 2015) with per-channel weights
+            ``peephole_weights (3, H)`` = (w_ci, w_cf, w_co): i and f see ``w_ci * c_prev``,
+            ``w_cf * c_prev``, o sees ``w_co * c``; fused into the kernels.
         backend: "auto" (CUDA -> Triton kernels, CPU -> reference), "triton", "reference".
         device, dtype: of the parameters.
 
@@ -107,8 +110,8 @@ class ConvLSTMCell(nn.Module):
     """
 
     def __init__(self, in_channels, hidden_channels, kernel_size, bias=True, activation="tanh",
-                 recurrent_activation="sigmoid", *, rank=None, backend="auto", device=None,
-                 dtype=None):
+                 recurrent_activation="sigmoid", *, rank=None, peephole=False, backend="auto",
+                 device=None, dtype=None):
         super().__init__()
         self.in_channels = _check_positive_int(in_channels, "in_channels")
         self.hidden_channels = _check_positive_int(hidden_channels, "hidden_channels")
@@ -129,6 +132,10 @@ class ConvLSTMCell(nn.Module):
             self.bias = nn.Parameter(torch.empty(h4, **factory))
         else:
             self.register_parameter("bias", None)
+        if _check_bool(peephole, "peephole"):
+            self.peephole_weights = nn.Parameter(torch.empty(3, self.hidden_channels, **factory))
+        else:
+            self.register_parameter("peephole_weights", None)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -165,7 +172,8 @@ class ConvLSTMCell(nn.Module):
         _, h, c = conv_lstm(
             input.movedim(1, -1).unsqueeze(1), self.kernel, self.recurrent_kernel, self.bias,
             state, padding="same", activation=self.activation,
-            recurrent_activation=self.recurrent_activation, backend=self.backend,
+            recurrent_activation=self.recurrent_activation, peephole=self.peephole_weights,
+            backend=self.backend,
         )
         return h.movedim(-1, 1), c.movedim(-1, 1)
 
@@ -177,6 +185,8 @@ class ConvLSTMCell(nn.Module):
             s += f", activation={self.activation!r}"
         if self.recurrent_activation != "sigmoid":
             s += f", recurrent_activation={self.recurrent_activation!r}"
+        if self.peephole_weights is not None:
+            s += ", peephole=True"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s
@@ -226,9 +236,10 @@ class ConvLSTM(nn.Module):
     def __init__(self, in_channels, hidden_channels, kernel_size, num_layers=1, bias=True,
                  batch_first=True, bidirectional=False, dropout=0.0, padding="same",
                  activation="tanh", recurrent_activation="sigmoid", *, rank=None,
-                 backend="auto", device=None, dtype=None):
+                 peephole=False, backend="auto", device=None, dtype=None):
         super().__init__()
         self.in_channels = _check_positive_int(in_channels, "in_channels")
+        self.peephole = _check_bool(peephole, "peephole")
         self.num_layers = _check_positive_int(num_layers, "num_layers")
         L = self.num_layers
         if isinstance(hidden_channels, (list, tuple)):
@@ -287,6 +298,8 @@ class ConvLSTM(nn.Module):
                 shapes = {"kernel": k + (c_in, h4), "recurrent_kernel": k + (hidden[layer], h4)}
                 if self.bias:
                     shapes["bias"] = (h4,)
+                if self.peephole:
+                    shapes["peephole_weights"] = (3, hidden[layer])
                 names = []
                 for name, shape in shapes.items():
                     setattr(self, name + suffix, nn.Parameter(torch.empty(shape, **factory)))
@@ -384,12 +397,14 @@ class ConvLSTM(nn.Module):
             outputs = []
             for direction in range(D):
                 index = layer * D + direction
-                kernel, recurrent_kernel, *bias = self.all_weights[index]
+                weights = {name.rsplit("_l", 1)[0]: getattr(self, name)
+                           for name in self._weight_names[index]}
                 seq, h, c = conv_lstm(
-                    x, kernel, recurrent_kernel, bias[0] if bias else None, states[index],
-                    padding=self.padding, activation=self.activation,
+                    x, weights["kernel"], weights["recurrent_kernel"], weights.get("bias"),
+                    states[index], padding=self.padding, activation=self.activation,
                     recurrent_activation=self.recurrent_activation,
-                    go_backwards=direction == 1, backend=self.backend,
+                    go_backwards=direction == 1, peephole=weights.get("peephole_weights"),
+                    backend=self.backend,
                 )
                 # go_backwards returns the sequence in processing order: re-align it in time.
                 outputs.append(seq.flip(1) if direction == 1 else seq)
@@ -420,6 +435,7 @@ class ConvLSTM(nn.Module):
             "padding": ("same", self.padding),
             "activation": ("tanh", self.activation),
             "recurrent_activation": ("sigmoid", self.recurrent_activation),
+            "peephole": (False, self.peephole),
             "backend": ("auto", self.backend),
         }
         return s + "".join(f", {k}={v!r}" for k, (d, v) in defaults.items() if v != d)

@@ -110,10 +110,11 @@ def test_cell_loop_equals_conv_lstm_sequence(backend):
     assert_close(state[1], cf(c), torch.float32, "c", tol(device))
 
 
+@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
 @pytest.mark.parametrize("backend", BACKENDS[1:])
-def test_cell_gradients_match_reference(backend):
+def test_cell_gradients_match_reference(backend, peephole):
     device = device_for(backend)
-    cell = ConvLSTMCell(3, 5, (3, 3), backend=backend, device=device)
+    cell = ConvLSTMCell(3, 5, (3, 3), peephole=peephole, backend=backend, device=device)
     x = torch.randn(2, 3, 5, 6, device=device)
     hx = (torch.randn(2, 5, 5, 6, device=device), torch.randn(2, 5, 5, 6, device=device))
     dh, dc = torch.randn_like(hx[0]), torch.randn_like(hx[1])
@@ -125,8 +126,9 @@ def test_cell_gradients_match_reference(backend):
         params = list(cell.parameters())
         return torch.autograd.grad((h * dh).sum() + (c * dc).sum(), leaves + params)
 
-    names = ["x", "h0", "c0", "kernel", "recurrent_kernel", "bias"]
-    for name, g, r in zip(names, grads("triton"), grads("reference")):
+    names = ["x", "h0", "c0"] + [name for name, _ in cell.named_parameters()]
+    assert ("peephole_weights" in names) == peephole
+    for name, g, r in zip(names, grads("triton"), grads("reference"), strict=True):
         assert_close(g, r, torch.float32, f"d{name}", tol(device))
 
 
@@ -349,7 +351,8 @@ def test_gradients_flow_to_input_hx_and_every_parameter():
 def test_gradients_match_reference(backend):
     device = device_for(backend)
     B, T, C, H = 2, 3, 3, 4
-    m = ConvLSTM(C, H, (3, 2), num_layers=2, bidirectional=True, backend=backend, device=device)
+    m = ConvLSTM(C, H, (3, 2), num_layers=2, bidirectional=True, peephole=True, backend=backend,
+                 device=device)
     x = torch.randn(B, T, C, 4, 5, device=device)
     h0 = torch.randn(4, B, H, 4, 5, device=device)
     c0 = torch.randn(4, B, H, 4, 5, device=device)
@@ -368,7 +371,7 @@ def test_gradients_match_reference(backend):
     ref_outs, ref_grads = run("reference")
     for name, a, r in zip(("output", "h_n", "c_n"), outs, ref_outs):
         assert_close(a, r, torch.float32, name, tol(device))
-    assert len(grads) == len(names) == 3 + 12
+    assert len(grads) == len(names) == 3 + 16  # kernel, recurrent, bias, peephole x 4
     for name, g, r in zip(names, grads, ref_grads):
         assert r.abs().sum() > 0, name
         assert_close(g, r, torch.float32, f"d{name}", tol(device))
@@ -474,3 +477,18 @@ def test_bad_forward_arguments():
         cell(x[:, 0], (torch.zeros(2, 4, 4, 5), torch.zeros(2, 4, 4, 4)))
     with pytest.raises(TypeError, match="hx must be None or a pair"):
         cell(x[:, 0], torch.zeros(2, 4, 4, 5))
+
+
+def test_peephole_equals_functional_peephole():
+    """The module's peephole weights reach conv_lstm as (3, H) = (w_ci, w_cf, w_co)."""
+    m = ConvLSTM(2, 3, 3, num_layers=1, peephole=True, backend="reference")
+    x = torch.randn(2, 3, 2, 4, 5)
+    out, (h_n, c_n) = m(x)
+    seq, h, c = conv_lstm(x.movedim(2, -1),
+                          m.kernel_l0, m.recurrent_kernel_l0, m.bias_l0, padding="same",
+                          peephole=m.peephole_weights_l0, backend="reference")
+    assert torch.equal(out, seq.movedim(-1, 2))
+    assert torch.equal(h_n[0], h.movedim(-1, 1))
+    no_peephole = conv_lstm(x.movedim(2, -1), m.kernel_l0, m.recurrent_kernel_l0, m.bias_l0,
+                            padding="same", backend="reference")[0]
+    assert not torch.allclose(seq, no_peephole)
