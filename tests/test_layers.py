@@ -1,8 +1,9 @@
-"""``ConvLSTM1D/2D/3D`` modules (backend="reference", CPU): Keras parity, initializers, lazy
+"""``ConvLSTM1D/2D/3D`` modules: Keras parity (both backends), initializers, lazy
 parameters, Keras weight I/O, stateful, dropout, argument validation, state_dict, gradients."""
 
 import copy
 import math
+import os
 
 import numpy as np
 import pytest
@@ -42,8 +43,20 @@ def _keras_layer(rank, filters, kernel_size, x_np, **kwargs):
     return layer
 
 
-def _ours_from_keras(keras_layer, rank, filters, kernel_size, **kwargs):
-    layer = CLASSES[rank](filters, kernel_size, backend="reference", **kwargs)
+# Keras parity on both backends; the Triton one on CPU tensors through the interpreter (on a GPU
+# machine the kernels are compared with the reference by test_kernels_vs_reference.py).
+PARITY_BACKENDS = [
+    pytest.param("reference", id="reference"),
+    pytest.param("triton", id="triton", marks=[
+        pytest.mark.kernels,
+        pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                           reason="Keras parity of the Triton path runs under TRITON_INTERPRET=1"),
+    ]),
+]
+
+
+def _ours_from_keras(keras_layer, rank, filters, kernel_size, backend="reference", **kwargs):
+    layer = CLASSES[rank](filters, kernel_size, backend=backend, **kwargs)
     layer.set_keras_weights(keras_layer.get_weights())
     return layer
 
@@ -95,17 +108,19 @@ PARITY_CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", PARITY_BACKENDS)
 @pytest.mark.parametrize("rank, shape, filters, kernel_size, kwargs", PARITY_CASES)
-def test_keras_parity(rank, shape, filters, kernel_size, kwargs):
+def test_keras_parity(rank, shape, filters, kernel_size, kwargs, backend):
     x = torch.randn(2, 3, *shape)
     kl = _keras_layer(rank, filters, kernel_size, _np(x), **kwargs)
-    ours = _ours_from_keras(kl, rank, filters, kernel_size, **kwargs)
+    ours = _ours_from_keras(kl, rank, filters, kernel_size, backend, **kwargs)
     _compare(ours(x), kl(_np(x)))
 
 
 @pytest.mark.parametrize("channels_first", [False, True], ids=["channels_last", "channels_first"])
 @pytest.mark.parametrize("return_sequences", [False, True], ids=["last", "seq"])
-def test_keras_parity_initial_state_and_mask(channels_first, return_sequences):
+@pytest.mark.parametrize("backend", PARITY_BACKENDS)
+def test_keras_parity_initial_state_and_mask(channels_first, return_sequences, backend):
     kwargs = {"padding": "same", "return_state": True, "return_sequences": return_sequences,
               "bias_initializer": "random_normal",
               "data_format": "channels_first" if channels_first else "channels_last"}
@@ -119,7 +134,7 @@ def test_keras_parity_initial_state_and_mask(channels_first, return_sequences):
     # output is then zeros while h, c are the initial state).
     mask = torch.tensor([[0, 0, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
     kl = _keras_layer(2, filters, 3, _np(x), **kwargs)
-    ours = _ours_from_keras(kl, 2, filters, 3, **kwargs)
+    ours = _ours_from_keras(kl, 2, filters, 3, backend, **kwargs)
     out = ours(x, initial_state=(h0, c0), mask=mask)
     ref = kl(_np(x), initial_state=[_np(h0), _np(c0)], mask=_np(mask))
     _compare(out, ref)
@@ -128,24 +143,26 @@ def test_keras_parity_initial_state_and_mask(channels_first, return_sequences):
     assert torch.equal(out[1][2], h0[2])
 
 
-def test_keras_parity_go_backwards_mask_initial_state():
+@pytest.mark.parametrize("backend", PARITY_BACKENDS)
+def test_keras_parity_go_backwards_mask_initial_state(backend):
     kwargs = {"go_backwards": True, "return_sequences": True, "return_state": True}
     x = torch.randn(2, 4, 6, 2)
     h0, c0 = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
     mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0]], dtype=torch.bool)
     kl = _keras_layer(1, 3, 3, _np(x), **kwargs)
-    ours = _ours_from_keras(kl, 1, 3, 3, **kwargs)
+    ours = _ours_from_keras(kl, 1, 3, 3, backend, **kwargs)
     _compare(
         ours(x, initial_state=(h0, c0), mask=mask),
         kl(_np(x), initial_state=[_np(h0), _np(c0)], mask=_np(mask)),
     )
 
 
-def test_keras_parity_stateful():
+@pytest.mark.parametrize("backend", PARITY_BACKENDS)
+def test_keras_parity_stateful(backend):
     kwargs = {"stateful": True, "return_state": True, "padding": "same"}
     x1, x2 = torch.randn(2, 3, 4, 4, 2), torch.randn(2, 2, 4, 4, 2)
     kl = _keras_layer(2, 2, 3, _np(x1), **kwargs)
-    ours = _ours_from_keras(kl, 2, 2, 3, **kwargs)
+    ours = _ours_from_keras(kl, 2, 2, 3, backend, **kwargs)
     _compare(ours(x1), kl(_np(x1)))
     _compare(ours(x2), kl(_np(x2)))  # continues from the first call's state
     ours.reset_states()
@@ -153,13 +170,14 @@ def test_keras_parity_stateful():
     _compare(ours(x2), kl(_np(x2)))
 
 
-def test_keras_parity_dropout_masks():
+@pytest.mark.parametrize("backend", PARITY_BACKENDS)
+def test_keras_parity_dropout_masks(backend):
     """Same per-gate masks in Keras' cell and ours -> same training-mode outputs."""
     kwargs = {"dropout": 0.3, "recurrent_dropout": 0.4, "seed": 7, "padding": "same",
               "return_sequences": True, "return_state": True}
     x = torch.randn(2, 3, 5, 4, 2)
     kl = _keras_layer(2, 3, 3, _np(x), **kwargs)
-    ours = _ours_from_keras(kl, 2, 3, 3, **kwargs).train()
+    ours = _ours_from_keras(kl, 2, 3, 3, backend, **kwargs).train()
     captured = {}
     run = layers_module.conv_lstm
 
