@@ -61,6 +61,21 @@ def _ours_from_keras(keras_layer, rank, filters, kernel_size, backend="reference
     return layer
 
 
+def _call_capturing_conv_lstm_kwargs(layer, x, **call_kwargs):
+    """Run the layer and return (its output, the keyword arguments it gave conv_lstm)."""
+    captured = {}
+    run = layers_module.conv_lstm
+
+    def spy(*args, **kw):
+        captured.update(kw)
+        return run(*args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(layers_module, "conv_lstm", spy)
+        out = layer(x, **call_kwargs)
+    return out, captured
+
+
 def _as_tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
@@ -178,16 +193,7 @@ def test_keras_parity_dropout_masks(backend):
     x = torch.randn(2, 3, 5, 4, 2)
     kl = _keras_layer(2, 3, 3, _np(x), **kwargs)
     ours = _ours_from_keras(kl, 2, 3, 3, backend, **kwargs).train()
-    captured = {}
-    run = layers_module.conv_lstm
-
-    def spy(*args, **kw):
-        captured.update(kw)
-        return run(*args, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(layers_module, "conv_lstm", spy)
-        out = ours(x)
+    out, captured = _call_capturing_conv_lstm_kwargs(ours, x)
     dm, rm = captured["input_dropout_mask"], captured["recurrent_dropout_mask"]
     assert dm.shape == (4, 2, 5, 4, 2) and rm.shape == (4, 2, 5, 4, 3)
     # Keras reuses cached masks (cleared after each call): pre-populate them with ours.
@@ -492,16 +498,7 @@ def test_dropout_training_seeded():
 def test_dropout_masks_are_per_gate_inverted():
     layer = ConvLSTM2D(8, 3, in_channels=6, strides=2, dropout=0.25, recurrent_dropout=0.5,
                        backend="reference").train()
-    captured = {}
-    run = layers_module.conv_lstm
-
-    def spy(*args, **kw):
-        captured.update(kw)
-        return run(*args, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(layers_module, "conv_lstm", spy)
-        layer(torch.randn(5, 2, 6, 5, 6))
+    _, captured = _call_capturing_conv_lstm_kwargs(layer, torch.randn(5, 2, 6, 5, 6))
     dm, rm = captured["input_dropout_mask"], captured["recurrent_dropout_mask"]
     assert dm.shape == (4, 5, 6, 5, 6) and rm.shape == (4, 5, 2, 2, 8)
     for m, rate in ((dm, 0.25), (rm, 0.5)):
@@ -510,10 +507,7 @@ def test_dropout_masks_are_per_gate_inverted():
         assert not torch.equal(m[0], m[1])  # independent per gate
     assert abs(dm.mean().item() - 1) < 0.15
 
-    layer.eval()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(layers_module, "conv_lstm", spy)
-        layer(torch.randn(5, 2, 6, 5, 6))
+    _, captured = _call_capturing_conv_lstm_kwargs(layer.eval(), torch.randn(5, 2, 6, 5, 6))
     assert captured["input_dropout_mask"] is None and captured["recurrent_dropout_mask"] is None
 
 
