@@ -19,12 +19,17 @@ from .launchers import KernelGeometry
 
 @dataclass(frozen=True)
 class StepSpec:
-    """Everything non-tensor the kernels need: geometry, activation codes, dot precision."""
+    """Everything non-tensor the kernels need: geometry, activation codes, dot precision, and
+    the forward variant: ``input_variant`` "hoisted" (one input-projection GEMM over all frames,
+    then xg is added in each step) or "fused_input" (the input conv inside each step's K loop);
+    ``fused_cell`` False runs the cell update as a separate kernel (the unfused baseline)."""
 
     geometry: KernelGeometry
     act: int
     ract: int
     precision: str
+    input_variant: str = "hoisted"
+    fused_cell: bool = True
 
 
 class ConvLSTMFunction(torch.autograd.Function):
@@ -49,23 +54,35 @@ class ConvLSTMFunction(torch.autograd.Function):
         F = recurrent_kernel2d.shape[1] // 4
         needs_grad = any(ctx.needs_input_grad[:7])
 
-        xg = launchers.input_projection(x, kernel2d, bias, xmask, geom, spec.precision)
+        xg = None
+        if spec.input_variant == "hoisted":
+            xg = launchers.input_projection(x, kernel2d, bias, xmask, geom, spec.precision)
         states = launchers.new_buffer((B, T, P, F), x.device, x.dtype)
         # Training keeps every c_t (slot 0 holds c0); inference ping-pongs two slots.
         c_all = launchers.new_buffer((B, T + 1 if needs_grad else 2, P, F), x.device,
                                      torch.float32)
         c_all[:, 0] = c0
-        preact = (launchers.new_buffer((B, T, P, 4 * F), x.device, x.dtype)
-                  if needs_grad else None)
+        # Pre-activations: all steps for backward; one step's scratch for an unfused inference.
+        preact = None
+        if needs_grad or not spec.fused_cell:
+            preact = launchers.new_buffer((B, T if needs_grad else 1, P, 4 * F), x.device,
+                                          x.dtype)
         for s in range(T):
             h_prev = h0 if s == 0 else states[:, s - 1]
             c_in, c_out = (s, s + 1) if needs_grad else (s % 2, (s + 1) % 2)
+            preact_s = preact[:, s if needs_grad else 0] if preact is not None else None
+            inputs = (dict(xg_t=xg[:, s]) if xg is not None else
+                      dict(xg_t=None, x_t=x[:, s], kernel2d=kernel2d, bias=bias, xmask=xmask))
             launchers.step_forward(
-                h_prev, c_all[:, c_in], xg[:, s], recurrent_kernel2d, states[:, s],
-                c_all[:, c_out], preact[:, s] if needs_grad else None,
-                mask[:, s] if mask is not None else None, hmask, peephole, geom, spec.act,
-                spec.ract, spec.precision,
+                h_prev=h_prev, c_prev=c_all[:, c_in], rk2d=recurrent_kernel2d,
+                h_out=states[:, s], c_out=c_all[:, c_out], preact_t=preact_s,
+                mask_t=mask[:, s] if mask is not None else None, hmask=hmask,
+                peephole=peephole, geom=geom, act=spec.act, ract=spec.ract,
+                precision=spec.precision, cell=spec.fused_cell, **inputs,
             )
+            if not spec.fused_cell:
+                launchers.cell_forward(preact_s, c_all[:, c_in], spec.act, spec.ract,
+                                       h_out=states[:, s], c_out=c_all[:, c_out])
         del xg
         c_final = c_all[:, T if needs_grad else T % 2].clone()
         h_final = states[:, T - 1].clone()

@@ -54,7 +54,7 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
               padding="valid", dilation_rate=1, activation="tanh",
               recurrent_activation="sigmoid", go_backwards=False, mask=None, backend="auto",
               input_dropout_mask=None, recurrent_dropout_mask=None, peephole=None,
-              allow_tf32=None):
+              allow_tf32=None, forward_variant="auto"):
     """ConvLSTM over a whole sequence with Keras 3 semantics.
 
     Args:
@@ -75,6 +75,11 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
         peephole: (3, F) per-channel peephole weights (w_ci, w_cf, w_co; Shi et al. 2015, not
             in Keras): i and f see ``+ w_ci * c_prev``, ``+ w_cf * c_prev``, o ``+ w_co * c``.
         allow_tf32: fp32 dots in TF32; default ``torch.backends.cudnn.allow_tf32``.
+        forward_variant: how the Triton forward is built (backward is the same for all):
+            "hoisted" (the input conv of all frames as one GEMM, then the fused step kernel),
+            "fused_input" (the input conv inside the step kernel's K loop: no xg tensor),
+            "unfused" (hoisted, and the cell update as a separate elementwise kernel: the
+            baseline that shows what fusion buys; no mask or peephole), or "auto" (hoisted).
 
     Returns:
         seq (B, T, *out_spatial, F), h (B, *out_spatial, F), c (B, *out_spatial, F).
@@ -82,7 +87,7 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
     args = validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, strides,
                                    padding, dilation_rate, activation, recurrent_activation,
                                    go_backwards, mask, backend, input_dropout_mask,
-                                   recurrent_dropout_mask, peephole)
+                                   recurrent_dropout_mask, peephole, forward_variant)
     reason = _fallback_reason(x, args.activation, args.recurrent_activation)
     if _resolve_backend(backend, x, reason) == "reference":
         return conv_lstm_reference(
@@ -96,11 +101,12 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
         allow_tf32 = torch.backends.cudnn.allow_tf32
     return _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards,
                              mask, input_dropout_mask, recurrent_dropout_mask, peephole,
-                             dot_precision(x.dtype, allow_tf32))
+                             dot_precision(x.dtype, allow_tf32), forward_variant)
 
 
 def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards, mask,
-                      input_dropout_mask, recurrent_dropout_mask, peephole, precision):
+                      input_dropout_mask, recurrent_dropout_mask, peephole, precision,
+                      forward_variant):
     geom = KernelGeometry.from_conv(args.geometry)
     B, T, C, F = args.batch, args.steps, args.in_channels, args.filters
     P = geom.out_pixels
@@ -124,7 +130,9 @@ def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go
     if recurrent_dropout_mask is not None:
         hmask = recurrent_dropout_mask.reshape(4, B, P, F).contiguous()
     spec = StepSpec(geom, KERNEL_ACTIVATION_CODES[args.activation],
-                    KERNEL_ACTIVATION_CODES[args.recurrent_activation], precision)
+                    KERNEL_ACTIVATION_CODES[args.recurrent_activation], precision,
+                    input_variant="fused_input" if forward_variant == "fused_input" else "hoisted",
+                    fused_cell=forward_variant != "unfused")
     states, h, c = ConvLSTMFunction.apply(
         frames, kernel.reshape(-1, 4 * F).contiguous(),
         recurrent_kernel.reshape(-1, 4 * F).contiguous(),

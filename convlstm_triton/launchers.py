@@ -114,24 +114,39 @@ def _stride0(t):
 
 
 def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hmask, peephole,
-                 geom: KernelGeometry, act, ract, precision):
-    """One fused step. State tensors are (B, P, F) views (sample stride free, rest contiguous);
-    hmask (4, B, P, F) recurrent-dropout masks or None; preact_t (B, P, 4F) or None."""
+                 geom: KernelGeometry, act, ract, precision, *, x_t=None, kernel2d=None,
+                 bias=None, xmask=None, cell=True):
+    """One step. State tensors are (B, P, F) views (sample stride free, rest contiguous);
+    hmask (4, B, P, F) recurrent-dropout masks or None; preact_t (B, P, 4F) or None.
+
+    Input: xg_t (B, P, 4F), the hoisted projection; or, with x_t (B, D, H, W, C_in) (a time
+    slice of x), the input conv runs inside the step ("fused input") with kernel2d, bias and
+    xmask (4, B, D, H, W, C_in). cell=False stores only the pre-activations into preact_t
+    (the unfused variant; ``cell_forward`` then applies the cell).
+    """
     B, P, F = h_out.shape
     M = B * P
     block_m, block_f, block_k, warps = step_forward_kernels.DEFAULT_CONFIG
     grid = (triton.cdiv(M, block_m), triton.cdiv(F, block_f))
     rc = geom.recurrent_conv_constexprs()
+    ic = geom.input_conv_constexprs()
+    fused_input = x_t is not None
+    d = c_out
     step_forward_kernels.step_forward_kernel[grid](
-        h_prev, h_prev.stride(0), c_prev, c_prev.stride(0), xg_t, xg_t.stride(0), rk2d,
+        h_prev, h_prev.stride(0), c_prev, c_prev.stride(0), _ptr(xg_t, d), _stride0(xg_t), rk2d,
+        _ptr(x_t, d), _stride0(x_t), _ptr(kernel2d, d), _ptr(bias, d), _ptr(xmask, d),
+        _stride0(xmask),
         h_out, h_out.stride(0), c_out, c_out.stride(0),
-        _ptr(preact_t, c_out), _stride0(preact_t), _ptr(mask_t, c_out), _stride0(mask_t),
-        _ptr(hmask, c_out), _stride0(hmask), _ptr(peephole, c_out),
-        M, P, *geom.out_spatial, F,
+        _ptr(preact_t, d), _stride0(preact_t), _ptr(mask_t, d), _stride0(mask_t),
+        _ptr(hmask, d), _stride0(hmask), _ptr(peephole, d),
+        M, P, *geom.out_spatial, F, x_t.shape[-1] if fused_input else 1, *geom.in_spatial,
         KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
-        ACT=act, RACT=ract, HAS_MASK=mask_t is not None, HAS_RDROP=hmask is not None,
-        HAS_PEEPHOLE=peephole is not None, SAVE_PREACT=preact_t is not None,
-        DOT_PRECISION=precision,
+        SD=ic["SD"], SH=ic["SH"], SW=ic["SW"], IPD=ic["PD"], IPH=ic["PH"], IPW=ic["PW"],
+        LD=ic["LD"], LH=ic["LH"], LW=ic["LW"],
+        ACT=act, RACT=ract, FUSED_INPUT=fused_input, HAS_BIAS=bias is not None,
+        HAS_XDROP=xmask is not None, CELL=cell, HAS_MASK=mask_t is not None,
+        HAS_RDROP=hmask is not None, HAS_PEEPHOLE=peephole is not None,
+        SAVE_PREACT=preact_t is not None, DOT_PRECISION=precision,
         BLOCK_M=block_m, BLOCK_F=block_f, BLOCK_K=block_k, num_warps=warps,
     )
 
@@ -218,17 +233,23 @@ def input_grad(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision):
     return dx
 
 
-def cell_forward(pre, c_prev, act, ract):
-    """Unfused cell: pre-activations (M, 4F), c_prev (M, F) fp32 -> h (M, F), c (M, F) fp32."""
-    M, N = pre.shape
+def cell_forward(pre, c_prev, act, ract, h_out=None, c_out=None):
+    """Unfused cell: pre-activations (B, P, 4F), c_prev (B, P, F) fp32 -> h (B, P, F) in pre's
+    dtype, c (B, P, F) fp32, written into h_out / c_out when given (any sample stride, e.g. time
+    slices of the sequence buffers). 2-D (M, 4F) / (M, F) inputs are read as P = 1."""
+    flat = pre.dim() == 2
+    if flat:
+        pre, c_prev = pre[:, None], c_prev[:, None]
+    B, P, N = pre.shape
     F = N // 4
-    h = new_buffer((M, F), pre.device, pre.dtype)
-    c = new_buffer((M, F), pre.device, torch.float32)
+    h = h_out if h_out is not None else new_buffer((B, P, F), pre.device, pre.dtype)
+    c = c_out if c_out is not None else new_buffer((B, P, F), pre.device, torch.float32)
     block_m, block_f, warps = cell_kernels.DEFAULT_CONFIG
-    grid = (triton.cdiv(M, block_m), triton.cdiv(F, block_f))
-    cell_kernels.cell_forward_kernel[grid](pre, c_prev, h, c, M, F, ACT=act, RACT=ract,
-                                           BLOCK_M=block_m, BLOCK_F=block_f, num_warps=warps)
-    return h, c
+    grid = (triton.cdiv(B * P, block_m), triton.cdiv(F, block_f))
+    cell_kernels.cell_forward_kernel[grid](
+        pre, pre.stride(0), c_prev, c_prev.stride(0), h, h.stride(0), c, c.stride(0), B * P, P, F,
+        ACT=act, RACT=ract, BLOCK_M=block_m, BLOCK_F=block_f, num_warps=warps)
+    return (h[:, 0], c[:, 0]) if flat else (h, c)
 
 
 def cell_backward(dh, dc, pre, c, c_prev, act, ract):

@@ -8,6 +8,7 @@ from .activations import check_activation
 from .geometry import ConvGeometry, normalize_tuple
 
 BACKENDS = ("auto", "triton", "reference")
+FORWARD_VARIANTS = ("auto", "hoisted", "fused_input", "unfused")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -47,7 +48,8 @@ def _expect_like(tensor, x, name):
 
 def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, strides, padding,
                             dilation_rate, activation, recurrent_activation, go_backwards, mask,
-                            backend, input_dropout_mask, recurrent_dropout_mask, peephole=None):
+                            backend, input_dropout_mask, recurrent_dropout_mask, peephole=None,
+                            forward_variant="auto"):
     _check_tensor(x, "x")
     _check_tensor(kernel, "kernel")
     _check_tensor(recurrent_kernel, "recurrent_kernel")
@@ -134,6 +136,12 @@ def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, st
         _expect_like(peephole, x, "peephole")
     if not isinstance(go_backwards, bool):
         raise TypeError(f"go_backwards must be a bool, got {type(go_backwards).__name__}")
+    if forward_variant not in FORWARD_VARIANTS:
+        raise ValueError(f"forward_variant must be one of {FORWARD_VARIANTS}, got "
+                         f"{forward_variant!r}")
+    if forward_variant == "unfused" and (mask is not None or peephole is not None):
+        raise ValueError("forward_variant='unfused' (the separate-cell-kernel baseline) supports "
+                         "neither mask nor peephole; use 'hoisted' or 'fused_input'")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return ConvLSTMArgs(

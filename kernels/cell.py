@@ -72,11 +72,18 @@ def load_peephole(peephole_ptr, fs, f_mask, F, HAS_PEEPHOLE: tl.constexpr):
 
 
 @triton.jit
-def _tile(M, F, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+def _rows(M, P, F, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
+    """This program's tile of (B, P, F) states: sample b (int64), pixel p, channels, mask."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     fs = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     mask = (rows < M)[:, None] & (fs < F)[None, :]
-    return rows[:, None] * (4 * F) + fs[None, :], rows[:, None] * F + fs[None, :], mask
+    return (rows // P).to(tl.int64), rows % P, fs, mask
+
+
+@triton.jit
+def _offsets(b, p, fs, stride, width):
+    """Offsets of a (B, P, width) tensor at a sample stride, channels fs."""
+    return (b * stride + p * width)[:, None] + fs[None, :]
 
 
 @triton.jit
@@ -90,16 +97,17 @@ def _load_preact(pre_ptr, gate_offs, mask, F):
 
 @triton.jit
 def cell_forward_kernel(
-    pre_ptr, c_prev_ptr, h_ptr, c_ptr, M, F,
+    pre_ptr, stride_pre, c_prev_ptr, stride_cp, h_ptr, stride_h, c_ptr, stride_c, M, P, F,
     ACT: tl.constexpr, RACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    gate_offs, state_offs, mask = _tile(M, F, BLOCK_M, BLOCK_F)
-    a_i, a_f, a_c, a_o = _load_preact(pre_ptr, gate_offs, mask, F)
-    c_prev = tl.load(c_prev_ptr + state_offs, mask=mask, other=0.0)
+    """(B, P, ...) tensors at sample strides, so h and c can be time slices of sequences."""
+    b, p, fs, mask = _rows(M, P, F, BLOCK_M, BLOCK_F)
+    a_i, a_f, a_c, a_o = _load_preact(pre_ptr, _offsets(b, p, fs, stride_pre, 4 * F), mask, F)
+    c_prev = tl.load(c_prev_ptr + _offsets(b, p, fs, stride_cp, F), mask=mask, other=0.0)
     _, _, _, c, h = lstm_cell(a_i, a_f, a_c, a_o, c_prev, 0.0, 0.0, 0.0, False, ACT, RACT)
-    tl.store(c_ptr + state_offs, c, mask=mask)
-    tl.store(h_ptr + state_offs, h.to(h_ptr.dtype.element_ty), mask=mask)
+    tl.store(c_ptr + _offsets(b, p, fs, stride_c, F), c, mask=mask)
+    tl.store(h_ptr + _offsets(b, p, fs, stride_h, F), h.to(h_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -108,7 +116,10 @@ def cell_backward_kernel(
     ACT: tl.constexpr, RACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    gate_offs, state_offs, mask = _tile(M, F, BLOCK_M, BLOCK_F)
+    """Contiguous (M, 4F) / (M, F) tensors."""
+    b, p, fs, mask = _rows(M, 1, F, BLOCK_M, BLOCK_F)
+    gate_offs = _offsets(b, p, fs, 4 * F, 4 * F)
+    state_offs = _offsets(b, p, fs, F, F)
     a_i, a_f, a_c, a_o = _load_preact(pre_ptr, gate_offs, mask, F)
     dh = tl.load(dh_ptr + state_offs, mask=mask, other=0.0).to(tl.float32)
     dc = tl.load(dc_ptr + state_offs, mask=mask, other=0.0).to(tl.float32)

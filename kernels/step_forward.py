@@ -8,12 +8,22 @@ every gate of its channels and gate pre-activations never make a round trip thro
     i, f, o = ract(a_i), ract(a_f), ract(a_o);  g = act(a_c)
     c     = f * c_prev + i * g;   h = o * act(c)
     masked sample (mask[b] == 0): h, c = h_prev, c_prev
+
+Input variants (constexpr FUSED_INPUT):
+    False  "hoisted": xg, the input conv of all frames, was computed before the time loop.
+    True   "fused input": the step's K loop also runs over im2col(x_t * xmask[g]) against the
+           input kernel W (input conv geometry S*, IP*, L*), and the bias is added here: no xg
+           tensor at all (best when C_in is small).
+Epilogue variants (constexpr CELL): True applies the cell update; False only stores the
+pre-activations a_* (the "unfused" variant: a separate cell kernel follows).
+
 Shapes (per step): h_prev, h (B, P, F) in the compute dtype, rows b at a sample stride (h is a
 time slice of the output sequence); c_prev, c (B, P, F) fp32; xg (B, P, 4F); R (KD*KH*KW*F, 4F);
-hmask (4, B, P, F) recurrent-dropout masks (HAS_RDROP; the four A tiles then differ);
-peephole (3, F) per-channel weights w_ci, w_cf, w_co (HAS_PEEPHOLE, see cell.lstm_cell);
-preact (B, P, 4F) the pre-activations a_*, saved for backward when SAVE_PREACT.
-The recurrent conv is stride 1, "same" (padding before = P*), no dilation.
+x_t (B, D_in, H_in, W_in, C_in) at a sample stride; W (KD*KH*KW*C_in, 4F); bias (4F,);
+xmask (4, B, D_in, H_in, W_in, C_in) and hmask (4, B, P, F) dropout masks (HAS_XDROP/HAS_RDROP;
+the four A tiles then differ); peephole (3, F) per-channel weights w_ci, w_cf, w_co
+(HAS_PEEPHOLE, see cell.lstm_cell); preact (B, P, 4F) the pre-activations a_*, saved for
+backward when SAVE_PREACT. The recurrent conv is stride 1, "same" (padding before = P*).
 """
 
 import triton
@@ -27,13 +37,52 @@ DEFAULT_CONFIG = (64, 32, 32, 4)
 
 
 @triton.jit
-def _gate_dot(a, w_ptrs, w_mask, acc, hmask_ptr, mask_base, d, hh, ww, row_mask, ks, K_TOTAL, F,
-              D, H, W, KH: tl.constexpr, KW: tl.constexpr, PD: tl.constexpr, PH: tl.constexpr,
-              PW: tl.constexpr, HAS_RDROP: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    if HAS_RDROP:
-        a = a * conv_gather(hmask_ptr, mask_base, d, hh, ww, row_mask, ks, K_TOTAL, F, D, H, W,
-                            KH, KW, 1, 1, 1, PD, PH, PW, 1, 1, 1)
-    return tl.dot(a, tl.load(w_ptrs, mask=w_mask, other=0.0), acc, input_precision=DOT_PRECISION)
+def _gate_dot(a, w_ptrs, w_mask, acc, gate: tl.constexpr, F, gmask_ptr, gmask_base,
+              stride_gmask_gate, d, hh, ww, row_mask, ks, K_TOTAL, C, D, H, W,
+              KH: tl.constexpr, KW: tl.constexpr,
+              SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+              PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+              LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
+              HAS_GMASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """acc += (a * gmask[gate]) @ W[:, gate*F + fs]; the dropout mask shares src's layout and
+    im2col offsets, so it is gathered like the A tile."""
+    if HAS_GMASK:
+        a = a * conv_gather(gmask_ptr, gmask_base + gate * stride_gmask_gate, d, hh, ww, row_mask,
+                            ks, K_TOTAL, C, D, H, W, KH, KW, SD, SH, SW, PD, PH, PW, LD, LH, LW)
+    w = tl.load(w_ptrs + gate * F, mask=w_mask, other=0.0)
+    return tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _four_gate_dots(src_ptr, src_base, d, hh, ww, row_mask, k0, K_TOTAL, C, D, H, W,
+                    w_ptr, fs, f_mask, F, acc_i, acc_f, acc_c, acc_o,
+                    gmask_ptr, gmask_base, stride_gmask_gate,
+                    KH: tl.constexpr, KW: tl.constexpr,
+                    SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                    PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+                    LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
+                    HAS_GMASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
+    """One K step of a conv for all four gates: one shared im2col tile of src against the four
+    gate blocks of the gate-major weight (K_TOTAL, 4F)."""
+    ks = k0 + tl.arange(0, BLOCK_K)
+    a = conv_gather(src_ptr, src_base, d, hh, ww, row_mask, ks, K_TOTAL, C, D, H, W,
+                    KH, KW, SD, SH, SW, PD, PH, PW, LD, LH, LW)
+    w_ptrs = w_ptr + ks[:, None] * (4 * F) + fs[None, :]
+    w_mask = (ks < K_TOTAL)[:, None] & f_mask[None, :]
+    acc_i = _gate_dot(a, w_ptrs, w_mask, acc_i, 0, F, gmask_ptr, gmask_base, stride_gmask_gate,
+                      d, hh, ww, row_mask, ks, K_TOTAL, C, D, H, W, KH, KW, SD, SH, SW,
+                      PD, PH, PW, LD, LH, LW, HAS_GMASK, DOT_PRECISION)
+    acc_f = _gate_dot(a, w_ptrs, w_mask, acc_f, 1, F, gmask_ptr, gmask_base, stride_gmask_gate,
+                      d, hh, ww, row_mask, ks, K_TOTAL, C, D, H, W, KH, KW, SD, SH, SW,
+                      PD, PH, PW, LD, LH, LW, HAS_GMASK, DOT_PRECISION)
+    acc_c = _gate_dot(a, w_ptrs, w_mask, acc_c, 2, F, gmask_ptr, gmask_base, stride_gmask_gate,
+                      d, hh, ww, row_mask, ks, K_TOTAL, C, D, H, W, KH, KW, SD, SH, SW,
+                      PD, PH, PW, LD, LH, LW, HAS_GMASK, DOT_PRECISION)
+    acc_o = _gate_dot(a, w_ptrs, w_mask, acc_o, 3, F, gmask_ptr, gmask_base, stride_gmask_gate,
+                      d, hh, ww, row_mask, ks, K_TOTAL, C, D, H, W, KH, KW, SD, SH, SW,
+                      PD, PH, PW, LD, LH, LW, HAS_GMASK, DOT_PRECISION)
+    return acc_i, acc_f, acc_c, acc_o
 
 
 @triton.jit
@@ -42,68 +91,80 @@ def step_forward_kernel(
     c_prev_ptr, stride_cp,
     xg_ptr, stride_xg,
     r_ptr,
+    x_ptr, stride_x, w_ptr, bias_ptr, xmask_ptr, stride_xmask_gate,
     h_ptr, stride_h,
     c_ptr, stride_c,
     preact_ptr, stride_pa,
     mask_ptr, stride_mask,
     hmask_ptr, stride_hmask_gate,
     peephole_ptr,
-    M, P, D, H, W, F,
+    M, P, D, H, W, F, C_IN, D_IN, H_IN, W_IN,
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    IPD: tl.constexpr, IPH: tl.constexpr, IPW: tl.constexpr,
+    LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
     ACT: tl.constexpr, RACT: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_RDROP: tl.constexpr, HAS_PEEPHOLE: tl.constexpr,
-    SAVE_PREACT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FUSED_INPUT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_XDROP: tl.constexpr,
+    CELL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_RDROP: tl.constexpr,
+    HAS_PEEPHOLE: tl.constexpr, SAVE_PREACT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows, row_mask, b, p, d, hh, ww, fs, f_mask = state_tile(M, P, H, W, F, BLOCK_M, BLOCK_F)
     N = 4 * F
-    sample = b * (P * F)  # a sample's offset in the contiguous (4, B, P, F) dropout masks
 
     acc_i = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
     acc_f = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
     acc_c = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
     acc_o = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
-    K_TOTAL = KD * KH * KW * F
-    for k0 in range(0, K_TOTAL, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        a = conv_gather(h_prev_ptr, b * stride_hp, d, hh, ww, row_mask, ks, K_TOTAL, F, D, H, W,
-                        KH, KW, 1, 1, 1, PD, PH, PW, 1, 1, 1)
-        w_ptrs = r_ptr + ks[:, None] * N + fs[None, :]
-        w_mask = (ks < K_TOTAL)[:, None] & f_mask[None, :]
-        acc_i = _gate_dot(a, w_ptrs, w_mask, acc_i, hmask_ptr, sample, d, hh, ww, row_mask, ks,
-                          K_TOTAL, F, D, H, W, KH, KW, PD, PH, PW, HAS_RDROP, DOT_PRECISION)
-        acc_f = _gate_dot(a, w_ptrs + F, w_mask, acc_f, hmask_ptr, sample + stride_hmask_gate,
-                          d, hh, ww, row_mask, ks, K_TOTAL, F, D, H, W, KH, KW, PD, PH, PW,
-                          HAS_RDROP, DOT_PRECISION)
-        acc_c = _gate_dot(a, w_ptrs + 2 * F, w_mask, acc_c, hmask_ptr,
-                          sample + 2 * stride_hmask_gate, d, hh, ww, row_mask, ks, K_TOTAL, F,
-                          D, H, W, KH, KW, PD, PH, PW, HAS_RDROP, DOT_PRECISION)
-        acc_o = _gate_dot(a, w_ptrs + 3 * F, w_mask, acc_o, hmask_ptr,
-                          sample + 3 * stride_hmask_gate, d, hh, ww, row_mask, ks, K_TOTAL, F,
-                          D, H, W, KH, KW, PD, PH, PW, HAS_RDROP, DOT_PRECISION)
+    K_REC = KD * KH * KW * F
+    for k0 in range(0, K_REC, BLOCK_K):
+        acc_i, acc_f, acc_c, acc_o = _four_gate_dots(
+            h_prev_ptr, b * stride_hp, d, hh, ww, row_mask, k0, K_REC, F, D, H, W,
+            r_ptr, fs, f_mask, F, acc_i, acc_f, acc_c, acc_o,
+            hmask_ptr, b * (P * F), stride_hmask_gate,
+            KH, KW, 1, 1, 1, PD, PH, PW, 1, 1, 1, HAS_RDROP, DOT_PRECISION, BLOCK_K)
+    if FUSED_INPUT:
+        K_IN = KD * KH * KW * C_IN
+        for k0 in range(0, K_IN, BLOCK_K):
+            acc_i, acc_f, acc_c, acc_o = _four_gate_dots(
+                x_ptr, b * stride_x, d, hh, ww, row_mask, k0, K_IN, C_IN, D_IN, H_IN, W_IN,
+                w_ptr, fs, f_mask, F, acc_i, acc_f, acc_c, acc_o,
+                xmask_ptr, b * (D_IN * H_IN * W_IN * C_IN), stride_xmask_gate,
+                KH, KW, SD, SH, SW, IPD, IPH, IPW, LD, LH, LW, HAS_XDROP, DOT_PRECISION,
+                BLOCK_K)
+        if HAS_BIAS:
+            acc_i += tl.load(bias_ptr + fs, mask=f_mask, other=0.0).to(tl.float32)[None, :]
+            acc_f += tl.load(bias_ptr + F + fs, mask=f_mask, other=0.0).to(tl.float32)[None, :]
+            acc_c += tl.load(bias_ptr + 2 * F + fs, mask=f_mask,
+                             other=0.0).to(tl.float32)[None, :]
+            acc_o += tl.load(bias_ptr + 3 * F + fs, mask=f_mask,
+                             other=0.0).to(tl.float32)[None, :]
 
     tile_mask = row_mask[:, None] & f_mask[None, :]
-    xg_ptrs = xg_ptr + (b * stride_xg + p * N)[:, None] + fs[None, :]
-    a_i = acc_i + tl.load(xg_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-    a_f = acc_f + tl.load(xg_ptrs + F, mask=tile_mask, other=0.0).to(tl.float32)
-    a_c = acc_c + tl.load(xg_ptrs + 2 * F, mask=tile_mask, other=0.0).to(tl.float32)
-    a_o = acc_o + tl.load(xg_ptrs + 3 * F, mask=tile_mask, other=0.0).to(tl.float32)
+    a_i, a_f, a_c, a_o = acc_i, acc_f, acc_c, acc_o
+    if not FUSED_INPUT:
+        xg_ptrs = xg_ptr + (b * stride_xg + p * N)[:, None] + fs[None, :]
+        a_i += tl.load(xg_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
+        a_f += tl.load(xg_ptrs + F, mask=tile_mask, other=0.0).to(tl.float32)
+        a_c += tl.load(xg_ptrs + 2 * F, mask=tile_mask, other=0.0).to(tl.float32)
+        a_o += tl.load(xg_ptrs + 3 * F, mask=tile_mask, other=0.0).to(tl.float32)
     state_offs = (p * F)[:, None] + fs[None, :]
-    c_prev = tl.load(c_prev_ptr + (b * stride_cp)[:, None] + state_offs, mask=tile_mask, other=0.0)
-    w_ci, w_cf, w_co = load_peephole(peephole_ptr, fs, f_mask, F, HAS_PEEPHOLE)
-    a_i, a_f, a_o, c_new, h_new = lstm_cell(a_i, a_f, a_c, a_o, c_prev, w_ci, w_cf, w_co,
-                                            HAS_PEEPHOLE, ACT, RACT)
-    if HAS_MASK:
-        keep = tl.load(mask_ptr + b * stride_mask, mask=row_mask, other=0) != 0
-        h_prev = tl.load(h_prev_ptr + (b * stride_hp)[:, None] + state_offs, mask=tile_mask,
-                         other=0.0).to(tl.float32)
-        h_new = tl.where(keep[:, None], h_new, h_prev)
-        c_new = tl.where(keep[:, None], c_new, c_prev)
-
-    tl.store(h_ptr + (b * stride_h)[:, None] + state_offs, h_new.to(h_ptr.dtype.element_ty),
-             mask=tile_mask)
-    tl.store(c_ptr + (b * stride_c)[:, None] + state_offs, c_new, mask=tile_mask)
+    if CELL:
+        c_prev = tl.load(c_prev_ptr + (b * stride_cp)[:, None] + state_offs, mask=tile_mask,
+                         other=0.0)
+        w_ci, w_cf, w_co = load_peephole(peephole_ptr, fs, f_mask, F, HAS_PEEPHOLE)
+        a_i, a_f, a_o, c_new, h_new = lstm_cell(a_i, a_f, a_c, a_o, c_prev, w_ci, w_cf, w_co,
+                                                HAS_PEEPHOLE, ACT, RACT)
+        if HAS_MASK:
+            keep = tl.load(mask_ptr + b * stride_mask, mask=row_mask, other=0) != 0
+            h_prev = tl.load(h_prev_ptr + (b * stride_hp)[:, None] + state_offs, mask=tile_mask,
+                             other=0.0).to(tl.float32)
+            h_new = tl.where(keep[:, None], h_new, h_prev)
+            c_new = tl.where(keep[:, None], c_new, c_prev)
+        tl.store(h_ptr + (b * stride_h)[:, None] + state_offs, h_new.to(h_ptr.dtype.element_ty),
+                 mask=tile_mask)
+        tl.store(c_ptr + (b * stride_c)[:, None] + state_offs, c_new, mask=tile_mask)
     if SAVE_PREACT:
         pa_ptrs = preact_ptr + (b * stride_pa + p * N)[:, None] + fs[None, :]
         pdt = preact_ptr.dtype.element_ty

@@ -73,6 +73,9 @@ def main(dtype_name):
              peephole=True),
         dict(rank=1, k=4, padding="valid", strides=2, bias=False, activation="gelu",
              recurrent_activation="hard_sigmoid", dropout=True),
+        dict(rank=2, k=3, padding="same", strides=2, state=True, dropout=True,
+             forward_variant="fused_input"),
+        dict(rank=3, k=3, padding="same", forward_variant="unfused"),
     ]
     for case in cases:
         rank, k = case["rank"], case["k"]
@@ -81,18 +84,21 @@ def main(dtype_name):
         rkernel = torch.randn(*(k,) * rank, 5, 20, dtype=dtype, requires_grad=True)
         bias = torch.randn(20, dtype=dtype, requires_grad=True) if case.get("bias", True) else None
         options = {key: case[key] for key in ("padding", "strides", "go_backwards", "activation",
-                                              "recurrent_activation") if key in case}
+                                              "recurrent_activation", "forward_variant")
+                   if key in case}
         state = None
+        out_size = (9 - k) // case.get("strides", 1) + 1 if case["padding"] == "valid" else (
+            -(-9 // case.get("strides", 1)))
         if case.get("state"):
-            state = tuple(torch.randn(2, *(9,) * rank, 5, dtype=dtype, requires_grad=True)
+            state = tuple(torch.randn(2, *(out_size,) * rank, 5, dtype=dtype, requires_grad=True)
                           for _ in range(2))
         mask = torch.ones(2, 3, dtype=torch.bool) if case.get("mask") else None
         if case.get("peephole"):
             options["peephole"] = torch.randn(3, 5, dtype=dtype, requires_grad=True)
         if case.get("dropout"):
             options["input_dropout_mask"] = torch.ones(4, *x.shape[:1], *x.shape[2:], dtype=dtype)
-            out = (9 - k) // case.get("strides", 1) + 1
-            options["recurrent_dropout_mask"] = torch.ones(4, 2, *(out,) * rank, 5, dtype=dtype)
+            options["recurrent_dropout_mask"] = torch.ones(4, 2, *(out_size,) * rank, 5,
+                                                           dtype=dtype)
         seq, h, c = functional.conv_lstm(x, kernel, rkernel, bias, state, mask=mask,
                                          backend="triton", **options)
         (seq.float().sum() + h.float().sum() + c.float().sum()).backward()

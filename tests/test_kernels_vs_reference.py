@@ -182,6 +182,47 @@ def test_forward_and_gradients_match_reference(dtype, case, poison_buffers):
         assert_close(grads[name], rgrads[name], dtype, f"d{name}", tol)
 
 
+VARIANT_CASES = {c.id: c.values[0] for c in CASES}
+FUSED_INPUT_CASES = ["1d_k4_valid_s2", "2d_k4x3_same_s2x3", "2d_k3_same_dil2",
+                     "2d_cin1_f37_multiblock", "3d_k2x2x3_valid_s1x2x2",
+                     "2d_dropout_s2_mask_go_backwards", "1d_peephole_mask_dropout_go_backwards",
+                     "2d_no_bias"]
+UNFUSED_CASES = ["2d_k3_same", "1d_k4_valid_s2", "2d_dropout", "2d_selu_silu"]
+
+
+@pytest.mark.parametrize("variant,case", [
+    *(pytest.param("fused_input", VARIANT_CASES[i], id=f"fused_input-{i}")
+      for i in FUSED_INPUT_CASES),
+    *(pytest.param("unfused", VARIANT_CASES[i], id=f"unfused-{i}") for i in UNFUSED_CASES),
+])
+def test_forward_variants_match_reference(variant, case, poison_buffers):
+    """The other forward variants (the input conv inside the step; the cell as its own kernel)
+    give the same outputs and, through the shared backward, the same gradients."""
+    device = kernel_device()
+    x, kernel, rkernel, bias, initial_state, mask, options = make_inputs(case, device=device)
+    torch.manual_seed(3)
+    cot = {}
+
+    def cotangents(seq, h, c):
+        cot.setdefault("v", tuple(torch.randn_like(t) for t in (seq, h, c)))
+        return cot["v"]
+
+    out, grads = run_with_grads("triton", x, kernel, rkernel, bias, initial_state, mask,
+                                dict(options, forward_variant=variant), cotangents)
+    ref, rgrads = run_with_grads("reference", x, kernel, rkernel, bias, initial_state, mask,
+                                 options, cotangents)
+    tol = tolerance(torch.float32, device)
+    for name, a, r in zip(("seq", "h", "c"), out, ref):
+        assert_close(a, r, torch.float32, name, tol)
+    for name in rgrads:
+        assert_close(grads[name], rgrads[name], torch.float32, f"d{name}", tol)
+    with torch.no_grad():
+        inference = conv_lstm(x, kernel, rkernel, bias, initial_state, mask=mask,
+                              backend="triton", forward_variant=variant, **options)
+    for name, a, r in zip(("seq (no grad)", "h (no grad)", "c (no grad)"), inference, ref):
+        assert_close(a, r, torch.float32, name, tol)
+
+
 @pytest.mark.parametrize("case", [CASES[2], CASES[13]], ids=["2d_k3_same", "2d_mask"])
 def test_inference_without_grad_matches_reference(case, poison_buffers):
     """No grad needed: the kernels keep two cell-state slots and save no gates."""
