@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).with_name("sm90_compile.py")
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "sm90_compile.py"
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])

@@ -6,13 +6,21 @@ launchers on CPU tensors with ``JITFunction.run`` replaced by an ahead-of-time c
 ``GPUTarget("cuda", 90, 32)`` through Triton's NVIDIA backend (its bundled ptxas): every
 (kernel, signature, constexprs) the forward and backward launch is compiled once; nothing runs.
 
-    python tests/sm90_compile.py fp32|bf16|fp16      (exit 0 when everything compiled)
+    python bench/sm90_compile.py fp32|bf16|fp16            exit 0 when everything compiled
+    python bench/sm90_compile.py bf16 --report             + what the compiled code does
+The report reads the compiled code per kernel variant, as one should before tuning: registers
+and spills (ptxas -v on the PTX), shared memory, whether the dots became Hopper ``wgmma``
+(or Ampere ``mma.sync``), and how many global loads are vectorized (``ld.global.v2/v4``).
 Must run in a process without TRITON_INTERPRET (the kernels are plain JITFunctions then).
 """
 
+import argparse
 import inspect
 import os
+import re
+import subprocess
 import sys
+import tempfile
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("run without TRITON_INTERPRET: the kernels must be compiled, not interpreted")
@@ -59,7 +67,10 @@ def compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
     if key not in compiled:
         kernel = triton.compile(ASTSource(self, signature, constexprs), target=TARGET,
                                 options=options)
-        compiled[key] = kernel.metadata.shared
+        flags = {name: value for (index,), value in constexprs.items()
+                 for name in [list(signature)[index]]
+                 if isinstance(value, bool) and value}
+        compiled[key] = (kernel, sorted(flags))
 
 
 def main(dtype_name):
@@ -109,12 +120,63 @@ def main(dtype_name):
     h, c = launchers.cell_forward(pre, torch.randn(40, 5), 1, 2)
     launchers.cell_backward(h, c, pre, c, c, 1, 2)
     shared = {}
-    for key, nbytes in compiled.items():
-        shared[key[0]] = max(shared.get(key[0], 0), nbytes)
+    for key, (kernel, _) in compiled.items():
+        shared[key[0]] = max(shared.get(key[0], 0), kernel.metadata.shared)
     print(f"sm_90 {dtype_name}: compiled {len(compiled)} kernel variants of {len(shared)} kernels;"
           " max shared memory per kernel: "
           + ", ".join(f"{name} {nbytes // 1024} KiB" for name, nbytes in sorted(shared.items())))
 
 
+def _ptxas():
+    """Triton's bundled ptxas that accepts its PTX version (the Blackwell build is newer)."""
+    nvidia_bin = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    for name in ("ptxas-blackwell", "ptxas"):
+        path = os.path.join(nvidia_bin, name)
+        if os.path.exists(path):
+            yield path
+
+
+def ptxas_usage(ptx):
+    """(registers, spill stores + loads in bytes) from ptxas -v, or (None, None)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        for ptxas in _ptxas():
+            run = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", src, "-o",
+                                  os.path.join(tmp, "kernel.cubin")], capture_output=True,
+                                 text=True)
+            if run.returncode == 0:
+                log = run.stdout + run.stderr
+                regs = re.search(r"Used (\d+) registers", log)
+                spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", log)
+                return (int(regs.group(1)) if regs else None,
+                        sum(int(n) for n in spills) if spills else 0)
+    return None, None
+
+
+def report():
+    """One line per compiled kernel variant: what the compiled code does."""
+    print("| kernel | flags | warps | regs | spill B | smem KiB | wgmma | mma.sync | "
+          "ld.global vector/all |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key, (kernel, flags) in sorted(compiled.items(), key=lambda item: item[0][0]):
+        ptx = kernel.asm["ptx"]
+        regs, spills = ptxas_usage(ptx)
+        vector = len(re.findall(r"ld\.global(?:\.\w+)*\.v[24]", ptx))
+        loads = len(re.findall(r"ld\.global", ptx))
+        print(f"| {key[0]} | {' '.join(f.lower() for f in flags) or '-'} | "
+              f"{dict(key[3])['num_warps']} | {regs} | {spills} | "
+              f"{kernel.metadata.shared // 1024} | {'yes' if 'wgmma' in ptx else 'no'} | "
+              f"{'yes' if 'mma.sync' in ptx else 'no'} | {vector}/{loads} |")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("dtype", choices=sorted(DTYPES))
+    parser.add_argument("--report", action="store_true",
+                        help="print registers, spills, shared memory, MMA kind, vector loads")
+    cli = parser.parse_args()
+    main(cli.dtype)
+    if cli.report:
+        report()
