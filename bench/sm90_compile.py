@@ -39,33 +39,42 @@ compiled = {}
 
 
 def _signature(kernel, args, kwargs):
+    """Types, constexprs, and the divisibility-by-16 hints that Triton's JIT gives a launch
+    (integers that are multiples of 16, 16-byte aligned pointers): without them the compiler
+    could not vectorize what it does on the GPU."""
     params = list(inspect.signature(kernel.fn).parameters.values())
     bound = dict(zip((p.name for p in params), args))
     bound.update(kwargs)
-    signature, constexprs = {}, {}
+    signature, constexprs, attrs = {}, {}, {}
     for index, param in enumerate(params):
         value = bound[param.name]
         if "constexpr" in str(param.annotation):
             signature[param.name] = "constexpr"
             constexprs[(index,)] = value
-        elif isinstance(value, torch.Tensor):
+            continue
+        if isinstance(value, torch.Tensor):
             signature[param.name] = POINTER_TYPES[value.dtype]
+            divisible = value.data_ptr() % 16 == 0
         elif isinstance(value, bool):
             signature[param.name] = "i1"
+            divisible = False
         elif isinstance(value, int):
             signature[param.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            divisible = value % 16 == 0
         else:
             raise TypeError(f"{kernel.fn.__name__}: cannot type argument {param.name}={value!r}")
-    return signature, constexprs
+        if divisible:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs
 
 
 def compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
     options = {"num_warps": kwargs.pop("num_warps", 4), "num_stages": kwargs.pop("num_stages", 3)}
-    signature, constexprs = _signature(self, args, kwargs)
+    signature, constexprs, attrs = _signature(self, args, kwargs)
     key = (self.fn.__name__, tuple(signature.items()), tuple(sorted(constexprs.items())),
-           tuple(options.items()))
+           tuple(options.items()), tuple(sorted(attrs)))
     if key not in compiled:
-        kernel = triton.compile(ASTSource(self, signature, constexprs), target=TARGET,
+        kernel = triton.compile(ASTSource(self, signature, constexprs, attrs), target=TARGET,
                                 options=options)
         flags = {name: value for (index,), value in constexprs.items()
                  for name in [list(signature)[index]]
@@ -73,7 +82,10 @@ def compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
         compiled[key] = (kernel, sorted(flags))
 
 
-def main(dtype_name):
+def main(dtype_name, filters=5, in_channels=3):
+    """Compile the kernel variants of a few configurations with F = filters, C_in = in_channels
+    (small odd defaults; the report is most telling at real sizes, e.g. F=64, C_in=1 or 64)."""
+    F, c_in = filters, in_channels
     JITFunction.run = compile_instead_of_launch
     from convlstm_triton import functional, launchers
 
@@ -90,10 +102,11 @@ def main(dtype_name):
     ]
     for case in cases:
         rank, k = case["rank"], case["k"]
-        x = torch.randn(2, 3, *(9,) * rank, 3, dtype=dtype, requires_grad=True)
-        kernel = torch.randn(*(k,) * rank, 3, 20, dtype=dtype, requires_grad=True)
-        rkernel = torch.randn(*(k,) * rank, 5, 20, dtype=dtype, requires_grad=True)
-        bias = torch.randn(20, dtype=dtype, requires_grad=True) if case.get("bias", True) else None
+        x = torch.randn(2, 3, *(9,) * rank, c_in, dtype=dtype, requires_grad=True)
+        kernel = torch.randn(*(k,) * rank, c_in, 4 * F, dtype=dtype, requires_grad=True)
+        rkernel = torch.randn(*(k,) * rank, F, 4 * F, dtype=dtype, requires_grad=True)
+        bias = (torch.randn(4 * F, dtype=dtype, requires_grad=True) if case.get("bias", True)
+                else None)
         options = {key: case[key] for key in ("padding", "strides", "go_backwards", "activation",
                                               "recurrent_activation", "forward_variant")
                    if key in case}
@@ -101,14 +114,14 @@ def main(dtype_name):
         out_size = (9 - k) // case.get("strides", 1) + 1 if case["padding"] == "valid" else (
             -(-9 // case.get("strides", 1)))
         if case.get("state"):
-            state = tuple(torch.randn(2, *(out_size,) * rank, 5, dtype=dtype, requires_grad=True)
+            state = tuple(torch.randn(2, *(out_size,) * rank, F, dtype=dtype, requires_grad=True)
                           for _ in range(2))
         mask = torch.ones(2, 3, dtype=torch.bool) if case.get("mask") else None
         if case.get("peephole"):
-            options["peephole"] = torch.randn(3, 5, dtype=dtype, requires_grad=True)
+            options["peephole"] = torch.randn(3, F, dtype=dtype, requires_grad=True)
         if case.get("dropout"):
             options["input_dropout_mask"] = torch.ones(4, *x.shape[:1], *x.shape[2:], dtype=dtype)
-            options["recurrent_dropout_mask"] = torch.ones(4, 2, *(out_size,) * rank, 5,
+            options["recurrent_dropout_mask"] = torch.ones(4, 2, *(out_size,) * rank, F,
                                                            dtype=dtype)
         seq, h, c = functional.conv_lstm(x, kernel, rkernel, bias, state, mask=mask,
                                          backend="triton", **options)
@@ -116,8 +129,8 @@ def main(dtype_name):
         with torch.no_grad():
             functional.conv_lstm(x, kernel, rkernel, bias, state, mask=mask, backend="triton",
                                  **options)
-    pre = torch.randn(40, 20, dtype=dtype)
-    h, c = launchers.cell_forward(pre, torch.randn(40, 5), 1, 2)
+    pre = torch.randn(40, 4 * F, dtype=dtype)
+    h, c = launchers.cell_forward(pre, torch.randn(40, F), 1, 2)
     launchers.cell_backward(h, c, pre, c, c, 1, 2)
     shared = {}
     for key, (kernel, _) in compiled.items():
@@ -158,17 +171,18 @@ def ptxas_usage(ptx):
 def report():
     """One line per compiled kernel variant: what the compiled code does."""
     print("| kernel | flags | warps | regs | spill B | smem KiB | wgmma | mma.sync | "
-          "ld.global vector/all |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "cp.async | ld.global vector/all |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for key, (kernel, flags) in sorted(compiled.items(), key=lambda item: item[0][0]):
         ptx = kernel.asm["ptx"]
         regs, spills = ptxas_usage(ptx)
-        vector = len(re.findall(r"ld\.global(?:\.\w+)*\.v[24]", ptx))
+        vector = len(re.findall(r"ld\.global\S*\.v[248]\.", ptx))
         loads = len(re.findall(r"ld\.global", ptx))
+        async_copies = len(re.findall(r"cp\.async\.c[ag]\.shared\.global", ptx))
         print(f"| {key[0]} | {' '.join(f.lower() for f in flags) or '-'} | "
               f"{dict(key[3])['num_warps']} | {regs} | {spills} | "
               f"{kernel.metadata.shared // 1024} | {'yes' if 'wgmma' in ptx else 'no'} | "
-              f"{'yes' if 'mma.sync' in ptx else 'no'} | {vector}/{loads} |")
+              f"{'yes' if 'mma.sync' in ptx else 'no'} | {async_copies} | {vector}/{loads} |")
 
 
 if __name__ == "__main__":
@@ -176,7 +190,9 @@ if __name__ == "__main__":
     parser.add_argument("dtype", choices=sorted(DTYPES))
     parser.add_argument("--report", action="store_true",
                         help="print registers, spills, shared memory, MMA kind, vector loads")
+    parser.add_argument("--filters", type=int, default=5, help="F (default 5)")
+    parser.add_argument("--in-channels", type=int, default=3, help="C_in (default 3)")
     cli = parser.parse_args()
-    main(cli.dtype)
+    main(cli.dtype, cli.filters, cli.in_channels)
     if cli.report:
         report()

@@ -72,6 +72,24 @@ class KernelGeometry:
                               self.recurrent_pads, (1, 1, 1), self.recurrent_pads)
 
 
+# K layout of the implicit GEMMs: tap-major (per-row index math, loads contiguous along channels)
+# from this many channels on; below it the flattened (tap, channel) K fills the tl.dot lanes
+# that a tap-major tile would leave empty (C_in = 1 would use 1 of 16). Tests lower it to 1 to
+# run every shape through both layouts.
+TAP_MAJOR_MIN_CHANNELS = 16
+
+
+def tap_major(channels):
+    return channels >= TAP_MAJOR_MIN_CHANNELS
+
+
+def rows_aligned(channels, block_k, *strides):
+    """The channel count is a multiple of BLOCK_K (so tap-major K tiles never straddle a pixel
+    and need no channel mask) and the strides are multiples of 16 elements (rows start
+    16-element aligned): the gathers may then load channel runs with vector instructions."""
+    return channels % block_k == 0 and all(v % 16 == 0 for v in strides)
+
+
 def new_buffer(shape, device, dtype):
     """Every kernel output is allocated here (uninitialized); tests poison it with NaN."""
     return torch.empty(shape, device=device, dtype=dtype)
@@ -144,6 +162,9 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
         SD=ic["SD"], SH=ic["SH"], SW=ic["SW"], IPD=ic["PD"], IPH=ic["PH"], IPW=ic["PW"],
         LD=ic["LD"], LH=ic["LH"], LW=ic["LW"],
         ACT=act, RACT=ract, FUSED_INPUT=fused_input, HAS_BIAS=bias is not None,
+        REC_TAP_MAJOR=tap_major(F), IN_TAP_MAJOR=fused_input and tap_major(x_t.shape[-1]),
+        REC_ALIGNED=rows_aligned(F, block_k, h_prev.stride(0)),
+        IN_ALIGNED=fused_input and rows_aligned(x_t.shape[-1], block_k, x_t.stride(0)),
         HAS_XDROP=xmask is not None, CELL=cell, HAS_MASK=mask_t is not None,
         HAS_RDROP=hmask is not None, HAS_PEEPHOLE=peephole is not None,
         SAVE_PREACT=preact_t is not None, DOT_PRECISION=precision,

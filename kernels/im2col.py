@@ -36,14 +36,18 @@ def state_tile(M, P, H, W, F, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
 
 
 @triton.jit
-def conv_gather(
-    src_ptr, row_base, od, oh, ow, row_mask, ks, K_TOTAL, C, D, H, W,
+def conv_gather_offsets(
+    od, oh, ow, row_mask, ks, K_TOTAL, C, D, H, W,
     KH: tl.constexpr, KW: tl.constexpr,
     SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
 ):
-    """im2col tile [rows, ks] of a conv: src pixel = out pixel * stride - pad + tap * dil."""
+    """Flattened-K im2col tile [rows, ks]: (element offsets within a frame, valid).
+
+    k = tap * C + c is decoded per element, so any C (even C_in = 1) fills the K lanes; the
+    price is per-element index math (registers). See ``conv_tap_offsets`` for large C.
+    """
     tap = ks // C
     c = ks % C
     kd = tap // (KH * KW)
@@ -54,8 +58,43 @@ def conv_gather(
     iw = ow[:, None] * SW - PW + kw[None, :] * LW
     valid = (row_mask[:, None] & (ks < K_TOTAL)[None, :]
              & (idd >= 0) & (idd < D) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
-    offs = row_base[:, None] + ((idd * H + ih) * W + iw) * C + c[None, :]
-    return tl.load(src_ptr + offs, mask=valid, other=0.0)
+    return ((idd * H + ih) * W + iw) * C + c[None, :], valid
+
+
+@triton.jit
+def conv_gather(
+    src_ptr, row_base, od, oh, ow, row_mask, ks, K_TOTAL, C, D, H, W,
+    KH: tl.constexpr, KW: tl.constexpr,
+    SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
+):
+    """im2col tile [rows, ks] of a conv: src pixel = out pixel * stride - pad + tap * dil."""
+    offs, valid = conv_gather_offsets(od, oh, ow, row_mask, ks, K_TOTAL, C, D, H, W, KH, KW,
+                                      SD, SH, SW, PD, PH, PW, LD, LH, LW)
+    return tl.load(src_ptr + row_base[:, None] + offs, mask=valid, other=0.0)
+
+
+@triton.jit
+def conv_tap_offsets(
+    od, oh, ow, row_mask, tap, C, D, H, W,
+    KH: tl.constexpr, KW: tl.constexpr,
+    SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
+):
+    """Tap-major im2col: for one kernel tap (a scalar), each row's source pixel offset within
+    its frame (pixel * C) and whether that pixel exists. A K tile is then
+    ``offsets[:, None] + channels[None, :]``: index math per row, not per element, and loads
+    contiguous along the channels (channels-last)."""
+    kd = tap // (KH * KW)
+    kh = (tap // KW) % KH
+    kw = tap % KW
+    idd = od * SD - PD + kd * LD
+    ih = oh * SH - PH + kh * LH
+    iw = ow * SW - PW + kw * LW
+    ok = row_mask & (idd >= 0) & (idd < D) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    return ((idd * H + ih) * W + iw) * C, ok
 
 
 @triton.jit

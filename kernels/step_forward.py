@@ -30,58 +30,94 @@ import triton
 import triton.language as tl
 
 from .cell import load_peephole, lstm_cell
-from .im2col import conv_gather, state_tile
+from .im2col import conv_gather_offsets, conv_tap_offsets, state_tile
 
 # (BLOCK_M, BLOCK_F, BLOCK_K, num_warps); four BLOCK_M x BLOCK_F fp32 accumulators in registers.
 DEFAULT_CONFIG = (64, 32, 32, 4)
 
 
 @triton.jit
-def _gate_dot(a, w_ptrs, w_mask, acc, gate: tl.constexpr, F, gmask_ptr, gmask_base,
-              stride_gmask_gate, d, hh, ww, row_mask, ks, K_TOTAL, C, D, H, W,
-              KH: tl.constexpr, KW: tl.constexpr,
-              SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-              PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-              LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
-              HAS_GMASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """acc += (a * gmask[gate]) @ W[:, gate*F + fs]; the dropout mask shares src's layout and
-    im2col offsets, so it is gathered like the A tile."""
+def _gate_dot(a, offs, valid, w_ptrs, w_mask, acc, gate: tl.constexpr, F, gmask_ptr, gmask_base,
+              stride_gmask_gate, HAS_GMASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """acc += (a * gmask[gate]) @ W[:, gate*F + fs]; the dropout mask shares src's layout, so
+    its tile sits at the same offsets as the A tile."""
     if HAS_GMASK:
-        a = a * conv_gather(gmask_ptr, gmask_base + gate * stride_gmask_gate, d, hh, ww, row_mask,
-                            ks, K_TOTAL, C, D, H, W, KH, KW, SD, SH, SW, PD, PH, PW, LD, LH, LW)
+        m_ptrs = gmask_ptr + (gmask_base + gate * stride_gmask_gate)[:, None] + offs
+        a = a * tl.load(m_ptrs, mask=valid, other=0.0)
     w = tl.load(w_ptrs + gate * F, mask=w_mask, other=0.0)
     return tl.dot(a, w, acc, input_precision=DOT_PRECISION)
 
 
 @triton.jit
-def _four_gate_dots(src_ptr, src_base, d, hh, ww, row_mask, k0, K_TOTAL, C, D, H, W,
+def _four_gate_dots(a, offs, valid, w_ptrs, w_mask, acc_i, acc_f, acc_c, acc_o, F,
+                    gmask_ptr, gmask_base, stride_gmask_gate,
+                    HAS_GMASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One shared A tile against the four gate blocks of the gate-major weight (K, 4F)."""
+    acc_i = _gate_dot(a, offs, valid, w_ptrs, w_mask, acc_i, 0, F, gmask_ptr, gmask_base,
+                      stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
+    acc_f = _gate_dot(a, offs, valid, w_ptrs, w_mask, acc_f, 1, F, gmask_ptr, gmask_base,
+                      stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
+    acc_c = _gate_dot(a, offs, valid, w_ptrs, w_mask, acc_c, 2, F, gmask_ptr, gmask_base,
+                      stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
+    acc_o = _gate_dot(a, offs, valid, w_ptrs, w_mask, acc_o, 3, F, gmask_ptr, gmask_base,
+                      stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
+    return acc_i, acc_f, acc_c, acc_o
+
+
+@triton.jit
+def _conv_all_gates(src_ptr, src_base, d, hh, ww, row_mask, C, D, H, W,
                     w_ptr, fs, f_mask, F, acc_i, acc_f, acc_c, acc_o,
                     gmask_ptr, gmask_base, stride_gmask_gate,
-                    KH: tl.constexpr, KW: tl.constexpr,
+                    KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                     SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                     PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                     LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
-                    HAS_GMASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                    BLOCK_K: tl.constexpr):
-    """One K step of a conv for all four gates: one shared im2col tile of src against the four
-    gate blocks of the gate-major weight (K_TOTAL, 4F)."""
-    ks = k0 + tl.arange(0, BLOCK_K)
-    a = conv_gather(src_ptr, src_base, d, hh, ww, row_mask, ks, K_TOTAL, C, D, H, W,
-                    KH, KW, SD, SH, SW, PD, PH, PW, LD, LH, LW)
-    w_ptrs = w_ptr + ks[:, None] * (4 * F) + fs[None, :]
-    w_mask = (ks < K_TOTAL)[:, None] & f_mask[None, :]
-    acc_i = _gate_dot(a, w_ptrs, w_mask, acc_i, 0, F, gmask_ptr, gmask_base, stride_gmask_gate,
-                      d, hh, ww, row_mask, ks, K_TOTAL, C, D, H, W, KH, KW, SD, SH, SW,
-                      PD, PH, PW, LD, LH, LW, HAS_GMASK, DOT_PRECISION)
-    acc_f = _gate_dot(a, w_ptrs, w_mask, acc_f, 1, F, gmask_ptr, gmask_base, stride_gmask_gate,
-                      d, hh, ww, row_mask, ks, K_TOTAL, C, D, H, W, KH, KW, SD, SH, SW,
-                      PD, PH, PW, LD, LH, LW, HAS_GMASK, DOT_PRECISION)
-    acc_c = _gate_dot(a, w_ptrs, w_mask, acc_c, 2, F, gmask_ptr, gmask_base, stride_gmask_gate,
-                      d, hh, ww, row_mask, ks, K_TOTAL, C, D, H, W, KH, KW, SD, SH, SW,
-                      PD, PH, PW, LD, LH, LW, HAS_GMASK, DOT_PRECISION)
-    acc_o = _gate_dot(a, w_ptrs, w_mask, acc_o, 3, F, gmask_ptr, gmask_base, stride_gmask_gate,
-                      d, hh, ww, row_mask, ks, K_TOTAL, C, D, H, W, KH, KW, SD, SH, SW,
-                      PD, PH, PW, LD, LH, LW, HAS_GMASK, DOT_PRECISION)
+                    TAP_MAJOR: tl.constexpr, ALIGNED: tl.constexpr, HAS_GMASK: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The whole K loop of one conv for all four gates, as an implicit GEMM over the
+    channels-last src (rows at src_base) and the gate-major weight (KD*KH*KW*C, 4F).
+
+    TAP_MAJOR: loop taps, then channel blocks (cheap row index math, loads contiguous along
+    channels; wastes K lanes when C < BLOCK_K). Otherwise one flattened K = taps * C loop
+    (every lane used, per-element index math): the choice for small C."""
+    N = 4 * F
+    if TAP_MAJOR:
+        for tap in range(0, KD * KH * KW):
+            pix, ok = conv_tap_offsets(d, hh, ww, row_mask, tap, C, D, H, W, KH, KW,
+                                       SD, SH, SW, PD, PH, PW, LD, LH, LW)
+            rows_at = src_base + pix
+            if ALIGNED:
+                # C is a multiple of BLOCK_K and the sample stride of 16: every row starts
+                # 16-element aligned, so channel runs can be loaded with vector instructions.
+                rows_at = tl.multiple_of(rows_at, 16)
+            for c0 in range(0, C, BLOCK_K):
+                cs = c0 + tl.arange(0, BLOCK_K)
+                offs = pix[:, None] + cs[None, :]
+                if ALIGNED:
+                    # C is a multiple of BLOCK_K: the mask is constant along the channels,
+                    # which lets the compiler vectorize the loads
+                    valid = ok[:, None] & (cs[None, :] >= 0)
+                    w_mask = (cs[:, None] >= 0) & f_mask[None, :]
+                else:
+                    valid = ok[:, None] & (cs < C)[None, :]
+                    w_mask = (cs < C)[:, None] & f_mask[None, :]
+                a = tl.load(src_ptr + rows_at[:, None] + cs[None, :], mask=valid, other=0.0)
+                w_ptrs = w_ptr + (tap * C + cs)[:, None] * N + fs[None, :]
+                acc_i, acc_f, acc_c, acc_o = _four_gate_dots(
+                    a, offs, valid, w_ptrs, w_mask, acc_i, acc_f, acc_c, acc_o, F,
+                    gmask_ptr, gmask_base, stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
+    else:
+        K_TOTAL = KD * KH * KW * C
+        for k0 in range(0, K_TOTAL, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            offs, valid = conv_gather_offsets(d, hh, ww, row_mask, ks, K_TOTAL, C, D, H, W, KH,
+                                              KW, SD, SH, SW, PD, PH, PW, LD, LH, LW)
+            a = tl.load(src_ptr + src_base[:, None] + offs, mask=valid, other=0.0)
+            w_ptrs = w_ptr + ks[:, None] * N + fs[None, :]
+            w_mask = (ks < K_TOTAL)[:, None] & f_mask[None, :]
+            acc_i, acc_f, acc_c, acc_o = _four_gate_dots(
+                a, offs, valid, w_ptrs, w_mask, acc_i, acc_f, acc_c, acc_o, F,
+                gmask_ptr, gmask_base, stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
     return acc_i, acc_f, acc_c, acc_o
 
 
@@ -106,6 +142,8 @@ def step_forward_kernel(
     LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
     ACT: tl.constexpr, RACT: tl.constexpr,
     FUSED_INPUT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_XDROP: tl.constexpr,
+    REC_TAP_MAJOR: tl.constexpr, IN_TAP_MAJOR: tl.constexpr,
+    REC_ALIGNED: tl.constexpr, IN_ALIGNED: tl.constexpr,
     CELL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_RDROP: tl.constexpr,
     HAS_PEEPHOLE: tl.constexpr, SAVE_PREACT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -117,22 +155,19 @@ def step_forward_kernel(
     acc_f = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
     acc_c = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
     acc_o = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
-    K_REC = KD * KH * KW * F
-    for k0 in range(0, K_REC, BLOCK_K):
-        acc_i, acc_f, acc_c, acc_o = _four_gate_dots(
-            h_prev_ptr, b * stride_hp, d, hh, ww, row_mask, k0, K_REC, F, D, H, W,
-            r_ptr, fs, f_mask, F, acc_i, acc_f, acc_c, acc_o,
-            hmask_ptr, b * (P * F), stride_hmask_gate,
-            KH, KW, 1, 1, 1, PD, PH, PW, 1, 1, 1, HAS_RDROP, DOT_PRECISION, BLOCK_K)
+    acc_i, acc_f, acc_c, acc_o = _conv_all_gates(
+        h_prev_ptr, b * stride_hp, d, hh, ww, row_mask, F, D, H, W,
+        r_ptr, fs, f_mask, F, acc_i, acc_f, acc_c, acc_o,
+        hmask_ptr, b * (P * F), stride_hmask_gate,
+        KD, KH, KW, 1, 1, 1, PD, PH, PW, 1, 1, 1, REC_TAP_MAJOR, REC_ALIGNED, HAS_RDROP,
+        DOT_PRECISION, BLOCK_K)
     if FUSED_INPUT:
-        K_IN = KD * KH * KW * C_IN
-        for k0 in range(0, K_IN, BLOCK_K):
-            acc_i, acc_f, acc_c, acc_o = _four_gate_dots(
-                x_ptr, b * stride_x, d, hh, ww, row_mask, k0, K_IN, C_IN, D_IN, H_IN, W_IN,
-                w_ptr, fs, f_mask, F, acc_i, acc_f, acc_c, acc_o,
-                xmask_ptr, b * (D_IN * H_IN * W_IN * C_IN), stride_xmask_gate,
-                KH, KW, SD, SH, SW, IPD, IPH, IPW, LD, LH, LW, HAS_XDROP, DOT_PRECISION,
-                BLOCK_K)
+        acc_i, acc_f, acc_c, acc_o = _conv_all_gates(
+            x_ptr, b * stride_x, d, hh, ww, row_mask, C_IN, D_IN, H_IN, W_IN,
+            w_ptr, fs, f_mask, F, acc_i, acc_f, acc_c, acc_o,
+            xmask_ptr, b * (D_IN * H_IN * W_IN * C_IN), stride_xmask_gate,
+            KD, KH, KW, SD, SH, SW, IPD, IPH, IPW, LD, LH, LW, IN_TAP_MAJOR, IN_ALIGNED,
+            HAS_XDROP, DOT_PRECISION, BLOCK_K)
         if HAS_BIAS:
             acc_i += tl.load(bias_ptr + fs, mask=f_mask, other=0.0).to(tl.float32)[None, :]
             acc_f += tl.load(bias_ptr + F + fs, mask=f_mask, other=0.0).to(tl.float32)[None, :]

@@ -69,6 +69,10 @@ CASES = [
     pytest.param(dict(spatial=(7,), C=2, F=3, k=(3,), padding="same", peephole=True, mask=True,
                       dropout=True, go_backwards=True, initial_state=True, T=4, B=3),
                  id="1d_peephole_mask_dropout_go_backwards"),
+    pytest.param(dict(spatial=(4, 5), C=16, F=32, k=(3, 3), padding="same", B=1, T=2,
+                      initial_state=True), id="2d_c16_f32_aligned"),
+    pytest.param(dict(spatial=(4, 3), C=48, F=48, k=(2, 2), padding="same", B=1, T=2,
+                      dropout=True), id="2d_c48_f48_unaligned_k_tiles"),
     *[pytest.param(dict(spatial=(5, 4), C=2, F=3, k=(3, 3), padding="same", activation=act,
                         recurrent_activation=ract, initial_state=True), id=f"2d_{act}_{ract}")
       for act, ract in [("relu6", "elu"), ("selu", "silu"), ("gelu", "softsign"),
@@ -298,3 +302,20 @@ def test_non_contiguous_output_gradients(poison_buffers):
     for name in grads:
         assert_close(grads[name], rgrads[name], torch.float32, f"d{name}",
                      tolerance(torch.float32, device))
+
+
+TAP_MAJOR_CASES = ["2d_c16_f32_aligned", "2d_c48_f48_unaligned_k_tiles",
+                   "1d_k4_valid_s2", "2d_k2_same_even", "2d_k4x3_same_s2x3", "2d_k3_same_dil2",
+                   "3d_k2x2x3_valid_s1x2x2", "2d_dropout_s2_mask_go_backwards",
+                   "1d_peephole_mask_dropout_go_backwards", "3d_dropout_even_same"]
+
+
+@pytest.mark.parametrize("variant", ["hoisted", "fused_input"])
+@pytest.mark.parametrize("case_id", TAP_MAJOR_CASES)
+def test_both_k_layouts_match_reference(case_id, variant, poison_buffers, monkeypatch):
+    """Every conv through the tap-major K layout too (normally only from 16 channels on), so the
+    small test shapes check both layouts of the implicit GEMMs."""
+    from convlstm_triton import launchers
+
+    monkeypatch.setattr(launchers, "TAP_MAJOR_MIN_CHANNELS", 1)
+    test_forward_variants_match_reference(variant, VARIANT_CASES[case_id], None)

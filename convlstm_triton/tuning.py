@@ -1,0 +1,582 @@
+"""Per-shape launch-config selection with a persistent on-disk cache.
+
+A launcher asks ``pick_config(kernel_name, key, configs, run, device)`` for the config of one
+launch. On a CUDA device the first call for a ``(kernel_name, key)`` benchmarks every candidate
+config with ``triton.testing.do_bench`` and keeps the fastest, in memory and in a JSON file, so a
+later process (a second training run, the next benchmark) finds it without benchmarking again.
+Under Triton's interpreter, on a non-CUDA device, or with ``CONVLSTM_TRITON_AUTOTUNE=0`` it
+returns ``configs[0]`` (the default config) and benchmarks nothing.
+
+Cache file: one per (GPU name, Triton version, torch version), because a config's speed (and
+whether it compiles at all) depends on all three::
+
+    $CONVLSTM_TRITON_CACHE_DIR/tuning-<gpu>-triton<ver>-torch<ver>.json
+    (default dir: $XDG_CACHE_HOME/convlstm_triton, else ~/.cache/convlstm_triton)
+
+    {"schema": 1, "device": "NVIDIA H100 80GB HBM3", "triton": "3.6.0", "torch": "2.11.0",
+     "entries": {
+        "step_forward|(65536, 64, 3, 3, 1, 'bfloat16', True)": {
+            "kernel": "step_forward", "key": "(65536, 64, 3, 3, 1, 'bfloat16', True)",
+            "config": {"BLOCK_M": 64, "BLOCK_F": 32, "BLOCK_K": 32, "num_warps": 4, ...},
+            "trials": [{"config": {...}, "ms": 0.0123, "error": null},
+                       {"config": {...}, "ms": null, "error": "OutOfResources: ..."}],
+            "flop": 1.2e9, "time": "2026-11-27T10:00:00Z"}}}
+
+Writes are atomic (a temp file in the same directory, then ``os.replace``) and merge with what is
+on disk at write time under an ``fcntl`` lock where available, so processes tuning at once keep
+each other's entries. A corrupt, unreadable or stale file (bad JSON, another schema version, wrong
+types) is ignored with one warning and rewritten on the next write; a cache directory that cannot
+be written leaves the tuned configs in memory only, with one warning. Nothing here raises on a bad
+cache.
+"""
+
+import contextlib
+import datetime
+import json
+import math
+import os
+import re
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterable
+
+import torch
+import triton
+
+__all__ = ["pick_config", "tune", "clear_cache", "cache_path", "cached_entries", "bucket",
+           "tuning_log", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+# do_bench budget per config, ms. Short: a launch is tuned on its first call inside a user's
+# program, and kernels of one ConvLSTM step run for microseconds to a few ms.
+WARMUP_MS = 5
+REP_MS = 25
+
+_memory: dict = {}  # (kernel_name, device slot, key) -> chosen config (an element of configs)
+_defaults_logged: set = set()  # (kernel_name, key) already logged as "default"
+_log: list = []  # tuning events, see tuning_log()
+_warned: set = set()
+_device_names: dict = {}
+_tune_lock = threading.RLock()
+
+
+# ---------------------------------------------------------------------------------------------
+# when to tune (module-level functions so that tests can monkeypatch them)
+
+
+def _autotune_env_enabled():
+    return os.environ.get("CONVLSTM_TRITON_AUTOTUNE", "1").strip().lower() not in (
+        "0", "false", "off", "no")
+
+
+def _interpreter_enabled():
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def _device_can_benchmark(device):
+    return _as_device(device).type == "cuda"
+
+
+def _tuning_enabled(device):
+    """Benchmark configs only on a real GPU launch that the user has not opted out of."""
+    return (_autotune_env_enabled() and not _interpreter_enabled()
+            and _device_can_benchmark(device))
+
+
+def _benchmark(run, cfg):
+    """Median ms of ``run(cfg)``. Raises whatever ``run`` raises (compile error, out of shared
+    memory, ...)."""
+    import triton.testing
+
+    return triton.testing.do_bench(lambda: run(cfg), warmup=WARMUP_MS, rep=REP_MS,
+                                   return_mode="median")
+
+
+def _capturing(device):
+    """Benchmarking synchronizes, which a CUDA-graph capture forbids."""
+    return (_as_device(device).type == "cuda" and torch.cuda.is_available()
+            and torch.cuda.is_current_stream_capturing())
+
+
+# ---------------------------------------------------------------------------------------------
+# the public API
+
+
+def bucket(n: int) -> int:
+    """The next power of two >= n (1 for n <= 1): how launchers bucket M in a key, so that
+    batch and sequence sizes near each other share one tuning."""
+    n = int(n)
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def pick_config(kernel_name: str, key: tuple, configs: list, run: Callable[[dict], None],
+                device, *, flop: float | None = None) -> dict:
+    """The launch config for one problem: cached, or the fastest of ``configs`` once measured.
+
+    Args:
+        kernel_name: the kernel's name, e.g. ``"step_forward"`` (a namespace in the cache).
+        key: a tuple of plain ints/strs/bools/floats (``repr`` round-trips them) that fixes which
+            config is best: bucketed M (``bucket(M)``), exact channel counts, kernel size, dtype
+            name, constexpr flags. Never a tuned parameter.
+        configs: candidate configs, dicts of plain values such as ``{"BLOCK_M": 64,
+            "BLOCK_F": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}``. ``configs[0]`` is
+            the default, used wherever nothing is measured.
+        run: ``run(cfg)`` launches the kernel once with ``cfg`` on this call's problem. It is
+            called many times per config while tuning (do_bench warmup and repetitions), so it
+            must be safe to repeat: it writes scratch outputs (not the caller's real outputs)
+            or outputs that each launch fully overwrites, and a kernel that accumulates
+            (``+=``, atomics) must reset its buffer inside ``run`` or write into a scratch one,
+            or trials would leak into the result. It may raise (compile error, out of shared
+            memory): that config is skipped and recorded as failed.
+        device: the device the kernel runs on (``torch.device``, str or index).
+        flop: optional FLOP count of the launch that is timed (reported as TFLOP/s by
+            ``bench/autotune.py``; stored with the entry).
+
+    Returns:
+        An element of ``configs``. If every config fails, ``configs[0]`` (remembered in this
+        process only, not written to disk), so the real launch raises the real error.
+    """
+    if not configs:
+        raise ValueError(f"pick_config({kernel_name!r}): no candidate configs")
+    if not _tuning_enabled(device):
+        if (kernel_name, key) not in _defaults_logged:
+            _defaults_logged.add((kernel_name, key))
+            _log.append(_event(kernel_name, key, "default", configs[0], [], flop, device))
+        return configs[0]
+    slot = _device_slot(device)
+    hit = _memory.get((kernel_name, slot, key))
+    if hit is not None:
+        return hit
+    with _tune_lock:
+        hit = _memory.get((kernel_name, slot, key))
+        if hit is not None:
+            return hit
+        return _pick_slow(kernel_name, key, configs, run, device, slot, flop)
+
+
+def tune(shapes: Iterable, dtypes: Iterable[str] = ("fp32", "bf16"),
+         modes: Iterable[str] = ("fwd", "train"), *, forward_variants: Iterable[str] = ("auto",),
+         device="cuda", progress: Callable[[int, int, str], None] | None = None) -> list:
+    """Tune ahead of time every kernel that ``conv_lstm(..., backend="triton")`` launches for
+    these problems, by running its forward (``"fwd"``, under ``no_grad``) and forward +
+    backward of a mean-square loss (``"train"``) once per (shape, dtype, mode, variant).
+
+    Args:
+        shapes: each a tuple ``(B, T, *spatial, C_in, F, k)`` with 1 to 3 spatial dims (k an int
+            or a tuple), a dict with keys ``B``/``batch``, ``T``/``steps``, ``spatial``,
+            ``C_in``/``in_channels``, ``F``/``filters``, ``k``/``kernel`` (optional ``name``), or
+            an object with those attribute names (``bench_convlstm.Shape``). "same" padding,
+            stride 1, with bias; masks, dropout and peepholes are other keys, tuned on first use.
+        dtypes: names among ``fp32``, ``bf16``, ``fp16``.
+        modes: among ``fwd``, ``train``.
+        forward_variants: ``conv_lstm``'s ``forward_variant`` values to run (each launches
+            other kernels or flags, so other keys): e.g. ``("hoisted", "fused_input")`` to tune
+            both before ``"auto"`` chooses between them.
+        device: a CUDA device. A CPU device is accepted only under ``TRITON_INTERPRET=1``,
+            where nothing is benchmarked (a dry run of the same code path).
+        progress: called as ``progress(done, total, label)`` before each run and at the end.
+
+    Returns:
+        The tuning events (see ``tuning_log()``) that these runs produced: configs measured
+        now (``source == "tuned"``), found in the disk cache (``"disk"``) or defaulted.
+    """
+    dev = _as_device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("convlstm_triton.tuning.tune: tuning needs a CUDA GPU "
+                               "(torch.cuda.is_available() is False)")
+    elif not _interpreter_enabled():
+        raise RuntimeError(f"convlstm_triton.tuning.tune: tuning needs a CUDA GPU; got device "
+                           f"{dev} (a CPU dry run needs TRITON_INTERPRET=1)")
+    from .functional import conv_lstm
+
+    problems = [_normalize_shape(s) for s in shapes]
+    dtypes, modes = list(dtypes), list(modes)
+    for name in dtypes:
+        if name not in _DTYPES:
+            raise ValueError(f"unknown dtype {name!r}; choose from {', '.join(_DTYPES)}")
+    for mode in modes:
+        if mode not in ("fwd", "train"):
+            raise ValueError(f"unknown mode {mode!r}; choose from fwd, train")
+    runs = [(p, d, m, v) for p in problems for d in dtypes for m in modes
+            for v in forward_variants]
+    start = len(_log)
+    for i, (shape, dtype_name, mode, variant) in enumerate(runs):
+        if progress is not None:
+            label = f"{shape['name']} {dtype_name} {mode}"
+            progress(i, len(runs), label if variant == "auto" else f"{label} {variant}")
+        _run_problem(conv_lstm, shape, _DTYPES[dtype_name], mode, variant, dev)
+    if progress is not None:
+        progress(len(runs), len(runs), "done")
+    return [dict(e) for e in _log[start:]]
+
+
+def cache_path(device=None) -> str:
+    """The cache file of ``device`` (default: the current CUDA device, else "cpu")."""
+    name = _device_name(_default_device(device))
+    fname = (f"tuning-{_sanitize(name)}-triton{_sanitize(triton.__version__)}"
+             f"-torch{_sanitize(torch.__version__)}.json")
+    return os.path.join(_cache_dir(), fname)
+
+
+def cached_entries(device=None) -> dict:
+    """The valid entries of ``device``'s cache file: ``"kernel|repr(key)"`` -> entry dict."""
+    return _read_entries(cache_path(device), _device_name(_default_device(device)))
+
+
+def clear_cache(device=None) -> None:
+    """Delete ``device``'s cache file and forget every config tuned in this process."""
+    _memory.clear()
+    _defaults_logged.clear()
+    path = cache_path(device)
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def tuning_log(clear: bool = False) -> list:
+    """Tuning events of this process, oldest first (copies; ``clear=True`` empties the log).
+
+    Each: ``{"kernel", "key" (repr), "source": "tuned" | "disk" | "default" | "failed" (every
+    config raised; the default is used), "chosen": config,
+    "trials": [{"config", "ms" (None if it failed), "error" (None if it ran)}], "flop",
+    "device", "time"}``. "default" (tuning off: interpreter, non-CUDA device or
+    ``CONVLSTM_TRITON_AUTOTUNE=0``) is logged once per (kernel, key); memory hits are not logged.
+    """
+    events = [dict(e) for e in _log]
+    if clear:
+        _log.clear()
+    return events
+
+
+# ---------------------------------------------------------------------------------------------
+# tuning
+
+
+def _pick_slow(kernel_name, key, configs, run, device, slot, flop):
+    name = _device_name(device)
+    path = cache_path(device)
+    entry_id = _entry_id(kernel_name, key)
+    entry = _read_entries(path, name).get(entry_id)
+    if entry is not None:
+        chosen = _find_config(entry["config"], configs)
+        if chosen is not None:
+            _memory[(kernel_name, slot, key)] = chosen
+            _log.append(_event(kernel_name, key, "disk", chosen, entry["trials"],
+                               entry.get("flop"), device))
+            return chosen
+    if _capturing(device):
+        _warn_once("capture", "convlstm_triton: a kernel launch met during CUDA-graph capture "
+                   "has no tuned config; using the default (tune before capturing, e.g. with "
+                   "convlstm_triton.tuning.tune or one eager call)")
+        return configs[0]
+
+    trials = []
+    dev = _as_device(device)
+    ctx = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+    with ctx:
+        for cfg in configs:
+            try:
+                ms = float(_benchmark(run, cfg))
+                if not math.isfinite(ms):
+                    raise RuntimeError(f"non-finite time {ms}")
+                trials.append({"config": dict(cfg), "ms": ms, "error": None})
+            except Exception as exc:  # a config that cannot compile or launch is skipped
+                first = (str(exc).strip().splitlines() or [""])[0]
+                trials.append({"config": dict(cfg), "ms": None,
+                               "error": f"{type(exc).__name__}: {first}"[:300]})
+    ok = [(t["ms"], i) for i, t in enumerate(trials) if t["ms"] is not None]
+    if not ok:
+        # Kept in memory (not on disk) so that later launches do not re-run a failing tuning
+        # (e.g. out of memory for do_bench's L2-flush buffer while the real launch fits).
+        _memory[(kernel_name, slot, key)] = configs[0]
+        _log.append(_event(kernel_name, key, "failed", configs[0], trials, flop, device))
+        _warn_once(("all-failed", kernel_name), f"convlstm_triton: every config of "
+                   f"{kernel_name} failed for key {key!r}; first error: {trials[0]['error']}")
+        return configs[0]
+    chosen = configs[min(ok)[1]]
+    _memory[(kernel_name, slot, key)] = chosen
+    event = _event(kernel_name, key, "tuned", chosen, trials, flop, device)
+    _log.append(event)
+    _write_entry(path, name, entry_id, {
+        "kernel": kernel_name, "key": repr(key), "config": dict(chosen), "trials": trials,
+        "flop": flop, "time": event["time"],
+    })
+    return chosen
+
+
+def _event(kernel_name, key, source, chosen, trials, flop, device):
+    return {"kernel": kernel_name, "key": repr(key), "source": source, "chosen": dict(chosen),
+            "trials": [dict(t) for t in trials], "flop": flop,
+            "device": _device_name(device), "time": _now()}
+
+
+def _find_config(cfg, configs):
+    for c in configs:
+        if c == cfg:
+            return c
+    return None
+
+
+def _entry_id(kernel_name, key):
+    return f"{kernel_name}|{key!r}"
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------------------------
+# devices and paths
+
+
+def _as_device(device):
+    if isinstance(device, torch.device):
+        return device
+    if isinstance(device, int):
+        return torch.device("cuda", device)
+    return torch.device(device)
+
+
+def _default_device(device):
+    if device is not None:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _device_slot(device):
+    dev = _as_device(device)
+    if dev.type == "cuda" and dev.index is None:
+        return ("cuda", torch.cuda.current_device())
+    return (dev.type, dev.index)
+
+
+def _device_name(device):
+    slot = _device_slot(device)
+    name = _device_names.get(slot)
+    if name is None:
+        name = torch.cuda.get_device_name(slot[1]) if slot[0] == "cuda" else slot[0]
+        _device_names[slot] = name
+    return name
+
+
+def _sanitize(text):
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", str(text)).strip("_") or "unknown"
+
+
+def _cache_dir():
+    explicit = os.environ.get("CONVLSTM_TRITON_CACHE_DIR")
+    if explicit:
+        return os.path.expanduser(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "convlstm_triton")
+
+
+def _warn_once(tag, message):
+    if tag in _warned:
+        return
+    _warned.add(tag)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _reset_state():
+    """Forget everything this process holds (memory cache, log, warnings): a fresh process,
+    for tests."""
+    _memory.clear()
+    _defaults_logged.clear()
+    _log.clear()
+    _warned.clear()
+    _device_names.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# the JSON file
+
+
+def _is_scalar(v):
+    return isinstance(v, (int, float, str, bool))
+
+
+def _valid_config(cfg):
+    return (isinstance(cfg, dict) and bool(cfg)
+            and all(isinstance(k, str) and _is_scalar(v) for k, v in cfg.items()))
+
+
+def _valid_entry(entry):
+    if not isinstance(entry, dict) or not _valid_config(entry.get("config")):
+        return False
+    trials = entry.get("trials")
+    if not isinstance(trials, list):
+        return False
+    for t in trials:
+        if not (isinstance(t, dict) and _valid_config(t.get("config"))):
+            return False
+        ms, err = t.get("ms"), t.get("error")
+        if not (ms is None or (isinstance(ms, (int, float)) and not isinstance(ms, bool))):
+            return False
+        if not (err is None or isinstance(err, str)):
+            return False
+    flop = entry.get("flop")
+    return flop is None or (isinstance(flop, (int, float)) and not isinstance(flop, bool))
+
+
+def _load(path, device_name):
+    """(entries, problem): the file's valid entries, and why it was rejected (None if fine or
+    missing). Invalid single entries are dropped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return {}, None
+    except (OSError, UnicodeDecodeError) as exc:
+        return {}, f"unreadable ({type(exc).__name__}: {exc})"
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return {}, f"not valid JSON ({exc})"
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+        return {}, "not a tuning cache (no 'entries' object)"
+    if data.get("schema") != SCHEMA_VERSION:
+        return {}, f"schema {data.get('schema')!r}, expected {SCHEMA_VERSION} (stale)"
+    for field, want in (("device", device_name), ("triton", triton.__version__),
+                        ("torch", torch.__version__)):
+        if data.get(field) != want:
+            return {}, f"{field} {data.get(field)!r}, expected {want!r} (stale)"
+    entries = {k: v for k, v in data["entries"].items() if isinstance(k, str) and _valid_entry(v)}
+    dropped = len(data["entries"]) - len(entries)
+    return entries, (f"{dropped} invalid entries dropped" if dropped else None)
+
+
+def _read_entries(path, device_name):
+    entries, problem = _load(path, device_name)
+    if problem is not None:
+        _warn_once(("bad-file", path), f"convlstm_triton: ignoring tuning cache {path}: "
+                   f"{problem}; it will be rewritten")
+    return entries
+
+
+@contextlib.contextmanager
+def _file_lock(path):
+    """An exclusive fcntl lock on ``path + ".lock"`` where fcntl exists; else no lock (the
+    write is still atomic, and _write_entry re-checks that its entry landed)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _write_entry(path, device_name, entry_id, entry):
+    """Merge one entry into the file: re-read under the lock, update, write a temp file, replace.
+    On any OSError the entry stays in memory only (one warning)."""
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        for _ in range(3):  # without a lock a concurrent writer may replace our write: retry
+            with _file_lock(path):
+                entries, _ = _load(path, device_name)
+                entries[entry_id] = entry
+                _atomic_write(path, {
+                    "schema": SCHEMA_VERSION, "device": device_name,
+                    "triton": triton.__version__, "torch": torch.__version__,
+                    "entries": dict(sorted(entries.items())),
+                })
+            if entry_id in _load(path, device_name)[0]:
+                return
+    except OSError as exc:
+        _warn_once(("unwritable", directory), f"convlstm_triton: cannot write the tuning cache "
+                   f"{path} ({type(exc).__name__}: {exc}); tuned configs are kept in memory "
+                   f"only (set CONVLSTM_TRITON_CACHE_DIR to a writable directory)")
+
+
+def _atomic_write(path, data):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tuning-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# problems for tune()
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _normalize_shape(shape):
+    """-> dict(name, batch, steps, spatial, in_channels, filters, kernel_size)."""
+    aliases = {"batch": "B", "steps": "T", "in_channels": "C_in", "filters": "F", "kernel": "k"}
+    if isinstance(shape, (tuple, list)):
+        if not 5 <= len(shape) - 1 <= 7:
+            raise ValueError(f"shape {shape!r}: expected (B, T, *spatial, C_in, F, k) with 1 to 3 "
+                             "spatial dims")
+        b, t, *spatial, c_in, f, k = shape
+        fields = dict(batch=b, steps=t, spatial=tuple(spatial), in_channels=c_in, filters=f,
+                      kernel=k, name=None)
+    else:
+        get = shape.get if isinstance(shape, dict) else (lambda n, d=None: getattr(shape, n, d))
+        fields = {}
+        for long, short in aliases.items():
+            value = get(long, get(short, None))
+            if value is None:
+                raise ValueError(f"shape {shape!r}: missing {long!r} (or {short!r})")
+            fields[long] = value
+        fields["spatial"] = tuple(get("spatial", ()))
+        fields["name"] = get("name", None)
+    spatial = tuple(int(s) for s in fields["spatial"])
+    if not 1 <= len(spatial) <= 3:
+        raise ValueError(f"shape {shape!r}: 1 to 3 spatial dims, got {len(spatial)}")
+    k = fields["kernel"]
+    kernel_size = tuple(int(v) for v in k) if isinstance(k, (tuple, list)) else (int(k),) * len(
+        spatial)
+    name = fields["name"] or "x".join(map(str, (fields["batch"], fields["steps"], *spatial,
+                                                fields["in_channels"], fields["filters"],
+                                                *kernel_size)))
+    return dict(name=name, batch=int(fields["batch"]), steps=int(fields["steps"]),
+                spatial=spatial, in_channels=int(fields["in_channels"]),
+                filters=int(fields["filters"]), kernel_size=kernel_size)
+
+
+def _run_problem(conv_lstm, shape, dtype, mode, variant, device):
+    """One forward (or forward + backward) of conv_lstm on random inputs of this shape: every
+    launch on the way asks pick_config and so gets tuned."""
+    b, t, spatial = shape["batch"], shape["steps"], shape["spatial"]
+    c_in, f, ks = shape["in_channels"], shape["filters"], shape["kernel_size"]
+    scale = 1.0 / math.sqrt(math.prod(ks) * (c_in + f))
+
+    def rand(*size, s=1.0):
+        return (torch.randn(*size, device=device) * s).to(dtype)
+
+    x = rand(b, t, *spatial, c_in)
+    kernel = rand(*ks, c_in, 4 * f, s=scale)
+    recurrent = rand(*ks, f, 4 * f, s=scale)
+    bias = torch.zeros(4 * f, device=device, dtype=dtype)
+    options = dict(padding="same", backend="triton")
+    if variant != "auto":
+        options["forward_variant"] = variant
+    if mode == "fwd":
+        with torch.no_grad():
+            conv_lstm(x, kernel, recurrent, bias, **options)
+    else:
+        leaves = [v.requires_grad_() for v in (x, kernel, recurrent, bias)]
+        seq = conv_lstm(*leaves, **options)[0]
+        seq.float().square().mean().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    del x, kernel, recurrent, bias
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
