@@ -30,7 +30,11 @@ import triton
 import triton.testing
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from eager_convlstm import EagerConvLSTM, combined_to_keras  # noqa: E402
+from eager_convlstm import (  # noqa: E402
+    EagerConvLSTM,
+    combined_to_keras,
+    to_keras_outputs,
+)
 
 
 @dataclass(frozen=True)
@@ -222,21 +226,26 @@ def _leaf(t):
     return t.detach().clone().requires_grad_()
 
 
+def keras_peer(name, problem, fn, **kwargs):
+    """A peer taking the Keras layout, as ``conv_lstm`` does: ``fn(x, kernel, recurrent_kernel,
+    bias, padding="same", **kwargs)`` on its own leaf copies of the problem's tensors."""
+    leaves = [_leaf(t) for t in (problem.x, problem.kernel, problem.recurrent_kernel,
+                                 problem.bias)]
+    return Peer(
+        name=name,
+        forward=lambda: fn(*leaves, padding="same", **kwargs),
+        leaves=leaves,
+        keras_outputs=lambda out: out,
+        keras_grads=lambda: tuple(t.grad for t in leaves),
+    )
+
+
 def ours_peer(problem):
     # Imported here so that a Triton path that fails to import is recorded as this peer's error
     # while the eager peers still run.
     from convlstm_triton.functional import conv_lstm
 
-    leaves = [_leaf(t) for t in (problem.x, problem.kernel, problem.recurrent_kernel,
-                                 problem.bias)]
-    x, kernel, recurrent, bias = leaves
-    return Peer(
-        name="ours",
-        forward=lambda: conv_lstm(x, kernel, recurrent, bias, padding="same", backend="triton"),
-        leaves=leaves,
-        keras_outputs=lambda out: out,
-        keras_grads=lambda: tuple(t.grad for t in leaves),
-    )
+    return keras_peer("ours", problem, conv_lstm, backend="triton")
 
 
 def eager_peer(problem, compile_mode=None):
@@ -245,10 +254,6 @@ def eager_peer(problem, compile_mode=None):
     module = EagerConvLSTM.from_keras_weights(problem.kernel, problem.recurrent_kernel,
                                               problem.bias)
     run = module if compile_mode is None else torch.compile(module, mode=compile_mode)
-
-    def keras_outputs(out):
-        seq, h, c = out
-        return seq.movedim(2, -1), h.movedim(1, -1), c.movedim(1, -1)
 
     def keras_grads():
         dx, dweight = x.grad, module.weight.grad
@@ -261,7 +266,7 @@ def eager_peer(problem, compile_mode=None):
         name="eager" if compile_mode is None else "compile",
         forward=lambda: run(x),
         leaves=[x, module.weight, module.bias],
-        keras_outputs=keras_outputs,
+        keras_outputs=to_keras_outputs,
         keras_grads=keras_grads,
     )
 
@@ -344,12 +349,18 @@ class CheckResult:
     grad_vs_eager: float = math.nan
 
 
+def upstream_gradient(problem, seed):
+    """The fixed random gradient of the output sequence (B, T, *spatial, F) that checks feed to
+    backward, in the problem's dtype and device ("same" padding: out spatial = in spatial)."""
+    g = torch.Generator(device="cpu").manual_seed(seed + 1)
+    grad_seq = torch.randn(*problem.x.shape[:-1], problem.shape.filters, generator=g)
+    return grad_seq.to(device=problem.x.device, dtype=problem.x.dtype)
+
+
 def check_peers(problem, peers, seed):
     """Compare every peer with a float64 eager run on the same (upcast) inputs, and ours with
     eager. Returns name -> CheckResult; a peer that raises gets its error recorded instead."""
-    g = torch.Generator(device="cpu").manual_seed(seed + 1)
-    grad_seq = torch.randn(*problem.x.shape[:-1], problem.shape.filters, generator=g)
-    grad_seq = grad_seq.to(device=problem.x.device, dtype=problem.x.dtype)
+    grad_seq = upstream_gradient(problem, seed)
     reference = eager_peer(problem.to(torch.float64))
     ref_out, ref_grads = check_run(reference, grad_seq.double())
     del reference
@@ -533,11 +544,11 @@ def csv_rows(info, shape, dtype_name, mode, timings, check):
         }
 
 
-def append_csv(path, rows):
-    """Append rows; write the header when the file is new or empty."""
+def append_csv(path, rows, fields=CSV_FIELDS):
+    """Append rows (dicts keyed by ``fields``); write the header when the file is new or empty."""
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
         writer.writerows(rows)

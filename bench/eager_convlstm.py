@@ -1,8 +1,14 @@
-"""The eager peer: the ConvLSTM most PyTorch code writes, one cuDNN convolution per time step.
+"""The eager peers: the ConvLSTM most PyTorch code writes, cuDNN convolutions + PyTorch pointwise.
 
-Per step, one channels-first convolution of ``cat(x_t, h)`` (``C_in + F`` channels in, ``4F`` out,
-symmetric "same" padding) followed by PyTorch pointwise gate math in Keras order i, f, c, o. This is
-the common PyTorch ConvLSTM cell run over the sequence; it is what the benchmark compares against.
+``eager_loop`` / ``EagerConvLSTM`` ("eager_cat"): per step, one channels-first convolution of
+``cat(x_t, h)`` (``C_in + F`` channels in, ``4F`` out, symmetric "same" padding) followed by
+PyTorch pointwise gate math in Keras order i, f, c, o. This is the common PyTorch ConvLSTM cell run
+over the sequence; it is what the benchmark compares against.
+
+``eager_hoisted_loop`` / ``EagerHoistedConvLSTM`` ("eager_hoisted"): the input convolution of all
+``B·T`` frames first, as one cuDNN call (it does not depend on the state), then per step only the
+recurrent convolution (``F`` channels in) + the same pointwise math: the best a PyTorch user gets
+from cuDNN without writing kernels.
 
 It takes the Keras-layout weights of ``convlstm_triton`` and converts them once to the combined
 channels-first conv weight, so both peers can be given the same numbers:
@@ -36,15 +42,31 @@ def keras_to_combined(kernel, recurrent_kernel):
             f"kernel {tuple(kernel.shape)} and recurrent_kernel {tuple(recurrent_kernel.shape)} "
             f"are not a ConvLSTM pair: recurrent_kernel should be {expected}"
         )
-    combined = torch.cat([kernel, recurrent_kernel], dim=-2)  # (*k, C_in + F, 4F)
-    return combined.permute(rank + 1, rank, *range(rank)).contiguous()
+    return keras_to_torch(torch.cat([kernel, recurrent_kernel], dim=-2))  # (*k, C_in + F, 4F)
 
 
 def combined_to_keras(weight, in_channels):
     """weight (4F, C_in + F, *k) -> (kernel (*k, C_in, 4F), recurrent_kernel (*k, F, 4F))."""
-    rank = weight.dim() - 2
-    channels_last = weight.permute(*range(2, rank + 2), 1, 0)  # (*k, C_in + F, 4F)
+    channels_last = torch_to_keras(weight)  # (*k, C_in + F, 4F)
     return channels_last[..., :in_channels, :], channels_last[..., in_channels:, :]
+
+
+def keras_to_torch(kernel):
+    """One Keras conv kernel (*k, C, 4F) -> torch's (4F, C, *k)."""
+    rank = kernel.dim() - 2
+    return kernel.permute(rank + 1, rank, *range(rank)).contiguous()
+
+
+def torch_to_keras(weight):
+    """torch's (4F, C, *k) -> Keras (*k, C, 4F); a view."""
+    rank = weight.dim() - 2
+    return weight.permute(*range(2, rank + 2), 1, 0)
+
+
+def to_keras_outputs(outputs):
+    """(seq (B, T, F, *spatial), h, c (B, F, *spatial)) -> the Keras channels-last layout."""
+    seq, h, c = outputs
+    return seq.movedim(2, -1), h.movedim(1, -1), c.movedim(1, -1)
 
 
 def symmetric_padding(kernel_size):
@@ -57,6 +79,21 @@ def symmetric_padding(kernel_size):
     return tuple(k // 2 for k in kernel_size)
 
 
+def _zero_state(x, filters, initial_state):
+    """(h0, c0) each (B, F, *spatial): the given state, or zeros like x's frames."""
+    if initial_state is not None:
+        return initial_state
+    batch, _, _, *spatial = x.shape
+    return x.new_zeros(batch, filters, *spatial), x.new_zeros(batch, filters, *spatial)
+
+
+def _cell(gates, c, act, rec_act):
+    """The LSTM cell update from pre-activations (B, 4F, *spatial), gates i, f, c, o."""
+    i, f, g, o = gates.chunk(4, dim=1)
+    c = rec_act(f) * c + rec_act(i) * act(g)
+    return rec_act(o) * act(c), c
+
+
 def eager_loop(x, weight, bias=None, initial_state=None, activation="tanh",
                recurrent_activation="sigmoid"):
     """The eager recurrence on channels-first tensors.
@@ -65,24 +102,41 @@ def eager_loop(x, weight, bias=None, initial_state=None, activation="tanh",
     initial_state (h0, c0) each (B, F, *spatial) or None (zeros).
     Returns seq (B, T, F, *spatial), h and c (B, F, *spatial).
     """
-    rank = weight.dim() - 2
-    conv = CONV[rank]
+    conv = CONV[weight.dim() - 2]
     padding = symmetric_padding(weight.shape[2:])
     act = torch_activation(activation)
     rec_act = torch_activation(recurrent_activation)
-    batch, steps, _, *spatial = x.shape
-    filters = weight.shape[0] // 4
-    if initial_state is None:
-        h = x.new_zeros(batch, filters, *spatial)
-        c = x.new_zeros(batch, filters, *spatial)
-    else:
-        h, c = initial_state
+    h, c = _zero_state(x, weight.shape[0] // 4, initial_state)
+    outputs = []
+    for t in range(x.shape[1]):
+        gates = conv(torch.cat([x[:, t], h], dim=1), weight, bias, padding=padding)
+        h, c = _cell(gates, c, act, rec_act)
+        outputs.append(h)
+    return torch.stack(outputs, dim=1), h, c
+
+
+def eager_hoisted_loop(x, weight_x, weight_h, bias=None, initial_state=None, activation="tanh",
+                       recurrent_activation="sigmoid"):
+    """The eager recurrence with the input convolution hoisted out of the time loop.
+
+    x: (B, T, C_in, *spatial); weight_x: (4F, C_in, *k) and weight_h: (4F, F, *k), the same odd
+    k; bias: (4F,) or None; initial_state (h0, c0) each (B, F, *spatial) or None (zeros).
+    Returns seq (B, T, F, *spatial), h and c (B, F, *spatial).
+    """
+    if weight_x.shape[2:] != weight_h.shape[2:]:
+        raise ValueError(f"weight_x {tuple(weight_x.shape)} and weight_h "
+                         f"{tuple(weight_h.shape)} must have the same kernel size")
+    conv = CONV[weight_x.dim() - 2]
+    padding = symmetric_padding(weight_x.shape[2:])
+    act = torch_activation(activation)
+    rec_act = torch_activation(recurrent_activation)
+    batch, steps = x.shape[:2]
+    # All B·T frames in one convolution: (B·T, C_in, *spatial) -> (B, T, 4F, *spatial).
+    xg = conv(x.flatten(0, 1), weight_x, bias, padding=padding).unflatten(0, (batch, steps))
+    h, c = _zero_state(x, weight_h.shape[0] // 4, initial_state)
     outputs = []
     for t in range(steps):
-        gates = conv(torch.cat([x[:, t], h], dim=1), weight, bias, padding=padding)
-        i, f, g, o = gates.chunk(4, dim=1)
-        c = rec_act(f) * c + rec_act(i) * act(g)
-        h = rec_act(o) * act(c)
+        h, c = _cell(xg[:, t] + conv(h, weight_h, padding=padding), c, act, rec_act)
         outputs.append(h)
     return torch.stack(outputs, dim=1), h, c
 
@@ -128,6 +182,59 @@ def eager_conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, 
     state = None
     if initial_state is not None:
         state = tuple(s.movedim(-1, 1) for s in initial_state)
-    seq, h, c = eager_loop(x.movedim(-1, 2), keras_to_combined(kernel, recurrent_kernel), bias,
-                           state, activation, recurrent_activation)
-    return seq.movedim(2, -1), h.movedim(1, -1), c.movedim(1, -1)
+    weight = keras_to_combined(kernel, recurrent_kernel)
+    return to_keras_outputs(eager_loop(x.movedim(-1, 2), weight, bias, state, activation,
+                                       recurrent_activation))
+
+
+class EagerHoistedConvLSTM(nn.Module):
+    """The hoisted eager peer as a module owning its two conv weights.
+
+    weight_x (4F, C_in, *k), weight_h (4F, F, *k), bias (4F,) or None.
+    forward: x (B, T, C_in, *spatial) -> seq (B, T, F, *spatial), h and c (B, F, *spatial).
+    """
+
+    def __init__(self, weight_x, weight_h, bias=None, activation="tanh",
+                 recurrent_activation="sigmoid"):
+        super().__init__()
+        if weight_x.dim() - 2 not in CONV or weight_x.shape[2:] != weight_h.shape[2:]:
+            raise ValueError(
+                f"weight_x (4F, C_in, *k) and weight_h (4F, F, *k) with the same 1-3 dims k, got "
+                f"{tuple(weight_x.shape)} and {tuple(weight_h.shape)}"
+            )
+        symmetric_padding(weight_x.shape[2:])  # fail at construction, not at the first call
+        self.weight_x = nn.Parameter(weight_x.detach().clone())
+        self.weight_h = nn.Parameter(weight_h.detach().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.activation = activation
+        self.recurrent_activation = recurrent_activation
+
+    @classmethod
+    def from_keras_weights(cls, kernel, recurrent_kernel, bias=None, **kwargs):
+        """Build from Keras-layout weights: kernel (*k, C_in, 4F), recurrent_kernel (*k, F, 4F)."""
+        keras_to_combined(kernel, recurrent_kernel)  # validates the pair
+        with torch.no_grad():
+            return cls(keras_to_torch(kernel), keras_to_torch(recurrent_kernel), bias, **kwargs)
+
+    def keras_grads(self):
+        """The weights' gradients in Keras layout: (dkernel, drecurrent_kernel, dbias); None for
+        a weight without a gradient."""
+        dkernel, drecurrent = (None if g is None else torch_to_keras(g)
+                               for g in (self.weight_x.grad, self.weight_h.grad))
+        return dkernel, drecurrent, None if self.bias is None else self.bias.grad
+
+    def forward(self, x, initial_state=None):
+        return eager_hoisted_loop(x, self.weight_x, self.weight_h, self.bias, initial_state,
+                                  self.activation, self.recurrent_activation)
+
+
+def eager_hoisted_conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *,
+                            activation="tanh", recurrent_activation="sigmoid"):
+    """``eager_hoisted_loop`` with ``conv_lstm``'s Keras layout in and out, for checks (shapes as
+    ``eager_conv_lstm``). Differentiable with respect to every argument."""
+    state = None
+    if initial_state is not None:
+        state = tuple(s.movedim(-1, 1) for s in initial_state)
+    return to_keras_outputs(eager_hoisted_loop(x.movedim(-1, 2), keras_to_torch(kernel),
+                                               keras_to_torch(recurrent_kernel), bias, state,
+                                               activation, recurrent_activation))
