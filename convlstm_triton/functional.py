@@ -5,6 +5,7 @@ import warnings
 
 import torch
 
+from . import tuning
 from .activations import KERNEL_ACTIVATION_CODES
 from .autograd import ConvLSTMFunction, StepSpec
 from .launchers import KernelGeometry, dot_precision
@@ -79,7 +80,9 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
             "hoisted" (the input conv of all frames as one GEMM, then the fused step kernel),
             "fused_input" (the input conv inside the step kernel's K loop: no xg tensor),
             "unfused" (hoisted, and the cell update as a separate elementwise kernel: the
-            baseline that shows what fusion buys; no mask or peephole), or "auto" (hoisted).
+            baseline that shows what fusion buys; no mask or peephole), or "auto": hoisted or
+            fused_input, whichever is faster for the shape, measured on its first call on a GPU
+            and cached (``convlstm_triton.tuning``); hoisted where nothing can be measured.
 
     Returns:
         seq (B, T, *out_spatial, F), h (B, *out_spatial, F), c (B, *out_spatial, F).
@@ -129,17 +132,21 @@ def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go
         xmask = input_dropout_mask.reshape(4, B, *geom.in_spatial, C).contiguous()
     if recurrent_dropout_mask is not None:
         hmask = recurrent_dropout_mask.reshape(4, B, P, F).contiguous()
-    spec = StepSpec(geom, KERNEL_ACTIVATION_CODES[args.activation],
-                    KERNEL_ACTIVATION_CODES[args.recurrent_activation], precision,
-                    input_variant="fused_input" if forward_variant == "fused_input" else "hoisted",
-                    fused_cell=forward_variant != "unfused")
-    states, h, c = ConvLSTMFunction.apply(
-        frames, kernel.reshape(-1, 4 * F).contiguous(),
-        recurrent_kernel.reshape(-1, 4 * F).contiguous(),
-        bias.contiguous() if bias is not None else None, h0, c0,
-        peephole.reshape(-1).contiguous() if peephole is not None else None,
-        step_mask, xmask, hmask, spec,
-    )
+    tensors = (frames, kernel.reshape(-1, 4 * F).contiguous(),
+               recurrent_kernel.reshape(-1, 4 * F).contiguous(),
+               bias.contiguous() if bias is not None else None, h0, c0,
+               peephole.reshape(-1).contiguous() if peephole is not None else None,
+               step_mask, xmask, hmask)
+
+    def spec_for(variant):
+        return StepSpec(geom, KERNEL_ACTIVATION_CODES[args.activation],
+                        KERNEL_ACTIVATION_CODES[args.recurrent_activation], precision,
+                        input_variant="fused_input" if variant == "fused_input" else "hoisted",
+                        fused_cell=variant != "unfused")
+
+    if forward_variant == "auto":
+        forward_variant = _choose_forward_variant(tensors, spec_for, args, geom, precision)
+    states, h, c = ConvLSTMFunction.apply(*tensors, spec_for(forward_variant))
     seq = states
     if step_mask is not None:
         # Keras: the output carries the previous *output*, which is zero before the first
@@ -149,3 +156,21 @@ def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go
     out_spatial = args.geometry.out_spatial
     return (seq.reshape(B, T, *out_spatial, F), h.reshape(B, *out_spatial, F),
             c.to(x.dtype).reshape(B, *out_spatial, F))
+
+
+def _choose_forward_variant(tensors, spec_for, args, geom, precision):
+    """"hoisted" or "fused_input", whichever runs this shape's forward faster, measured once per
+    shape on a GPU and cached with the kernel configs (``convlstm_triton.tuning``); "hoisted"
+    without a GPU to measure on."""
+    frames, _, _, bias, _, _, peephole, step_mask, xmask, hmask = tensors
+    key = (tuning.bucket(frames.shape[0] * frames.shape[1] * geom.out_pixels), args.in_channels,
+           args.filters, geom.kernel_size, geom.strides, geom.dilation,
+           str(frames.dtype).removeprefix("torch."), precision, bias is not None,
+           peephole is not None, step_mask is not None, xmask is not None, hmask is not None)
+    configs = [{"variant": "hoisted"}, {"variant": "fused_input"}]
+
+    def run(cfg):
+        with torch.no_grad():
+            ConvLSTMFunction.apply(*tensors, spec_for(cfg["variant"]))
+
+    return tuning.pick_config("forward_variant", key, configs, run, frames.device)["variant"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from . import tuning
 from .geometry import ConvGeometry
 from .kernels import cell as cell_kernels
 from .kernels import input_grad as input_grad_kernels
@@ -95,6 +96,35 @@ def new_buffer(shape, device, dtype):
     return torch.empty(shape, device=device, dtype=dtype)
 
 
+def _scratch_like(t):
+    """A trial's private copy of a tensor a kernel writes (or reads and rewrites)."""
+    return None if t is None else t.clone(memory_format=torch.preserve_format)
+
+
+def _dtype_name(t):
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _prune(configs, **limits):
+    """Drop configs whose block along a dim exceeds that dim's next power of two (the tile
+    would be mostly masked); keep at least the default."""
+    kept = [cfg for cfg in configs
+            if all(cfg[block] <= max(16, triton.next_power_of_2(size))
+                   for block, size in limits.items())]
+    return kept or configs[:1]
+
+
+def _tuned_launch(name, key, configs, launch, outputs, device, flop=None):
+    """Launch with the config ``tuning.pick_config`` chose for ``key``: trials (first call on a
+    GPU only) write private copies of ``outputs`` so that in-place kernels do not accumulate
+    across trials and the caller's tensors see exactly one launch."""
+    def run(cfg):
+        launch(cfg, *[_scratch_like(t) for t in outputs])
+
+    cfg = tuning.pick_config(name, key, configs, run, device, flop=flop)
+    return launch(cfg, *outputs)
+
+
 def dot_precision(dtype, allow_tf32):
     """fp32 dots use TF32 when allowed (PyTorch's conv default), IEEE otherwise."""
     return "tf32" if dtype == torch.float32 and allow_tf32 else "ieee"
@@ -109,16 +139,24 @@ def input_projection(x, kernel2d, bias, xmask, geom: KernelGeometry, precision):
     Po = geom.out_pixels
     M = B * T * Po
     xg = new_buffer((B, T, Po, 4 * F), x.device, x.dtype)
-    block_m, block_n, block_k, warps = input_projection_kernels.DEFAULT_CONFIG
-    grid = (triton.cdiv(M, block_m), 4 * triton.cdiv(F, block_n))
-    input_projection_kernels.input_projection_kernel[grid](
-        x, x.stride(0), x.stride(1), T,
-        kernel2d, bias if bias is not None else kernel2d, _ptr(xmask, x), _stride0(xmask), xg,
-        M, F, C, *geom.in_spatial, Po, geom.out_spatial[1], geom.out_spatial[2],
-        **geom.input_conv_constexprs(),
-        HAS_BIAS=bias is not None, HAS_DROPOUT=xmask is not None, DOT_PRECISION=precision,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-    )
+
+    def launch(cfg, out):
+        grid = (triton.cdiv(M, cfg["BLOCK_M"]), 4 * triton.cdiv(F, cfg["BLOCK_N"]))
+        input_projection_kernels.input_projection_kernel[grid](
+            x, x.stride(0), x.stride(1), T,
+            kernel2d, bias if bias is not None else kernel2d, _ptr(xmask, x), _stride0(xmask),
+            out, M, F, C, *geom.in_spatial, Po, geom.out_spatial[1], geom.out_spatial[2],
+            **geom.input_conv_constexprs(),
+            HAS_BIAS=bias is not None, HAS_DROPOUT=xmask is not None, DOT_PRECISION=precision,
+            **cfg,
+        )
+
+    key = (tuning.bucket(M), F, C, geom.kernel_size, geom.strides, geom.dilation,
+           _dtype_name(x), precision, bias is not None, xmask is not None)
+    configs = _prune(input_projection_kernels.CONFIGS, BLOCK_M=M, BLOCK_N=F,
+                     BLOCK_K=kernel2d.shape[0])
+    _tuned_launch("input_projection", key, configs, launch, [xg], x.device,
+                  flop=2.0 * M * 4 * F * kernel2d.shape[0])
     return xg
 
 
@@ -144,32 +182,43 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     """
     B, P, F = h_out.shape
     M = B * P
-    block_m, block_f, block_k, warps = step_forward_kernels.DEFAULT_CONFIG
-    grid = (triton.cdiv(M, block_m), triton.cdiv(F, block_f))
     rc = geom.recurrent_conv_constexprs()
     ic = geom.input_conv_constexprs()
     fused_input = x_t is not None
+    c_in = x_t.shape[-1] if fused_input else 1
     d = c_out
-    step_forward_kernels.step_forward_kernel[grid](
-        h_prev, h_prev.stride(0), c_prev, c_prev.stride(0), _ptr(xg_t, d), _stride0(xg_t), rk2d,
-        _ptr(x_t, d), _stride0(x_t), _ptr(kernel2d, d), _ptr(bias, d), _ptr(xmask, d),
-        _stride0(xmask),
-        h_out, h_out.stride(0), c_out, c_out.stride(0),
-        _ptr(preact_t, d), _stride0(preact_t), _ptr(mask_t, d), _stride0(mask_t),
-        _ptr(hmask, d), _stride0(hmask), _ptr(peephole, d),
-        M, P, *geom.out_spatial, F, x_t.shape[-1] if fused_input else 1, *geom.in_spatial,
-        KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
-        SD=ic["SD"], SH=ic["SH"], SW=ic["SW"], IPD=ic["PD"], IPH=ic["PH"], IPW=ic["PW"],
-        LD=ic["LD"], LH=ic["LH"], LW=ic["LW"],
-        ACT=act, RACT=ract, FUSED_INPUT=fused_input, HAS_BIAS=bias is not None,
-        REC_TAP_MAJOR=tap_major(F), IN_TAP_MAJOR=fused_input and tap_major(x_t.shape[-1]),
-        REC_ALIGNED=rows_aligned(F, block_k, h_prev.stride(0)),
-        IN_ALIGNED=fused_input and rows_aligned(x_t.shape[-1], block_k, x_t.stride(0)),
-        HAS_XDROP=xmask is not None, CELL=cell, HAS_MASK=mask_t is not None,
-        HAS_RDROP=hmask is not None, HAS_PEEPHOLE=peephole is not None,
-        SAVE_PREACT=preact_t is not None, DOT_PRECISION=precision,
-        BLOCK_M=block_m, BLOCK_F=block_f, BLOCK_K=block_k, num_warps=warps,
-    )
+
+    def launch(cfg, h_out, c_out, preact_t):
+        block_k = cfg["BLOCK_K"]
+        grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(F, cfg["BLOCK_F"]))
+        step_forward_kernels.step_forward_kernel[grid](
+            h_prev, h_prev.stride(0), c_prev, c_prev.stride(0), _ptr(xg_t, d), _stride0(xg_t),
+            rk2d, _ptr(x_t, d), _stride0(x_t), _ptr(kernel2d, d), _ptr(bias, d), _ptr(xmask, d),
+            _stride0(xmask),
+            h_out, h_out.stride(0), c_out, c_out.stride(0),
+            _ptr(preact_t, d), _stride0(preact_t), _ptr(mask_t, d), _stride0(mask_t),
+            _ptr(hmask, d), _stride0(hmask), _ptr(peephole, d),
+            M, P, *geom.out_spatial, F, c_in, *geom.in_spatial,
+            KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
+            SD=ic["SD"], SH=ic["SH"], SW=ic["SW"], IPD=ic["PD"], IPH=ic["PH"], IPW=ic["PW"],
+            LD=ic["LD"], LH=ic["LH"], LW=ic["LW"],
+            ACT=act, RACT=ract, FUSED_INPUT=fused_input, HAS_BIAS=bias is not None,
+            REC_TAP_MAJOR=tap_major(F), IN_TAP_MAJOR=fused_input and tap_major(c_in),
+            REC_ALIGNED=rows_aligned(F, block_k, h_prev.stride(0)),
+            IN_ALIGNED=fused_input and rows_aligned(c_in, block_k, x_t.stride(0)),
+            HAS_XDROP=xmask is not None, CELL=cell, HAS_MASK=mask_t is not None,
+            HAS_RDROP=hmask is not None, HAS_PEEPHOLE=peephole is not None,
+            SAVE_PREACT=preact_t is not None, DOT_PRECISION=precision, **cfg,
+        )
+
+    key = (tuning.bucket(M), F, c_in, geom.kernel_size, geom.strides, geom.dilation,
+           _dtype_name(h_out), precision, act, ract, fused_input, cell, bias is not None,
+           xmask is not None, mask_t is not None, hmask is not None, peephole is not None,
+           preact_t is not None)
+    k_total = rk2d.shape[0] + (kernel2d.shape[0] if fused_input else 0)
+    configs = _prune(step_forward_kernels.CONFIGS, BLOCK_M=M, BLOCK_F=F, BLOCK_K=k_total)
+    _tuned_launch("step_forward", key, configs, launch, [h_out, c_out, preact_t], h_out.device,
+                  flop=2.0 * M * 4 * F * k_total)
 
 
 def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, mask_t, hmask,
@@ -178,23 +227,29 @@ def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, 
     becomes dh0 = dgrad(dg_next) + dh_carry)."""
     B, P, F = dh_carry.shape
     M = B * P
-    block_m, block_f, block_k, warps = step_backward_kernels.DEFAULT_CONFIG
-    grid = (triton.cdiv(M, block_m), triton.cdiv(F, block_f))
     rc = geom.recurrent_conv_constexprs()
     d = dh_carry
-    step_backward_kernels.step_backward_kernel[grid](
-        _ptr(dg_next, d), _stride0(dg_next), rk2d, _ptr(dy, d), _stride0(dy), dh_carry, dc_carry,
-        _ptr(preact_t, d), _stride0(preact_t), _ptr(c_t, d), _stride0(c_t), _ptr(c_prev, d),
-        _stride0(c_prev), _ptr(mask_t, d), _stride0(mask_t), _ptr(hmask, d), _stride0(hmask),
-        _ptr(peephole, d), _ptr(dg_out, d), _stride0(dg_out),
-        M, P, *geom.out_spatial, F,
-        KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
-        ACT=act, RACT=ract, HAS_NEXT=dg_next is not None, HAS_DY=dy is not None,
-        HAS_MASK=mask_t is not None, HAS_RDROP=hmask is not None,
-        HAS_PEEPHOLE=peephole is not None, CELL=cell,
-        DOT_PRECISION=precision, BLOCK_M=block_m, BLOCK_F=block_f, BLOCK_K=block_k,
-        num_warps=warps,
-    )
+
+    def launch(cfg, dh_carry, dc_carry, dg_out):
+        grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(F, cfg["BLOCK_F"]))
+        step_backward_kernels.step_backward_kernel[grid](
+            _ptr(dg_next, d), _stride0(dg_next), rk2d, _ptr(dy, d), _stride0(dy), dh_carry,
+            dc_carry, _ptr(preact_t, d), _stride0(preact_t), _ptr(c_t, d), _stride0(c_t),
+            _ptr(c_prev, d), _stride0(c_prev), _ptr(mask_t, d), _stride0(mask_t),
+            _ptr(hmask, d), _stride0(hmask), _ptr(peephole, d), _ptr(dg_out, d),
+            _stride0(dg_out), M, P, *geom.out_spatial, F,
+            KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
+            ACT=act, RACT=ract, HAS_NEXT=dg_next is not None, HAS_DY=dy is not None,
+            HAS_MASK=mask_t is not None, HAS_RDROP=hmask is not None,
+            HAS_PEEPHOLE=peephole is not None, CELL=cell, DOT_PRECISION=precision, **cfg,
+        )
+
+    key = (tuning.bucket(M), F, geom.kernel_size, _dtype_name(rk2d), precision, act, ract,
+           dg_next is not None, dy is not None, mask_t is not None, hmask is not None,
+           peephole is not None, cell)
+    configs = _prune(step_backward_kernels.CONFIGS, BLOCK_M=M, BLOCK_F=F, BLOCK_K=rk2d.shape[0])
+    _tuned_launch("step_backward", key, configs, launch, [dh_carry, dc_carry, dg_out],
+                  dh_carry.device, flop=2.0 * M * F * rk2d.shape[0] * 4)
 
 
 def _sm_count(device):
@@ -215,25 +270,34 @@ def weight_grad(src, dgates, smask, geom: KernelGeometry, with_bias, precision):
     Po = geom.out_pixels
     K = geom.kernel_size[0] * geom.kernel_size[1] * geom.kernel_size[2] * C
     R = B * T * Po
-    block_r, block_k, block_n, warps = weight_grad_kernels.DEFAULT_CONFIG
-    col_tiles = 4 * triton.cdiv(F, block_n)
-    tiles = triton.cdiv(K, block_k) * col_tiles
-    # Enough programs to fill the GPU twice over; each split reduces a contiguous row range.
-    split = max(1, min(triton.cdiv(R, block_r), triton.cdiv(2 * _sm_count(src.device), tiles)))
-    rows_per_split = triton.cdiv(triton.cdiv(R, split), block_r) * block_r
-    split = triton.cdiv(R, rows_per_split)
-    dw = new_buffer((split, K, 4 * F), src.device, torch.float32)
-    db = new_buffer((split, 4 * F), src.device, torch.float32) if with_bias else dw
-    grid = (triton.cdiv(K, block_k), col_tiles, split)
-    weight_grad_kernels.weight_grad_kernel[grid](
-        src, src.stride(0), src.stride(1), dgates, dgates.stride(0), dgates.stride(1),
-        _ptr(smask, src), _stride0(smask), dw, db,
-        T, R, rows_per_split, C, *geom.in_spatial, Po, geom.out_spatial[1], geom.out_spatial[2],
-        F, **geom.input_conv_constexprs(), HAS_BIAS_GRAD=with_bias,
-        HAS_DROPOUT=smask is not None, DOT_PRECISION=precision,
-        BLOCK_R=block_r, BLOCK_K=block_k, BLOCK_N=block_n, num_warps=warps,
-    )
-    return dw.sum(0), (db.sum(0) if with_bias else None)
+
+    def launch(cfg):
+        block_r, block_k, block_n = cfg["BLOCK_R"], cfg["BLOCK_K"], cfg["BLOCK_N"]
+        col_tiles = 4 * triton.cdiv(F, block_n)
+        tiles = triton.cdiv(K, block_k) * col_tiles
+        # Enough programs to fill the GPU twice over; each split reduces a contiguous row range.
+        split = max(1, min(triton.cdiv(R, block_r),
+                           triton.cdiv(2 * _sm_count(src.device), tiles)))
+        rows_per_split = triton.cdiv(triton.cdiv(R, split), block_r) * block_r
+        split = triton.cdiv(R, rows_per_split)
+        dw = new_buffer((split, K, 4 * F), src.device, torch.float32)
+        db = new_buffer((split, 4 * F), src.device, torch.float32) if with_bias else dw
+        grid = (triton.cdiv(K, block_k), col_tiles, split)
+        weight_grad_kernels.weight_grad_kernel[grid](
+            src, src.stride(0), src.stride(1), dgates, dgates.stride(0), dgates.stride(1),
+            _ptr(smask, src), _stride0(smask), dw, db,
+            T, R, rows_per_split, C, *geom.in_spatial, Po, geom.out_spatial[1],
+            geom.out_spatial[2], F, **geom.input_conv_constexprs(), HAS_BIAS_GRAD=with_bias,
+            HAS_DROPOUT=smask is not None, DOT_PRECISION=precision, **cfg,
+        )
+        return dw.sum(0), (db.sum(0) if with_bias else None)
+
+    key = (tuning.bucket(R), F, C, geom.kernel_size, geom.strides, geom.dilation,
+           _dtype_name(dgates), precision, with_bias, smask is not None)
+    configs = _prune(weight_grad_kernels.CONFIGS, BLOCK_K=K, BLOCK_N=F)
+    # each trial allocates its own partial sums: nothing of the caller's is written
+    return _tuned_launch("weight_grad", key, configs, launch, [], src.device,
+                         flop=2.0 * R * K * 4 * F)
 
 
 def input_grad(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision):
@@ -243,14 +307,22 @@ def input_grad(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision):
     P_in = geom.in_pixels
     M = B * T * P_in
     dx = new_buffer((B, T, *geom.in_spatial, c_in), dgates.device, dgates.dtype)
-    block_m, block_c, block_k, warps = input_grad_kernels.DEFAULT_CONFIG
-    grid = (triton.cdiv(M, block_m), triton.cdiv(c_in, block_c))
-    input_grad_kernels.input_grad_kernel[grid](
-        dgates, kernel2d, _ptr(xmask, dgates), _stride0(xmask), dx,
-        M, T, c_in, *geom.in_spatial, P_in, N // 4, *geom.out_spatial, Po,
-        **geom.input_conv_constexprs(), HAS_DROPOUT=xmask is not None, DOT_PRECISION=precision,
-        BLOCK_M=block_m, BLOCK_C=block_c, BLOCK_K=block_k, num_warps=warps,
-    )
+
+    def launch(cfg, dx):
+        grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(c_in, cfg["BLOCK_C"]))
+        input_grad_kernels.input_grad_kernel[grid](
+            dgates, kernel2d, _ptr(xmask, dgates), _stride0(xmask), dx,
+            M, T, c_in, *geom.in_spatial, P_in, N // 4, *geom.out_spatial, Po,
+            **geom.input_conv_constexprs(), HAS_DROPOUT=xmask is not None,
+            DOT_PRECISION=precision, **cfg,
+        )
+
+    key = (tuning.bucket(M), N // 4, c_in, geom.kernel_size, geom.strides, geom.dilation,
+           _dtype_name(dgates), precision, xmask is not None)
+    configs = _prune(input_grad_kernels.CONFIGS, BLOCK_M=M, BLOCK_C=c_in,
+                     BLOCK_K=kernel2d.shape[0] // c_in * (N // 4))
+    _tuned_launch("input_grad", key, configs, launch, [dx], dgates.device,
+                  flop=2.0 * M * c_in * kernel2d.shape[0] * 4)
     return dx
 
 

@@ -12,8 +12,14 @@ import triton.language as tl
 
 from .im2col import split_rows, tconv_gather, tconv_weight_tile
 
-# (BLOCK_M, BLOCK_C, BLOCK_K, num_warps)
-DEFAULT_CONFIG = (64, 16, 64, 4)
+# Autotuning candidates (convlstm_triton.tuning picks one per shape); the first is the default,
+# used untuned and under the interpreter. Every block dim >= 16, as tl.dot needs on a GPU.
+CONFIGS = [
+    dict(BLOCK_M=64, BLOCK_C=16, BLOCK_K=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_C=16, BLOCK_K=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_C=32, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_C=64, BLOCK_K=32, num_warps=4, num_stages=3),
+]
 
 
 @triton.jit

@@ -13,8 +13,16 @@ import triton.language as tl
 
 from .im2col import conv_gather, gate_columns, split_rows
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps); every block dim >= 16 as tl.dot requires on a GPU.
-DEFAULT_CONFIG = (64, 64, 32, 4)
+# Autotuning candidates (convlstm_triton.tuning picks one per shape); the first is the default,
+# used untuned and under the interpreter. Every block dim >= 16, as tl.dot needs on a GPU.
+CONFIGS = [
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4),
+    dict(BLOCK_M=256, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=3),
+]
 
 
 @triton.jit

@@ -32,8 +32,16 @@ import triton.language as tl
 from .cell import load_peephole, lstm_cell
 from .im2col import conv_gather_offsets, conv_tap_offsets, state_tile
 
-# (BLOCK_M, BLOCK_F, BLOCK_K, num_warps); four BLOCK_M x BLOCK_F fp32 accumulators in registers.
-DEFAULT_CONFIG = (64, 32, 32, 4)
+# Autotuning candidates (convlstm_triton.tuning picks one per shape); the first is the default,
+# used untuned and under the interpreter. Every block dim >= 16, as tl.dot needs on a GPU.
+CONFIGS = [
+    dict(BLOCK_M=64, BLOCK_F=32, BLOCK_K=32, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_F=32, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_F=64, BLOCK_K=32, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_F=64, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_F=16, BLOCK_K=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_F=16, BLOCK_K=32, num_warps=4, num_stages=3),
+]
 
 
 @triton.jit

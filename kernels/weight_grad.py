@@ -15,8 +15,15 @@ import triton.language as tl
 
 from .im2col import conv_gather, gate_columns, split_rows
 
-# (BLOCK_R, BLOCK_K, BLOCK_N, num_warps)
-DEFAULT_CONFIG = (64, 32, 64, 4)
+# Autotuning candidates (convlstm_triton.tuning picks one per shape); the first is the default,
+# used untuned and under the interpreter. Every block dim >= 16, as tl.dot needs on a GPU.
+CONFIGS = [
+    dict(BLOCK_R=64, BLOCK_K=32, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_R=128, BLOCK_K=32, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_R=64, BLOCK_K=64, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_R=128, BLOCK_K=64, BLOCK_N=64, num_warps=8, num_stages=3),
+    dict(BLOCK_R=64, BLOCK_K=32, BLOCK_N=32, num_warps=4, num_stages=3),
+]
 
 
 @triton.jit

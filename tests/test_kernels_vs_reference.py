@@ -319,3 +319,39 @@ def test_both_k_layouts_match_reference(case_id, variant, poison_buffers, monkey
 
     monkeypatch.setattr(launchers, "TAP_MAJOR_MIN_CHANNELS", 1)
     test_forward_variants_match_reference(variant, VARIANT_CASES[case_id], None)
+
+
+def test_tuning_trials_do_not_disturb_results(poison_buffers, monkeypatch, tmp_path):
+    """With tuning switched on (as on a GPU), every launcher's trials run on private copies of
+    what the kernel writes: in-place carries are not accumulated twice and the chosen config's
+    results are exact. Trial timings are faked by config index: the last config wins."""
+    from convlstm_triton import tuning
+
+    monkeypatch.setenv("CONVLSTM_TRITON_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tuning, "_tuning_enabled", lambda device: True)
+    trials = []
+
+    def fake_benchmark(run, cfg):
+        run(cfg)
+        trials.append(cfg)
+        return 1.0 / (1 + len(trials))
+
+    monkeypatch.setattr(tuning, "_benchmark", fake_benchmark)
+    tuning._reset_state()
+    try:
+        case = VARIANT_CASES["1d_peephole_mask_dropout_go_backwards"]
+        test_forward_variants_match_reference("hoisted", case, None)
+        # forward_variant="auto" times both forward variants and keeps the faster
+        x, kernel, rkernel, bias, state, mask, options = make_inputs(case, device=kernel_device())
+        out = conv_lstm(x, kernel, rkernel, bias, state, mask=mask, backend="triton", **options)
+        ref = conv_lstm(x, kernel, rkernel, bias, state, mask=mask, backend="reference",
+                        **options)
+        for name, a, r in zip(("seq", "h", "c"), out, ref):
+            assert_close(a, r, torch.float32, f"{name} (auto variant)",
+                         tolerance(torch.float32, x.device.type))
+        kernels = {entry["kernel"] for entry in tuning.cached_entries("cpu").values()}
+    finally:
+        tuning._reset_state()
+    assert {"input_projection", "step_forward", "step_backward", "weight_grad",
+            "input_grad", "forward_variant"} <= kernels
+    assert len(trials) > len(kernels)
