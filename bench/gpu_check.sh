@@ -7,9 +7,10 @@
 #     bash bench/gpu_check.sh            # results in bench/out/
 #     OUT=/some/dir bash bench/gpu_check.sh
 #
-# Writes to $OUT: machine.txt (nvidia-smi, versions), install.log, gpu_tests.log, bench.md,
-# (markdown table), bench.csv, bench.log (progress, tracebacks) and summary.txt (each step's
-# exit status). Exit status: 0 when every step passed, 1 otherwise. A failing or hanging test
+# Writes to $OUT: machine.txt (nvidia-smi, versions), install.log, gpu_tests.log, bench.md
+# (markdown table), bench.csv, bench.log (progress, tracebacks), compare.md/.csv/.png/.log
+# (bench/compare.py on mnist_l1 bf16), tuning-cache/ and summary.txt (each step's exit
+# status). Exit status: 0 when every step passed, 1 otherwise. A failing or hanging test
 # step is recorded and the benchmark still runs. Environment knobs (seconds): BUDGET_S (whole
 # script, default 470), BENCH_RESERVE_S (kept for the benchmarks, default 240),
 # COMPARE_RESERVE_S (of that, kept for bench/compare.py, default 90); PYTHON.
