@@ -10,7 +10,8 @@
 # Writes to $OUT: machine.txt (nvidia-smi, versions), install.log, gpu_tests.log, bench.md
 # (markdown table), bench.csv, bench.log (progress, tracebacks), compare.md/.csv/.png/.log
 # (bench/compare.py on mnist_l1 bf16), tuning-cache/ and summary.txt (each step's exit
-# status). Exit status: 0 when every step passed, 1 otherwise. A failing or hanging test
+# status); then packs them all into all-results.tar.gz, keeping summary.txt, bench.md,
+# compare.md and gpu_tests.log beside it (PACK=0: leave every file as it is). Exit status: 0 when every step passed, 1 otherwise. A failing or hanging test
 # step is recorded and the benchmark still runs. Environment knobs (seconds): BUDGET_S (whole
 # script, default 470), BENCH_RESERVE_S (kept for the benchmarks, default 240),
 # COMPARE_RESERVE_S (of that, kept for bench/compare.py, default 90); PYTHON.
@@ -130,4 +131,13 @@ record compare "$rc"
 
 banner "summary (elapsed ${SECONDS}s)"
 cat "$OUT/summary.txt"
+if [[ "${PACK:-1}" == 1 ]]; then
+    # A lent GPU machine hands back only a few files: everything goes into one archive, and
+    # only the summary, the two tables and the test log stay beside it (PACK=0 keeps all).
+    keep=(summary.txt bench.md compare.md gpu_tests.log)
+    tar czf "${TMPDIR:-/tmp}/all-results.tar.gz" -C "$OUT" . && mv "${TMPDIR:-/tmp}/all-results.tar.gz" "$OUT/"
+    find "$OUT" -mindepth 1 -maxdepth 1 $(printf '! -name %s ' all-results.tar.gz "${keep[@]}") \
+        -exec rm -rf {} +
+    echo "all outputs packed into $OUT/all-results.tar.gz"
+fi
 exit "$status"
