@@ -30,6 +30,9 @@ class StepSpec:
     precision: str
     input_variant: str = "hoisted"
     fused_cell: bool = True
+    # False: backward recomputes the pre-activations step by step (one more recurrent GEMM per
+    # step, and the input projection again) instead of keeping B*T*P*4F of them from forward.
+    save_preact: bool = True
 
 
 class ConvLSTMFunction(torch.autograd.Function):
@@ -62,15 +65,17 @@ class ConvLSTMFunction(torch.autograd.Function):
         c_all = launchers.new_buffer((B, T + 1 if needs_grad else 2, P, F), x.device,
                                      torch.float32)
         c_all[:, 0] = c0
-        # Pre-activations: all steps for backward; one step's scratch for an unfused inference.
+        # Pre-activations: all steps when backward reads them; one step's scratch for the
+        # unfused cell kernel otherwise.
+        keep_preact = needs_grad and spec.save_preact
         preact = None
-        if needs_grad or not spec.fused_cell:
-            preact = launchers.new_buffer((B, T if needs_grad else 1, P, 4 * F), x.device,
+        if keep_preact or not spec.fused_cell:
+            preact = launchers.new_buffer((B, T if keep_preact else 1, P, 4 * F), x.device,
                                           x.dtype)
         for s in range(T):
             h_prev = h0 if s == 0 else states[:, s - 1]
             c_in, c_out = (s, s + 1) if needs_grad else (s % 2, (s + 1) % 2)
-            preact_s = preact[:, s if needs_grad else 0] if preact is not None else None
+            preact_s = preact[:, s if keep_preact else 0] if preact is not None else None
             inputs = (dict(xg_t=xg[:, s]) if xg is not None else
                       dict(xg_t=None, x_t=x[:, s], kernel2d=kernel2d, bias=bias, xmask=xmask))
             launchers.step_forward(
@@ -87,8 +92,9 @@ class ConvLSTMFunction(torch.autograd.Function):
         c_final = c_all[:, T if needs_grad else T % 2].clone()
         h_final = states[:, T - 1].clone()
         if needs_grad:
-            ctx.save_for_backward(x, kernel2d, recurrent_kernel2d, h0, states, c_all, preact,
-                                  peephole, mask, xmask, hmask)
+            ctx.save_for_backward(x, kernel2d, recurrent_kernel2d, bias, h0, states, c_all,
+                                  preact if keep_preact else None, peephole, mask, xmask,
+                                  hmask)
             ctx.spec = spec
             ctx.has_bias = bias is not None
             ctx.c0_dtype = c0.dtype
@@ -97,7 +103,7 @@ class ConvLSTMFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # double backward through the kernels is not implemented: say so
     def backward(ctx, d_states, d_h, d_c):
-        (x, kernel2d, recurrent_kernel2d, h0, states, c_all, preact, peephole, mask, xmask,
+        (x, kernel2d, recurrent_kernel2d, bias, h0, states, c_all, preact, peephole, mask, xmask,
          hmask) = ctx.saved_tensors
         spec = ctx.spec
         geom = spec.geometry
@@ -113,11 +119,14 @@ class ConvLSTMFunction(torch.autograd.Function):
                     else torch.zeros((B, P, F), device=x.device, dtype=torch.float32))
         d_states = d_states.contiguous() if d_states is not None else None
         dgates = launchers.new_buffer((B, T, P, 4 * F), x.device, x.dtype)
+        recompute = _Recompute(ctx, x, kernel2d, recurrent_kernel2d, bias, h0, states, c_all,
+                               mask, xmask, hmask, peephole) if preact is None else None
         for s in reversed(range(T)):
+            preact_s = recompute.preact(s) if recompute is not None else preact[:, s]
             launchers.step_backward(
                 dgates[:, s + 1] if s + 1 < T else None, recurrent_kernel2d,
                 d_states[:, s] if d_states is not None else None, dh_carry, dc_carry,
-                preact[:, s], c_all[:, s + 1], c_all[:, s],
+                preact_s, c_all[:, s + 1], c_all[:, s],
                 mask[:, s] if mask is not None else None, hmask, peephole, dgates[:, s],
                 geom, spec.act, spec.ract, spec.precision,
             )
@@ -159,3 +168,39 @@ class ConvLSTMFunction(torch.autograd.Function):
                 (dg[:, :, :, 3] * c_all[:, 1:]).sum((0, 1, 2)),
             ]).reshape(-1).to(peephole.dtype)
         return dx, dk, drk, db, dh0, dc0, dpeep, None, None, None, None
+
+
+class _Recompute:
+    """Backward's source of pre-activations when forward did not keep them: step s reruns the
+    forward step kernel from the saved h_{s-1} and c_{s-1} (same variant, masks and peepholes,
+    so the numbers are forward's own) into one step's scratch."""
+
+    def __init__(self, ctx, x, kernel2d, recurrent_kernel2d, bias, h0, states, c_all, mask,
+                 xmask, hmask, peephole):
+        spec = ctx.spec
+        B, T = x.shape[:2]
+        P, F = states.shape[2:]
+        self.spec, self.x, self.kernel2d, self.bias, self.xmask = spec, x, kernel2d, bias, xmask
+        self.recurrent_kernel2d, self.h0, self.states, self.c_all = (recurrent_kernel2d, h0,
+                                                                     states, c_all)
+        self.mask, self.hmask, self.peephole = mask, hmask, peephole
+        self.xg = (launchers.input_projection(x, kernel2d, bias, xmask, spec.geometry,
+                                              spec.precision)
+                   if spec.input_variant == "hoisted" else None)
+        self.preact_buf = launchers.new_buffer((B, P, 4 * F), x.device, x.dtype)
+        self.h_scratch = launchers.new_buffer((B, P, F), x.device, x.dtype)
+        self.c_scratch = launchers.new_buffer((B, P, F), x.device, torch.float32)
+
+    def preact(self, s):
+        spec = self.spec
+        inputs = (dict(xg_t=self.xg[:, s]) if self.xg is not None else
+                  dict(xg_t=None, x_t=self.x[:, s], kernel2d=self.kernel2d, bias=self.bias,
+                       xmask=self.xmask))
+        launchers.step_forward(
+            h_prev=self.h0 if s == 0 else self.states[:, s - 1], c_prev=self.c_all[:, s],
+            rk2d=self.recurrent_kernel2d, h_out=self.h_scratch, c_out=self.c_scratch,
+            preact_t=self.preact_buf, mask_t=self.mask[:, s] if self.mask is not None else None,
+            hmask=self.hmask, peephole=self.peephole, geom=spec.geometry, act=spec.act,
+            ract=spec.ract, precision=spec.precision, cell=True, **inputs,
+        )
+        return self.preact_buf

@@ -55,7 +55,7 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
               padding="valid", dilation_rate=1, activation="tanh",
               recurrent_activation="sigmoid", go_backwards=False, mask=None, backend="auto",
               input_dropout_mask=None, recurrent_dropout_mask=None, peephole=None,
-              allow_tf32=None, forward_variant="auto"):
+              allow_tf32=None, forward_variant="auto", recompute_gates=False):
     """ConvLSTM over a whole sequence with Keras 3 semantics.
 
     Args:
@@ -83,6 +83,10 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
             baseline that shows what fusion buys; no mask or peephole), or "auto": hoisted or
             fused_input, whichever is faster for the shape, measured on its first call on a GPU
             and cached (``convlstm_triton.tuning``); hoisted where nothing can be measured.
+        recompute_gates: training memory for time: backward recomputes the gate
+            pre-activations step by step instead of keeping them from forward (saves
+            B*T*P*4F elements, the largest saved tensor; costs one more recurrent GEMM per step
+            and the input projection again).
 
     Returns:
         seq (B, T, *out_spatial, F), h (B, *out_spatial, F), c (B, *out_spatial, F).
@@ -104,12 +108,13 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
         allow_tf32 = torch.backends.cudnn.allow_tf32
     return _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards,
                              mask, input_dropout_mask, recurrent_dropout_mask, peephole,
-                             dot_precision(x.dtype, allow_tf32), forward_variant)
+                             dot_precision(x.dtype, allow_tf32), forward_variant,
+                             recompute_gates)
 
 
 def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards, mask,
                       input_dropout_mask, recurrent_dropout_mask, peephole, precision,
-                      forward_variant):
+                      forward_variant, recompute_gates):
     geom = KernelGeometry.from_conv(args.geometry)
     B, T, C, F = args.batch, args.steps, args.in_channels, args.filters
     P = geom.out_pixels
@@ -142,7 +147,7 @@ def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go
         return StepSpec(geom, KERNEL_ACTIVATION_CODES[args.activation],
                         KERNEL_ACTIVATION_CODES[args.recurrent_activation], precision,
                         input_variant="fused_input" if variant == "fused_input" else "hoisted",
-                        fused_cell=variant != "unfused")
+                        fused_cell=variant != "unfused", save_preact=not recompute_gates)
 
     if forward_variant == "auto":
         forward_variant = _choose_forward_variant(tensors, spec_for, args, geom, precision)
