@@ -1,13 +1,28 @@
-"""Functional ConvLSTM: validation, backend dispatch, and the Triton path's tensor plumbing."""
+"""Functional ConvLSTM: validation, autocast, backend dispatch, and the Triton path's tensor
+plumbing (the kernels run inside the custom ops of ``ops.py``).
+
+**Autocast.** Inside a ``torch.autocast`` region for x's device (CUDA or CPU) with an eligible x
+(float32/float16/bfloat16; float64 is left alone, as autocast does), ``conv_lstm`` runs as
+cuDNN's RNN does under autocast: x, the weights, bias, peepholes, h0 and the dropout masks are
+cast to the autocast dtype, the whole sequence runs in that dtype (the kernels keep c in fp32
+inside, as always) and seq, h and c come back in that dtype. The casts are ordinary autograd
+ops, so fp32 parameters receive fp32 gradients. The reference backend runs in the autocast
+dtype too (autocast itself is switched off inside it, so it computes exactly as for inputs of
+that dtype, c included).
+
+**torch.compile.** The Triton path is two custom ops (``torch.ops.convlstm_triton.forward`` /
+``backward``), opaque to dynamo; the reference path is plain torch. Both compile with
+``fullgraph=True``. While compiling, the data-dependent check that a float ``mask`` holds only
+0 and 1 is skipped (it would need the mask's values at trace time).
+"""
 
 import os
 import warnings
 
 import torch
 
-from . import tuning
+from . import ops
 from .activations import KERNEL_ACTIVATION_CODES
-from .autograd import ConvLSTMFunction, StepSpec
 from .launchers import KernelGeometry, dot_precision
 from .reference import conv_lstm_reference
 from .validation import validate_conv_lstm_args
@@ -16,6 +31,23 @@ __all__ = ["conv_lstm"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _warned = set()
+
+
+def _autocast_dtype(x):
+    """The dtype ``torch.autocast`` asks for on x's device, or None (autocast off there, or x
+    not eligible: float64 and non-float tensors are never cast, as by autocast itself)."""
+    device_type = x.device.type
+    if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
+        return None
+    if x.dtype not in _KERNEL_DTYPES:
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _cast(t, dtype):
+    if t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
 
 
 def triton_interpreter_enabled():
@@ -89,27 +121,54 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
             and the input projection again).
 
     Returns:
-        seq (B, T, *out_spatial, F), h (B, *out_spatial, F), c (B, *out_spatial, F).
+        seq (B, T, *out_spatial, F), h (B, *out_spatial, F), c (B, *out_spatial, F); in the
+        autocast dtype inside a ``torch.autocast`` region (see the module docstring).
     """
+    autocast_dtype = _autocast_dtype(x) if isinstance(x, torch.Tensor) else None
+    if autocast_dtype is not None:
+        x, kernel, recurrent_kernel, bias, peephole, input_dropout_mask, recurrent_dropout_mask = (
+            _cast(t, autocast_dtype) if isinstance(t, torch.Tensor) else t
+            for t in (x, kernel, recurrent_kernel, bias, peephole, input_dropout_mask,
+                      recurrent_dropout_mask))
+        if isinstance(initial_state, (tuple, list)) and len(initial_state) == 2:
+            # h0 in the compute dtype; c0 as given (the kernels keep c in fp32 anyway)
+            h0, c0 = initial_state
+            initial_state = (_cast(h0, autocast_dtype) if isinstance(h0, torch.Tensor) else h0,
+                             c0)
     args = validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, strides,
                                    padding, dilation_rate, activation, recurrent_activation,
                                    go_backwards, mask, backend, input_dropout_mask,
                                    recurrent_dropout_mask, peephole, forward_variant)
     reason = _fallback_reason(x, args.activation, args.recurrent_activation)
     if _resolve_backend(backend, x, reason) == "reference":
-        return conv_lstm_reference(
-            x, kernel, recurrent_kernel, bias, initial_state, strides=strides,
-            padding=padding.lower(), dilation_rate=dilation_rate, activation=activation,
-            recurrent_activation=recurrent_activation, go_backwards=go_backwards, mask=mask,
-            input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
-            peephole=peephole,
-        )
+        if autocast_dtype is None:
+            return _reference(x, kernel, recurrent_kernel, bias, initial_state, strides, padding,
+                              dilation_rate, activation, recurrent_activation, go_backwards,
+                              mask, input_dropout_mask, recurrent_dropout_mask, peephole)
+        if initial_state is not None:
+            initial_state = (initial_state[0], _cast(initial_state[1], x.dtype))
+        with torch.autocast(x.device.type, enabled=False):
+            return _reference(x, kernel, recurrent_kernel, bias, initial_state, strides, padding,
+                              dilation_rate, activation, recurrent_activation, go_backwards,
+                              mask, input_dropout_mask, recurrent_dropout_mask, peephole)
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cudnn.allow_tf32
     return _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards,
                              mask, input_dropout_mask, recurrent_dropout_mask, peephole,
                              dot_precision(x.dtype, allow_tf32), forward_variant,
                              recompute_gates)
+
+
+def _reference(x, kernel, recurrent_kernel, bias, initial_state, strides, padding, dilation_rate,
+               activation, recurrent_activation, go_backwards, mask, input_dropout_mask,
+               recurrent_dropout_mask, peephole):
+    return conv_lstm_reference(
+        x, kernel, recurrent_kernel, bias, initial_state, strides=strides,
+        padding=padding.lower(), dilation_rate=dilation_rate, activation=activation,
+        recurrent_activation=recurrent_activation, go_backwards=go_backwards, mask=mask,
+        input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
+        peephole=peephole,
+    )
 
 
 def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards, mask,
@@ -142,40 +201,20 @@ def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go
                bias.contiguous() if bias is not None else None, h0, c0,
                peephole.reshape(-1).contiguous() if peephole is not None else None,
                step_mask, xmask, hmask)
-
-    def spec_for(variant):
-        return StepSpec(geom, KERNEL_ACTIVATION_CODES[args.activation],
-                        KERNEL_ACTIVATION_CODES[args.recurrent_activation], precision,
-                        input_variant="fused_input" if variant == "fused_input" else "hoisted",
-                        fused_cell=variant != "unfused", save_preact=not recompute_gates)
-
-    if forward_variant == "auto":
-        forward_variant = _choose_forward_variant(tensors, spec_for, args, geom, precision)
-    states, h, c = ConvLSTMFunction.apply(*tensors, spec_for(forward_variant))
+    # Keep what backward reads exactly when autograd will record the op.
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                               for t in tensors)
+    states, h, c, _, _ = ops.forward(
+        *tensors, ops.geometry_to_ints(geom), KERNEL_ACTIVATION_CODES[args.activation],
+        KERNEL_ACTIVATION_CODES[args.recurrent_activation], precision, forward_variant,
+        training, not recompute_gates)
     seq = states
     if step_mask is not None:
         # Keras: the output carries the previous *output*, which is zero before the first
         # unmasked step, while the state stays at h0 there.
         started = step_mask.cumsum(1) > 0
-        seq = states * started.to(states.dtype)[:, :, None, None]
+        # where, not a product: NaN/Inf in h0 must not leak into the zeros (NaN * 0 = NaN)
+        seq = torch.where(started[:, :, None, None], states, states.new_zeros(()))
     out_spatial = args.geometry.out_spatial
     return (seq.reshape(B, T, *out_spatial, F), h.reshape(B, *out_spatial, F),
             c.to(x.dtype).reshape(B, *out_spatial, F))
-
-
-def _choose_forward_variant(tensors, spec_for, args, geom, precision):
-    """"hoisted" or "fused_input", whichever runs this shape's forward faster, measured once per
-    shape on a GPU and cached with the kernel configs (``convlstm_triton.tuning``); "hoisted"
-    without a GPU to measure on."""
-    frames, _, _, bias, _, _, peephole, step_mask, xmask, hmask = tensors
-    key = (tuning.bucket(frames.shape[0] * frames.shape[1] * geom.out_pixels), args.in_channels,
-           args.filters, geom.kernel_size, geom.strides, geom.dilation,
-           str(frames.dtype).removeprefix("torch."), precision, bias is not None,
-           peephole is not None, step_mask is not None, xmask is not None, hmask is not None)
-    configs = [{"variant": "hoisted"}, {"variant": "fused_input"}]
-
-    def run(cfg):
-        with torch.no_grad():
-            ConvLSTMFunction.apply(*tensors, spec_for(cfg["variant"]))
-
-    return tuning.pick_config("forward_variant", key, configs, run, frames.device)["variant"]

@@ -382,9 +382,11 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
     def _dropout_masks(self, rate, shape, like):
         """Four per-gate inverted-dropout masks ``(4, *shape)`` scaled by 1/(1-rate)."""
         keep = 1.0 - rate
-        u = torch.rand(
-            (4,) + tuple(shape), generator=self._generator(like.device), device=like.device,
-        )
+        generator = self._generator(like.device)
+        # No generator= at all without a seed: torch.compile traces torch.rand(generator=None)
+        # as the generator overload, which rejects symbolic (dynamic) sizes.
+        extra = {} if generator is None else {"generator": generator}
+        u = torch.rand((4,) + tuple(shape), device=like.device, **extra)
         return torch.where(u < keep, 1.0 / keep, 0.0).to(like.dtype)
 
     def forward(self, x, initial_state=None, mask=None):

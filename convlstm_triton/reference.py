@@ -151,7 +151,9 @@ def conv_lstm_reference(
         c = x.new_zeros(state_shape)
     else:
         h = _to_channels_first(initial_state[0])
-        c = _to_channels_first(initial_state[1])
+        # c0 may come in another float dtype (the kernels keep c in fp32 whatever it is); the
+        # reference computes in x's dtype throughout
+        c = _to_channels_first(initial_state[1]).to(x.dtype)
     if recurrent_dropout_mask is not None:
         # (4, B, *out_spatial, F) -> (4, B, F, *out_spatial), matching h's internal layout.
         rmask = recurrent_dropout_mask.movedim(-1, 2)

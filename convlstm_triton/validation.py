@@ -70,7 +70,15 @@ def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, st
     if batch < 1 or steps < 1:
         raise ValueError(f"x must have at least one sample and one time step, got {tuple(x.shape)}")
     in_channels = x.shape[-1]
+    if in_channels < 1:
+        raise ValueError(f"x must have at least one channel (channels-last), got {tuple(x.shape)}")
+    if backend == "triton" and x.device.type not in ("cuda", "cpu"):
+        raise ValueError("backend='triton' needs CUDA tensors (or CPU tensors under "
+                         f"TRITON_INTERPRET=1); x is on {x.device}")
     kernel_size = tuple(kernel.shape[:rank])
+    if min(kernel_size) < 1:
+        raise ValueError(f"kernel must have a kernel size of at least 1 along every spatial dim, "
+                         f"got shape {tuple(kernel.shape)}")
     four_f = kernel.shape[-1]
     if four_f % 4 != 0 or four_f == 0 or kernel.shape[-2] != in_channels:
         raise ValueError(
@@ -96,8 +104,11 @@ def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, st
             f"strides > 1 is incompatible with dilation_rate > 1, got strides={strides} and "
             f"dilation_rate={dilation}"
         )
-    geometry = ConvGeometry.build(tuple(x.shape[2:-1]), kernel_size, strides, dilation,
-                                  padding.lower())
+    try:
+        geometry = ConvGeometry.build(tuple(x.shape[2:-1]), kernel_size, strides, dilation,
+                                      padding.lower())
+    except ValueError as error:  # name the argument: the spatial dims of x
+        raise ValueError(f"x of shape {tuple(x.shape)}: {error}") from None
     state_shape = (batch, *geometry.out_spatial, filters)
 
     if initial_state is not None:
@@ -119,9 +130,17 @@ def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, st
         _expect_shape(mask, (batch, steps), "mask", "(batch, time)")
         if mask.device != x.device:
             raise ValueError(f"mask is on {mask.device} but x is on {x.device}")
-        if mask.dtype.is_floating_point or mask.dtype.is_complex:
+        if mask.dtype.is_complex:
+            raise TypeError(f"mask must be a bool (or 0/1 integer or float) tensor, got "
+                            f"{mask.dtype}")
+        # Reading the values needs them at trace time: skipped under torch.compile.
+        # Integer masks too: the kernels read the mask as int8 (256 would wrap to 0, False,
+        # where the reference reads True).
+        if (mask.dtype != torch.bool and mask.device.type != "meta"
+                and not torch.compiler.is_compiling()):
             if not bool(((mask == 0) | (mask == 1)).all()):
-                raise ValueError("mask must be boolean (or 0/1 valued)")
+                raise ValueError(f"mask must be boolean (or 0/1 valued), got a {mask.dtype} mask "
+                                 "with other values")
     for value, name, shape in (
         (input_dropout_mask, "input_dropout_mask", (4, batch, *x.shape[2:])),
         (recurrent_dropout_mask, "recurrent_dropout_mask", (4,) + state_shape),

@@ -17,6 +17,17 @@ SELU_SCALE: tl.constexpr = tl.constexpr(1.0507009873554805)
 
 
 @triton.jit
+def _max(x, y):
+    # NaN in -> NaN out, as torch's clamps and relu do (plain tl.maximum would drop it)
+    return tl.maximum(x, y, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _min(x, y):
+    return tl.minimum(x, y, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def _sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
 
@@ -30,7 +41,7 @@ def _tanh(x):
 @triton.jit
 def _expm1_neg(x):
     """exp(min(x, 0)) - 1: the negative branch of elu/selu without overflow on the other."""
-    return tl.exp(tl.minimum(x, 0.0)) - 1.0
+    return tl.exp(_min(x, 0.0)) - 1.0
 
 
 @triton.jit
@@ -40,11 +51,11 @@ def activate(x, CODE: tl.constexpr):
     elif CODE == 2:
         y = _sigmoid(x)
     elif CODE == 3:
-        y = tl.minimum(tl.maximum(x * (1.0 / 6.0) + 0.5, 0.0), 1.0)
+        y = _min(_max(x * (1.0 / 6.0) + 0.5, 0.0), 1.0)
     elif CODE == 4:
-        y = tl.maximum(x, 0.0)
+        y = _max(x, 0.0)
     elif CODE == 5:
-        y = tl.minimum(tl.maximum(x, 0.0), 6.0)
+        y = _min(_max(x, 0.0), 6.0)
     elif CODE == 6:
         y = tl.where(x > 0.0, x, _expm1_neg(x))
     elif CODE == 7:
@@ -57,11 +68,11 @@ def activate(x, CODE: tl.constexpr):
         y = x / (1.0 + tl.abs(x))
     elif CODE == 11:
         # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), exact where e^x would overflow
-        y = tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+        y = _max(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
     elif CODE == 12:
         y = tl.exp(x)
     elif CODE == 13:
-        y = tl.minimum(tl.maximum(x * 0.2 + 0.5, 0.0), 1.0)
+        y = _min(_max(x * 0.2 + 0.5, 0.0), 1.0)
     else:
         y = x
     return y
@@ -83,9 +94,9 @@ def activation_grad(x, CODE: tl.constexpr):
     elif CODE == 5:
         g = tl.where((x > 0.0) & (x < 6.0), 1.0, 0.0)
     elif CODE == 6:
-        g = tl.where(x > 0.0, 1.0, tl.exp(tl.minimum(x, 0.0)))
+        g = tl.where(x > 0.0, 1.0, tl.exp(_min(x, 0.0)))
     elif CODE == 7:
-        g = SELU_SCALE * tl.where(x > 0.0, 1.0, SELU_ALPHA * tl.exp(tl.minimum(x, 0.0)))
+        g = SELU_SCALE * tl.where(x > 0.0, 1.0, SELU_ALPHA * tl.exp(_min(x, 0.0)))
     elif CODE == 8:
         s = _sigmoid(x)
         g = s * (1.0 + x * (1.0 - s))

@@ -55,7 +55,7 @@ def input_grad_kernel(
             part = tl.dot(a, w, part, input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
             # the sample's mask pixel: frame (b, t) -> b, pixel q = rows % P_in
-            m_offs = (gate * stride_xmask_gate + (frame // T) * P_in * C
+            m_offs = (tl.full((), gate, tl.int64) * stride_xmask_gate + (frame // T) * P_in * C
                       + (rows % P_in) * C)[:, None] + cs[None, :]
             part *= tl.load(xmask_ptr + m_offs, mask=tile_mask, other=0.0).to(tl.float32)
         acc += part

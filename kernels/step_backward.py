@@ -76,7 +76,9 @@ def step_backward_kernel(
                 w = tconv_weight_tile(r_ptr, ks, fs, K_GATE, F, F, gate * F, N)
                 part = tl.dot(a, w, part, input_precision=DOT_PRECISION)
             if HAS_RDROP:
-                part *= tl.load(hmask_ptr + gate * stride_hmask_gate + carry_ptrs, mask=tile_mask,
+                # int64 gate offset: 3 * stride can pass 2**31
+                gate_off = tl.full((), gate, tl.int64) * stride_hmask_gate
+                part *= tl.load(hmask_ptr + (carry_ptrs + gate_off), mask=tile_mask,
                                 other=0.0).to(tl.float32)
             acc += part
 

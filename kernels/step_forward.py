@@ -50,7 +50,9 @@ def _gate_dot(a, offs, valid, w_ptrs, w_mask, acc, gate: tl.constexpr, F, gmask_
     """acc += (a * gmask[gate]) @ W[:, gate*F + fs]; the dropout mask shares src's layout, so
     its tile sits at the same offsets as the A tile."""
     if HAS_GMASK:
-        m_ptrs = gmask_ptr + (gmask_base + gate * stride_gmask_gate)[:, None] + offs
+        # int64 gate offset: 3 * stride passes 2**31 for masks of over ~7e8 elements per gate
+        gate_base = gmask_base + tl.full((), gate, tl.int64) * stride_gmask_gate
+        m_ptrs = gmask_ptr + gate_base[:, None] + offs
         a = a * tl.load(m_ptrs, mask=valid, other=0.0)
     w = tl.load(w_ptrs + gate * F, mask=w_mask, other=0.0)
     return tl.dot(a, w, acc, input_precision=DOT_PRECISION)
