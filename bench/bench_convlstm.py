@@ -108,8 +108,9 @@ def _names(table, what):
     return parse
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def problem_parser(doc):
+    """An argument parser with the options every benchmark shares: --shapes, --dtypes, --modes."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", type=_names(SHAPES, "shape"), default=list(SHAPES),
                    help=f"comma-separated, from {', '.join(SHAPES)} (default: all)")
@@ -117,6 +118,11 @@ def parse_args(argv=None):
                    help=f"comma-separated, from {', '.join(DTYPES)} (default: fp32,bf16)")
     p.add_argument("--modes", type=_names(dict.fromkeys(MODES), "mode"), default=list(MODES),
                    help="comma-separated, from fwd,train (default: both)")
+    return p
+
+
+def parse_args(argv=None):
+    p = problem_parser(__doc__)
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile of the eager loop (slow to compile)")
     p.add_argument("--compile-mode", default="default",

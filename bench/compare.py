@@ -44,7 +44,6 @@ Compiling is the slow part on a GPU (the reference's time loop is unrolled; each
 compiles once for the check and train, once more for fwd): ``--variants`` leaves variants out.
 """
 
-import argparse
 import datetime
 import gc
 import math
@@ -68,7 +67,6 @@ sys.path.insert(0, HERE)
 from bench_convlstm import (  # noqa: E402
     CHECK_TOLERANCE,
     DTYPES,
-    MODES,
     SHAPES,
     CheckResult,
     Peer,
@@ -89,6 +87,7 @@ from bench_convlstm import (  # noqa: E402
     make_call,
     make_problem,
     max_rel_err,
+    problem_parser,
     time_peer,
     upstream_gradient,
 )
@@ -128,14 +127,7 @@ GRAPH_WARMUP_CALLS = 3
 
 def parse_args(argv=None):
     """The command line; see the module docstring."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", type=_names(SHAPES, "shape"), default=list(SHAPES),
-                   help=f"comma-separated, from {', '.join(SHAPES)} (default: all)")
-    p.add_argument("--dtypes", type=_names(DTYPES, "dtype"), default=["fp32", "bf16"],
-                   help=f"comma-separated, from {', '.join(DTYPES)} (default: fp32,bf16)")
-    p.add_argument("--modes", type=_names(dict.fromkeys(MODES), "mode"), default=list(MODES),
-                   help="comma-separated, from fwd,train (default: both)")
+    p = problem_parser(__doc__)
     p.add_argument("--variants", type=_names(dict.fromkeys(VARIANTS), "variant"),
                    default=list(VARIANTS),
                    help=f"comma-separated, from {', '.join(VARIANTS)} (default: all)")
