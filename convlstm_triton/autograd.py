@@ -33,7 +33,9 @@ class StepSpec:
     """Everything non-tensor the kernels need: geometry, activation codes, dot precision, and
     the forward variant: ``input_variant`` "hoisted" (one input-projection GEMM over all frames,
     then xg is added in each step) or "fused_input" (the input conv inside each step's K loop);
-    ``fused_cell`` False runs the cell update as a separate kernel (the unfused baseline)."""
+    ``fused_cell`` False runs the cell update as a separate kernel (the unfused baseline);
+    ``four_dots`` True runs the first kernel design (four gate dots of N = BLOCK_F, a K loop per
+    tap, per-gate input-projection tiles) instead of the wide-MMA one, for comparisons."""
 
     geometry: KernelGeometry
     act: int
@@ -41,6 +43,7 @@ class StepSpec:
     precision: str
     input_variant: str = "hoisted"
     fused_cell: bool = True
+    four_dots: bool = False
     # False: backward recomputes the pre-activations step by step (one more recurrent GEMM per
     # step, and the input projection again) instead of keeping B*T*P*4F of them from forward.
     save_preact: bool = True
@@ -70,7 +73,11 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
 
     xg = None
     if spec.input_variant == "hoisted":
-        xg = launchers.input_projection(x, kernel2d, bias, xmask, geom, spec.precision)
+        xg = launchers.input_projection(x, kernel2d, bias, xmask, geom, spec.precision,
+                                        four_dots=spec.four_dots)
+    # the gate-interleaved weight copies are made once here, not at every step
+    kernel2d = launchers.GateWeights(kernel2d)
+    recurrent_kernel2d = launchers.GateWeights(recurrent_kernel2d)
     states = launchers.new_buffer((B, T, P, F), x.device, x.dtype)
     c_all = launchers.new_buffer((B, T + 1 if training else 2, P, F), x.device, torch.float32)
     c_all[:, 0] = c0
@@ -92,7 +99,8 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
             h_out=states[:, s], c_out=c_all[:, c_out], preact_t=preact_s,
             mask_t=mask[:, s] if mask is not None else None, hmask=hmask,
             peephole=peephole, geom=geom, act=spec.act, ract=spec.ract,
-            precision=spec.precision, cell=spec.fused_cell, **inputs,
+            precision=spec.precision, cell=spec.fused_cell, four_dots=spec.four_dots,
+            **inputs,
         )
         if not spec.fused_cell:
             launchers.cell_forward(preact_s, c_all[:, c_in], spec.act, spec.ract,
@@ -191,12 +199,13 @@ class _Recompute:
                  xmask, hmask, peephole):
         B, T = x.shape[:2]
         P, F = states.shape[2:]
-        self.spec, self.x, self.kernel2d, self.bias, self.xmask = spec, x, kernel2d, bias, xmask
-        self.recurrent_kernel2d, self.h0, self.states, self.c_all = (recurrent_kernel2d, h0,
-                                                                     states, c_all)
+        self.spec, self.x, self.bias, self.xmask = spec, x, bias, xmask
+        self.kernel2d = launchers.GateWeights(kernel2d)
+        self.recurrent_kernel2d = launchers.GateWeights(recurrent_kernel2d)
+        self.h0, self.states, self.c_all = h0, states, c_all
         self.mask, self.hmask, self.peephole = mask, hmask, peephole
         self.xg = (launchers.input_projection(x, kernel2d, bias, xmask, spec.geometry,
-                                              spec.precision)
+                                              spec.precision, four_dots=spec.four_dots)
                    if spec.input_variant == "hoisted" else None)
         self.preact_buf = launchers.new_buffer((B, P, 4 * F), x.device, x.dtype)
         self.h_scratch = launchers.new_buffer((B, P, F), x.device, x.dtype)
@@ -212,7 +221,8 @@ class _Recompute:
             rk2d=self.recurrent_kernel2d, h_out=self.h_scratch, c_out=self.c_scratch,
             preact_t=self.preact_buf, mask_t=self.mask[:, s] if self.mask is not None else None,
             hmask=self.hmask, peephole=self.peephole, geom=spec.geometry, act=spec.act,
-            ract=spec.ract, precision=spec.precision, cell=True, **inputs,
+            ract=spec.ract, precision=spec.precision, cell=True, four_dots=spec.four_dots,
+            **inputs,
         )
         return self.preact_buf
 

@@ -112,7 +112,10 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
             "hoisted" (the input conv of all frames as one GEMM, then the fused step kernel),
             "fused_input" (the input conv inside the step kernel's K loop: no xg tensor),
             "unfused" (hoisted, and the cell update as a separate elementwise kernel: the
-            baseline that shows what fusion buys; no mask or peephole), or "auto": hoisted or
+            baseline that shows what fusion buys; no mask or peephole), "hoisted_four_dots" /
+            "fused_input_four_dots" (the first kernel design: four gate GEMMs of N = BLOCK_F
+            and a K loop per tap instead of one wide GEMM and one pipelined K loop; kept to
+            measure what the new design buys), or "auto": hoisted or
             fused_input, whichever is faster for the shape, measured on its first call on a GPU
             and cached (``convlstm_triton.tuning``); hoisted where nothing can be measured.
         recompute_gates: training memory for time: backward recomputes the gate

@@ -130,31 +130,77 @@ def dot_precision(dtype, allow_tf32):
     return "tf32" if dtype == torch.float32 and allow_tf32 else "ieee"
 
 
-def input_projection(x, kernel2d, bias, xmask, geom: KernelGeometry, precision):
-    """x (B, T, D, H, W, C_in) frames contiguous; kernel2d (K, 4F); xmask (4, B, D, H, W, C_in)
-    input-dropout masks or None -> xg (B, T, Po, 4F)."""
+# Every launch passes enable_fp_fusion explicitly (FMA contraction, Triton's default up to 3.9,
+# which announces that the default flips in 3.10): results do not change with the Triton
+# version, and users see no warning.
+FP_FUSION = True
+
+
+class GateWeights:
+    """A conv weight as a (K, 4F) matrix in Keras' gate-major column order (i, f, c, o blocks
+    of F), and its gate-interleaved copies for the wide-MMA step kernel, made once per BLOCK_F
+    and reused by every step of a sequence (see ``gate_interleaved``)."""
+
+    def __init__(self, gate_major):
+        self.gate_major = gate_major
+        self._interleaved = {}
+
+    @staticmethod
+    def of(weights):
+        return weights if isinstance(weights, GateWeights) else GateWeights(weights)
+
+    def interleaved(self, block_f):
+        w = self._interleaved.get(block_f)
+        if w is None:
+            w = self._interleaved[block_f] = gate_interleaved(self.gate_major, block_f)
+        return w
+
+
+def gate_interleaved(w, block_f):
+    """(K, 4F) gate-major -> (K, 4 * F_pad), F_pad = F rounded up to block_f: column tile j of
+    width 4 * block_f holds gates i, f, c, o of channels [j * block_f, (j + 1) * block_f), so a
+    program's weight tile is one contiguous run and one dot computes its four gates; padded
+    channels are zero."""
+    K, N = w.shape
+    F = N // 4
+    tiles = triton.cdiv(F, block_f)
+    padded = w.new_zeros((K, 4, tiles * block_f))
+    padded[:, :, :F] = w.reshape(K, 4, F)
+    return padded.reshape(K, 4, tiles, block_f).transpose(1, 2).reshape(K, 4 * tiles * block_f)
+
+
+def input_projection(x, kernel2d, bias, xmask, geom: KernelGeometry, precision, *,
+                     four_dots=False):
+    """x (B, T, D, H, W, C_in) frames contiguous; kernel2d (K, 4F) gate-major (a tensor or
+    GateWeights); xmask (4, B, D, H, W, C_in) input-dropout masks or None -> xg (B, T, Po, 4F).
+    ``four_dots``: the first design (per-gate column tiles, flattened K), for comparisons."""
+    kernel2d = GateWeights.of(kernel2d).gate_major
     B, T = x.shape[:2]
     C = x.shape[-1]
     F = kernel2d.shape[1] // 4
     Po = geom.out_pixels
     M = B * T * Po
     xg = new_buffer((B, T, Po, 4 * F), x.device, x.dtype)
+    gate_tiles = xmask is not None or four_dots
 
     def launch(cfg, out):
-        grid = (triton.cdiv(M, cfg["BLOCK_M"]), 4 * triton.cdiv(F, cfg["BLOCK_N"]))
+        col_tiles = (4 * triton.cdiv(F, cfg["BLOCK_N"]) if gate_tiles
+                     else triton.cdiv(4 * F, cfg["BLOCK_N"]))
+        grid = (triton.cdiv(M, cfg["BLOCK_M"]), col_tiles)
         input_projection_kernels.input_projection_kernel[grid](
             x, x.stride(0), x.stride(1), T,
             kernel2d, bias if bias is not None else kernel2d, _ptr(xmask, x), _stride0(xmask),
-            out, M, F, C, *geom.in_spatial, Po, geom.out_spatial[1], geom.out_spatial[2],
-            **geom.input_conv_constexprs(),
-            HAS_BIAS=bias is not None, HAS_DROPOUT=xmask is not None, DOT_PRECISION=precision,
-            **cfg,
+            out, M, *geom.in_spatial, Po, geom.out_spatial[1], geom.out_spatial[2],
+            F=F, C=C, **geom.input_conv_constexprs(),
+            HAS_BIAS=bias is not None, HAS_DROPOUT=xmask is not None, GATE_TILES=gate_tiles,
+            TAP_MAJOR=tap_major(C) and not four_dots, DOT_PRECISION=precision,
+            enable_fp_fusion=FP_FUSION, **cfg,
         )
 
     key = (tuning.bucket(M), F, C, geom.kernel_size, geom.strides, geom.dilation,
-           _dtype_name(x), precision, bias is not None, xmask is not None)
-    configs = _prune(input_projection_kernels.CONFIGS, BLOCK_M=M, BLOCK_N=F,
-                     BLOCK_K=kernel2d.shape[0])
+           _dtype_name(x), precision, bias is not None, xmask is not None, four_dots)
+    configs = _prune(input_projection_kernels.CONFIGS, BLOCK_M=M,
+                     BLOCK_N=F if gate_tiles else 4 * F, BLOCK_K=kernel2d.shape[0])
     _tuned_launch("input_projection", key, configs, launch, [xg], x.device,
                   flop=2.0 * M * 4 * F * kernel2d.shape[0])
     return xg
@@ -171,14 +217,17 @@ def _stride0(t):
 
 def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hmask, peephole,
                  geom: KernelGeometry, act, ract, precision, *, x_t=None, kernel2d=None,
-                 bias=None, xmask=None, cell=True):
+                 bias=None, xmask=None, cell=True, four_dots=False):
     """One step. State tensors are (B, P, F) views (sample stride free, rest contiguous);
     hmask (4, B, P, F) recurrent-dropout masks or None; preact_t (B, P, 4F) or None.
+    rk2d, kernel2d: GateWeights (or gate-major (K, 4F) tensors, wrapped here; pass GateWeights
+    made once per sequence so the gate-interleaved copies are made once, not every step).
 
     Input: xg_t (B, P, 4F), the hoisted projection; or, with x_t (B, D, H, W, C_in) (a time
     slice of x), the input conv runs inside the step ("fused input") with kernel2d, bias and
     xmask (4, B, D, H, W, C_in). cell=False stores only the pre-activations into preact_t
-    (the unfused variant; ``cell_forward`` then applies the cell).
+    (the unfused variant; ``cell_forward`` then applies the cell). four_dots: the first
+    kernel design (four gate dots, a K loop per tap), kept for comparisons.
     """
     B, P, F = h_out.shape
     M = B * P
@@ -186,19 +235,25 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     ic = geom.input_conv_constexprs()
     fused_input = x_t is not None
     c_in = x_t.shape[-1] if fused_input else 1
+    rec_weights = GateWeights.of(rk2d)
+    in_weights = GateWeights.of(kernel2d) if fused_input else None
     d = c_out
 
     def launch(cfg, h_out, c_out, preact_t):
-        block_k = cfg["BLOCK_K"]
-        grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(F, cfg["BLOCK_F"]))
+        block_k, block_f = cfg["BLOCK_K"], cfg["BLOCK_F"]
+        r_w = rec_weights.gate_major if four_dots else rec_weights.interleaved(block_f)
+        in_w = None
+        if fused_input:
+            in_w = in_weights.gate_major if four_dots else in_weights.interleaved(block_f)
+        grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(F, block_f))
         step_forward_kernels.step_forward_kernel[grid](
             h_prev, h_prev.stride(0), c_prev, c_prev.stride(0), _ptr(xg_t, d), _stride0(xg_t),
-            rk2d, _ptr(x_t, d), _stride0(x_t), _ptr(kernel2d, d), _ptr(bias, d), _ptr(xmask, d),
+            r_w, _ptr(x_t, d), _stride0(x_t), _ptr(in_w, d), _ptr(bias, d), _ptr(xmask, d),
             _stride0(xmask),
             h_out, h_out.stride(0), c_out, c_out.stride(0),
             _ptr(preact_t, d), _stride0(preact_t), _ptr(mask_t, d), _stride0(mask_t),
             _ptr(hmask, d), _stride0(hmask), _ptr(peephole, d),
-            M, P, *geom.out_spatial, F, c_in, *geom.in_spatial,
+            M, P, *geom.out_spatial, *geom.in_spatial, F=F, C_IN=c_in,
             KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
             SD=ic["SD"], SH=ic["SH"], SW=ic["SW"], IPD=ic["PD"], IPH=ic["PH"], IPW=ic["PW"],
             LD=ic["LD"], LH=ic["LH"], LW=ic["LW"],
@@ -208,17 +263,28 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
             IN_ALIGNED=fused_input and rows_aligned(c_in, block_k, x_t.stride(0)),
             HAS_XDROP=xmask is not None, CELL=cell, HAS_MASK=mask_t is not None,
             HAS_RDROP=hmask is not None, HAS_PEEPHOLE=peephole is not None,
-            SAVE_PREACT=preact_t is not None, DOT_PRECISION=precision, **cfg,
+            SAVE_PREACT=preact_t is not None, DOT_PRECISION=precision, FOUR_DOTS=four_dots,
+            enable_fp_fusion=FP_FUSION, **cfg,
         )
 
     key = (tuning.bucket(M), F, c_in, geom.kernel_size, geom.strides, geom.dilation,
            _dtype_name(h_out), precision, act, ract, fused_input, cell, bias is not None,
            xmask is not None, mask_t is not None, hmask is not None, peephole is not None,
-           preact_t is not None)
-    k_total = rk2d.shape[0] + (kernel2d.shape[0] if fused_input else 0)
-    configs = _prune(step_forward_kernels.CONFIGS, BLOCK_M=M, BLOCK_F=F, BLOCK_K=k_total)
+           preact_t is not None, four_dots)
+    k_total = rec_weights.gate_major.shape[0] + (
+        in_weights.gate_major.shape[0] if fused_input else 0)
+    configs = step_forward_configs(F, M, k_total, four_dots)
     _tuned_launch("step_forward", key, configs, launch, [h_out, c_out, preact_t], h_out.device,
                   flop=2.0 * M * 4 * F * k_total)
+
+
+def step_forward_configs(F, M, k_total, four_dots=False):
+    """The step kernel's candidate configs for a problem. The wide-MMA design keeps
+    BLOCK_F >= 32 once F >= 32: N = 4 * BLOCK_F >= 128 is where wgmma runs efficiently."""
+    configs = step_forward_kernels.CONFIGS
+    if not four_dots and F >= 32:
+        configs = [cfg for cfg in configs if cfg["BLOCK_F"] >= 32]
+    return _prune(configs, BLOCK_M=M, BLOCK_F=F, BLOCK_K=k_total)
 
 
 def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, mask_t, hmask,

@@ -65,10 +65,23 @@ def _contiguous(*tensors):
     return tuple(t.contiguous() if t is not None else None for t in tensors)
 
 
+# forward_variant -> (input variant, fused cell, four-dots design)
+FORWARD_VARIANTS = {
+    "hoisted": ("hoisted", True, False),
+    "fused_input": ("fused_input", True, False),
+    "unfused": ("hoisted", False, False),
+    "hoisted_four_dots": ("hoisted", True, True),
+    "fused_input_four_dots": ("fused_input", True, True),
+}
+
+
 def _spec(geometry, act, ract, precision, variant, save_preact=True):
+    # "auto" reaches here only in a backward that recomputes nothing (no variant is launched)
+    input_variant, fused_cell, four_dots = FORWARD_VARIANTS[
+        "hoisted" if variant == "auto" else variant]
     return StepSpec(geometry_from_ints(geometry), act, ract, precision,
-                    input_variant="fused_input" if variant == "fused_input" else "hoisted",
-                    fused_cell=variant != "unfused", save_preact=save_preact)
+                    input_variant=input_variant, fused_cell=fused_cell, four_dots=four_dots,
+                    save_preact=save_preact)
 
 
 def choose_forward_variant(tensors, geometry, act, ract, precision):

@@ -2,10 +2,31 @@
 
 A launcher asks ``pick_config(kernel_name, key, configs, run, device)`` for the config of one
 launch. On a CUDA device the first call for a ``(kernel_name, key)`` benchmarks every candidate
-config with ``triton.testing.do_bench`` and keeps the fastest, in memory and in a JSON file, so a
-later process (a second training run, the next benchmark) finds it without benchmarking again.
-Under Triton's interpreter, on a non-CUDA device, or with ``CONVLSTM_TRITON_AUTOTUNE=0`` it
-returns ``configs[0]`` (the default config) and benchmarks nothing.
+config and keeps the fastest, in memory and in a JSON file, so a later process (a second training
+run, the next benchmark) finds it without benchmarking again. Under Triton's interpreter, on a
+non-CUDA device, or with ``CONVLSTM_TRITON_AUTOTUNE=0`` it returns ``configs[0]`` (the default
+config) and benchmarks nothing.
+
+Two ways of timing a config, chosen per launch by ``pick_config(..., warm_l2=...)``:
+
+* cold L2 (``warm_l2=False``, the default; ``"timing": "cold_l2"`` in the cache):
+  ``triton.testing.do_bench``, which zeroes a 256 MB buffer before every repetition, so each
+  call starts with an empty L2. Right for the whole-sequence kernels (input projection, weight
+  and input gradients, the forward-variant choice): they run once per sequence, on operands
+  that other kernels have long evicted from L2 (or that do not fit in it).
+* warm L2 (``warm_l2=True``; ``"timing": "warm_l2"``): CUDA events around back-to-back calls,
+  no flush and no flush buffer (so tuning near out-of-memory does not fail for it): a few
+  warm-up calls, then up to ``WARM_MAX_REPS`` timed calls (about ``REP_MS`` in all), median
+  per call, with the GPU held busy by ``torch.cuda._sleep`` while the host queues the timed
+  calls so that host launch overhead is not timed. This is how the per-time-step kernels run:
+  in a ConvLSTM's time loop the previous step's ``h`` (and ``c``) is still in L2 when the next
+  step starts. The launchers tune the step kernels (``step_forward``, ``step_backward``) warm
+  and the whole-sequence kernels cold.
+
+A cache entry records its timing mode; an entry without one (written before the field existed)
+was timed cold. An entry whose mode differs from the one asked for is tuned again and
+overwritten; in one process the first choice for a ``(kernel_name, key)`` stands (a kernel is
+tuned in one mode).
 
 Cache file: one per (GPU name, Triton version, torch version), because a config's speed (and
 whether it compiles at all) depends on all three::
@@ -18,6 +39,7 @@ whether it compiles at all) depends on all three::
         "step_forward|(65536, 64, 3, 3, 1, 'bfloat16', True)": {
             "kernel": "step_forward", "key": "(65536, 64, 3, 3, 1, 'bfloat16', True)",
             "config": {"BLOCK_M": 64, "BLOCK_F": 32, "BLOCK_K": 32, "num_warps": 4, ...},
+            "timing": "warm_l2",
             "trials": [{"config": {...}, "ms": 0.0123, "error": null},
                        {"config": {...}, "ms": null, "error": "OutOfResources: ..."}],
             "flop": 1.2e9, "time": "2026-11-27T10:00:00Z"}}}
@@ -36,8 +58,10 @@ import json
 import math
 import os
 import re
+import statistics
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable
 
@@ -48,17 +72,28 @@ __all__ = ["pick_config", "tune", "clear_cache", "cache_path", "cached_entries",
            "tuning_log", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
-# do_bench budget per config, ms. Short: a launch is tuned on its first call inside a user's
-# program, and kernels of one ConvLSTM step run for microseconds to a few ms.
+# Timing budget per config, ms (do_bench's warmup/rep; the warm timer's too). Short: a launch is
+# tuned on its first call inside a user's program, and kernels of one ConvLSTM step run for
+# microseconds to a few ms.
 WARMUP_MS = 5
 REP_MS = 25
+# Warm-L2 timer: calls per config (warm-up at least 1 up to WARM_MAX_WARMUP; timed between
+# WARM_MIN_REPS and WARM_MAX_REPS), and at most this much GPU sleep ahead of the timed calls.
+WARM_MAX_WARMUP = 50
+WARM_MIN_REPS = 10
+WARM_MAX_REPS = 500
+WARM_HEAD_START_MAX_MS = 100.0
+COLD_L2 = "cold_l2"
+WARM_L2 = "warm_l2"
 
 _memory: dict = {}  # (kernel_name, device slot, key) -> chosen config (an element of configs)
 _defaults_logged: set = set()  # (kernel_name, key) already logged as "default"
 _log: list = []  # tuning events, see tuning_log()
 _warned: set = set()
 _device_names: dict = {}
+_sleep_cycles_per_ms: dict = {}  # CUDA device index -> torch.cuda._sleep cycles per ms (or None)
 _tune_lock = threading.RLock()
+_timing_state = threading.local()  # .mode: the timing mode of the tuning in progress
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,13 +119,114 @@ def _tuning_enabled(device):
             and _device_can_benchmark(device))
 
 
+def _current_timing():
+    """The timing mode (``COLD_L2`` or ``WARM_L2``) of the tuning in progress on this thread."""
+    return getattr(_timing_state, "mode", COLD_L2)
+
+
+@contextlib.contextmanager
+def _timing_mode(mode):
+    previous = _current_timing()
+    _timing_state.mode = mode
+    try:
+        yield
+    finally:
+        _timing_state.mode = previous
+
+
 def _benchmark(run, cfg):
-    """Median ms of ``run(cfg)``. Raises whatever ``run`` raises (compile error, out of shared
-    memory, ...)."""
+    """Median ms of ``run(cfg)``, timed the way the tuning in progress asks
+    (``_current_timing()``): cold L2 with ``do_bench``, warm L2 with ``_benchmark_warm``. Raises
+    whatever ``run`` raises (compile error, out of shared memory, ...). The one place that
+    times: tests replace it with fake timings for both modes."""
+    if _current_timing() == WARM_L2:
+        return _benchmark_warm(run, cfg)
     import triton.testing
 
     return triton.testing.do_bench(lambda: run(cfg), warmup=WARMUP_MS, rep=REP_MS,
                                    return_mode="median")
+
+
+# The CUDA primitives of the warm timer (module-level so that tests can fake them on a CPU).
+
+
+def _timing_event():
+    return torch.cuda.Event(enable_timing=True)
+
+
+def _synchronize():
+    torch.cuda.synchronize()
+
+
+def _gpu_sleep(cycles):
+    """Keep the current stream busy for about ``cycles`` GPU clock cycles."""
+    torch.cuda._sleep(int(cycles))
+
+
+def _cycles_per_ms():
+    """``torch.cuda._sleep`` cycles per ms on the current device, measured once per device;
+    None where ``_sleep`` is missing or fails (the warm timer then runs without a head start)."""
+    index = torch.cuda.current_device() if torch.cuda.is_available() else -1
+    if index in _sleep_cycles_per_ms:
+        return _sleep_cycles_per_ms[index]
+    rate = None
+    try:
+        cycles = 1_000_000
+        _gpu_sleep(cycles)  # first call: load the kernel
+        start, end = _timing_event(), _timing_event()
+        start.record()
+        _gpu_sleep(cycles)
+        end.record()
+        _synchronize()
+        ms = start.elapsed_time(end)
+        if ms > 0 and math.isfinite(ms):
+            rate = cycles / ms
+    except Exception:  # no torch.cuda._sleep in this torch: time without a head start
+        rate = None
+    _sleep_cycles_per_ms[index] = rate
+    return rate
+
+
+def _benchmark_warm(run, cfg):
+    """Median ms per call of ``run(cfg)`` called back to back with a warm L2: nothing flushed,
+    no flush buffer allocated. Works with any Triton (only torch.cuda events are used).
+
+    One call (compiles), 5 calls to estimate the time per call, warm-up calls for about
+    ``WARMUP_MS``, then ``WARM_MIN_REPS`` to ``WARM_MAX_REPS`` calls for about ``REP_MS``, each
+    between its own pair of events. Before the timed calls a ``torch.cuda._sleep`` keeps the GPU
+    busy for about as long as the host takes to queue them, so the calls run back to back on the
+    GPU as in a time loop and the host's launch overhead is not in the times."""
+    def call():
+        run(cfg)
+
+    call()
+    _synchronize()
+    start, end = _timing_event(), _timing_event()
+    host0 = time.perf_counter()
+    start.record()
+    for _ in range(5):
+        call()
+    end.record()
+    host_ms = (time.perf_counter() - host0) * 1e3 / 5
+    _synchronize()
+    estimate_ms = max(start.elapsed_time(end) / 5, 1e-4)
+    n_warmup = max(1, min(WARM_MAX_WARMUP, int(WARMUP_MS / estimate_ms)))
+    n_reps = max(WARM_MIN_REPS, min(WARM_MAX_REPS, int(REP_MS / estimate_ms)))
+    starts = [_timing_event() for _ in range(n_reps)]
+    ends = [_timing_event() for _ in range(n_reps)]
+    rate = _cycles_per_ms()  # before the warm-up: its first call synchronizes
+    for _ in range(n_warmup):
+        call()
+    if rate:
+        # host time to queue the timed calls (their events too), with a margin
+        head_start_ms = min(WARM_HEAD_START_MAX_MS, 1.25 * (host_ms + 0.01) * n_reps)
+        _gpu_sleep(max(1, int(head_start_ms * rate)))
+    for i in range(n_reps):
+        starts[i].record()
+        call()
+        ends[i].record()
+    _synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
 def _capturing(device):
@@ -111,7 +247,7 @@ def bucket(n: int) -> int:
 
 
 def pick_config(kernel_name: str, key: tuple, configs: list, run: Callable[[dict], None],
-                device, *, flop: float | None = None) -> dict:
+                device, *, flop: float | None = None, warm_l2: bool = False) -> dict:
     """The launch config for one problem: cached, or the fastest of ``configs`` once measured.
 
     Args:
@@ -123,7 +259,7 @@ def pick_config(kernel_name: str, key: tuple, configs: list, run: Callable[[dict
             "BLOCK_F": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}``. ``configs[0]`` is
             the default, used wherever nothing is measured.
         run: ``run(cfg)`` launches the kernel once with ``cfg`` on this call's problem. It is
-            called many times per config while tuning (do_bench warmup and repetitions), so it
+            called many times per config while tuning (warm-up and repetitions), so it
             must be safe to repeat: it writes scratch outputs (not the caller's real outputs)
             or outputs that each launch fully overwrites, and a kernel that accumulates
             (``+=``, atomics) must reset its buffer inside ``run`` or write into a scratch one,
@@ -132,6 +268,10 @@ def pick_config(kernel_name: str, key: tuple, configs: list, run: Callable[[dict
         device: the device the kernel runs on (``torch.device``, str or index).
         flop: optional FLOP count of the launch that is timed (reported as TFLOP/s by
             ``bench/autotune.py``; stored with the entry).
+        warm_l2: time the configs with a warm L2 (back-to-back calls, no flush: how the
+            per-time-step kernels run) instead of ``do_bench``'s flushed, cold L2 (how the
+            whole-sequence kernels run). Recorded in the entry as ``"timing"``; an entry on disk
+            timed the other way is tuned again.
 
     Returns:
         An element of ``configs``. If every config fails, ``configs[0]`` (remembered in this
@@ -152,7 +292,8 @@ def pick_config(kernel_name: str, key: tuple, configs: list, run: Callable[[dict
         hit = _memory.get((kernel_name, slot, key))
         if hit is not None:
             return hit
-        return _pick_slow(kernel_name, key, configs, run, device, slot, flop)
+        return _pick_slow(kernel_name, key, configs, run, device, slot, flop,
+                          WARM_L2 if warm_l2 else COLD_L2)
 
 
 def tune(shapes: Iterable, dtypes: Iterable[str] = ("fp32", "bf16"),
@@ -240,8 +381,9 @@ def tuning_log(clear: bool = False) -> list:
     Each: ``{"kernel", "key" (repr), "source": "tuned" | "disk" | "default" | "failed" (every
     config raised; the default is used), "chosen": config,
     "trials": [{"config", "ms" (None if it failed), "error" (None if it ran)}], "flop",
-    "device", "time"}``. "default" (tuning off: interpreter, non-CUDA device or
-    ``CONVLSTM_TRITON_AUTOTUNE=0``) is logged once per (kernel, key); memory hits are not logged.
+    "timing": "cold_l2" | "warm_l2" (None for "default"), "device", "time"}``. "default"
+    (tuning off: interpreter, non-CUDA device or ``CONVLSTM_TRITON_AUTOTUNE=0``) is logged once
+    per (kernel, key); memory hits are not logged.
     """
     events = [dict(e) for e in _log]
     if clear:
@@ -253,17 +395,22 @@ def tuning_log(clear: bool = False) -> list:
 # tuning
 
 
-def _pick_slow(kernel_name, key, configs, run, device, slot, flop):
+def _entry_timing(entry):
+    """An entry's timing mode; one without the field was written when every tuning ran cold."""
+    return entry.get("timing") or COLD_L2
+
+
+def _pick_slow(kernel_name, key, configs, run, device, slot, flop, timing):
     name = _device_name(device)
     path = cache_path(device)
     entry_id = _entry_id(kernel_name, key)
     entry = _read_entries(path, name).get(entry_id)
-    if entry is not None:
+    if entry is not None and _entry_timing(entry) == timing:
         chosen = _find_config(entry["config"], configs)
         if chosen is not None:
             _memory[(kernel_name, slot, key)] = chosen
             _log.append(_event(kernel_name, key, "disk", chosen, entry["trials"],
-                               entry.get("flop"), device))
+                               entry.get("flop"), device, timing))
             return chosen
     if _capturing(device):
         _warn_once("capture", "convlstm_triton: a kernel launch met during CUDA-graph capture "
@@ -274,7 +421,7 @@ def _pick_slow(kernel_name, key, configs, run, device, slot, flop):
     trials = []
     dev = _as_device(device)
     ctx = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
-    with ctx:
+    with ctx, _timing_mode(timing):
         for cfg in configs:
             try:
                 ms = float(_benchmark(run, cfg))
@@ -290,24 +437,24 @@ def _pick_slow(kernel_name, key, configs, run, device, slot, flop):
         # Kept in memory (not on disk) so that later launches do not re-run a failing tuning
         # (e.g. out of memory for do_bench's L2-flush buffer while the real launch fits).
         _memory[(kernel_name, slot, key)] = configs[0]
-        _log.append(_event(kernel_name, key, "failed", configs[0], trials, flop, device))
+        _log.append(_event(kernel_name, key, "failed", configs[0], trials, flop, device, timing))
         _warn_once(("all-failed", kernel_name), f"convlstm_triton: every config of "
                    f"{kernel_name} failed for key {key!r}; first error: {trials[0]['error']}")
         return configs[0]
     chosen = configs[min(ok)[1]]
     _memory[(kernel_name, slot, key)] = chosen
-    event = _event(kernel_name, key, "tuned", chosen, trials, flop, device)
+    event = _event(kernel_name, key, "tuned", chosen, trials, flop, device, timing)
     _log.append(event)
     _write_entry(path, name, entry_id, {
-        "kernel": kernel_name, "key": repr(key), "config": dict(chosen), "trials": trials,
-        "flop": flop, "time": event["time"],
+        "kernel": kernel_name, "key": repr(key), "config": dict(chosen), "timing": timing,
+        "trials": trials, "flop": flop, "time": event["time"],
     })
     return chosen
 
 
-def _event(kernel_name, key, source, chosen, trials, flop, device):
+def _event(kernel_name, key, source, chosen, trials, flop, device, timing=None):
     return {"kernel": kernel_name, "key": repr(key), "source": source, "chosen": dict(chosen),
-            "trials": [dict(t) for t in trials], "flop": flop,
+            "trials": [dict(t) for t in trials], "flop": flop, "timing": timing,
             "device": _device_name(device), "time": _now()}
 
 
@@ -387,6 +534,8 @@ def _reset_state():
     _log.clear()
     _warned.clear()
     _device_names.clear()
+    _sleep_cycles_per_ms.clear()
+    _timing_state.mode = COLD_L2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,6 +565,9 @@ def _valid_entry(entry):
             return False
         if not (err is None or isinstance(err, str)):
             return False
+    timing = entry.get("timing")  # absent in files written before it existed: fine
+    if not (timing is None or isinstance(timing, str)):
+        return False
     flop = entry.get("flop")
     return flop is None or (isinstance(flop, (int, float)) and not isinstance(flop, bool))
 

@@ -1,14 +1,23 @@
 """Fused ConvLSTM step: recurrent conv of all four gates + cell update in the epilogue.
 
-One program owns BLOCK_M state pixels x BLOCK_F channels and keeps four fp32 accumulators
-(i, f, c, o) fed by four ``tl.dot``s that share one im2col tile of h_prev, so the epilogue sees
-every gate of its channels and gate pre-activations never make a round trip through memory.
+One program owns BLOCK_M state pixels x BLOCK_F channels of all four gates, so the epilogue sees
+i, f, c, o of its channels and gate pre-activations never make a round trip through memory.
 
     a_g   = xg[b, p, g*F + f] + sum_k im2col(h_prev * hmask[g])[b, p, k] * R[k, g*F + f]
     i, f, o = ract(a_i), ract(a_f), ract(a_o);  g = act(a_c)
     c     = f * c_prev + i * g;   h = o * act(c)
     masked sample (mask[b] == 0): h, c = h_prev, c_prev
 
+GEMM design (constexpr FOUR_DOTS):
+    False  (default) R and W arrive in gate-interleaved tile order, (K, 4 * F_pad) with
+           F_pad = F rounded up to BLOCK_F (launchers.GateWeights): one ``tl.dot`` of
+           N = 4 * BLOCK_F per K step (a Hopper wgmma of N >= 128 from BLOCK_F = 32), and one K
+           loop over taps x channel blocks that the pipeliner prefetches across taps
+           (conv_k_loop.py); the accumulator is split into the gates in the epilogue. Dropout
+           masks (HAS_RDROP/HAS_XDROP) give every gate its own A tile: that conv then runs four
+           dots of N = BLOCK_F in the same single K loop.
+    True   the first design, kept so benchmarks can show what the above buys: gate-major
+           R, W (K, 4F), four dots of N = BLOCK_F, one K loop per tap (drains at every tap).
 Input variants (constexpr FUSED_INPUT):
     False  "hoisted": xg, the input conv of all frames, was computed before the time loop.
     True   "fused input": the step's K loop also runs over im2col(x_t * xmask[g]) against the
@@ -16,20 +25,24 @@ Input variants (constexpr FUSED_INPUT):
            tensor at all (best when C_in is small).
 Epilogue variants (constexpr CELL): True applies the cell update; False only stores the
 pre-activations a_* (the "unfused" variant: a separate cell kernel follows).
+Channel counts F and C_IN are constexpr (one compile per channel count, like the kernel size):
+the im2col index math then divides by constants only.
 
 Shapes (per step): h_prev, h (B, P, F) in the compute dtype, rows b at a sample stride (h is a
-time slice of the output sequence); c_prev, c (B, P, F) fp32; xg (B, P, 4F); R (KD*KH*KW*F, 4F);
-x_t (B, D_in, H_in, W_in, C_in) at a sample stride; W (KD*KH*KW*C_in, 4F); bias (4F,);
-xmask (4, B, D_in, H_in, W_in, C_in) and hmask (4, B, P, F) dropout masks (HAS_XDROP/HAS_RDROP;
-the four A tiles then differ); peephole (3, F) per-channel weights w_ci, w_cf, w_co
-(HAS_PEEPHOLE, see cell.lstm_cell); preact (B, P, 4F) the pre-activations a_*, saved for
-backward when SAVE_PREACT. The recurrent conv is stride 1, "same" (padding before = P*).
+time slice of the output sequence); c_prev, c (B, P, F) fp32; xg (B, P, 4F) gate-major; R
+(KD*KH*KW*F, 4F or 4F_pad); x_t (B, D_in, H_in, W_in, C_in) at a sample stride; W
+(KD*KH*KW*C_in, 4F or 4F_pad); bias (4F,); xmask (4, B, D_in, H_in, W_in, C_in) and hmask
+(4, B, P, F) dropout masks (HAS_XDROP/HAS_RDROP); peephole (3, F) per-channel weights w_ci,
+w_cf, w_co (HAS_PEEPHOLE, see cell.lstm_cell); preact (B, P, 4F) gate-major pre-activations
+a_*, saved for backward when SAVE_PREACT. The recurrent conv is stride 1, "same" (padding
+before = P*).
 """
 
 import triton
 import triton.language as tl
 
 from .cell import load_peephole, lstm_cell
+from .conv_k_loop import conv_k_loop, conv_k_loop_gate_masked, split_gates
 from .im2col import conv_gather_offsets, conv_tap_offsets, state_tile
 
 # Autotuning candidates (convlstm_triton.tuning picks one per shape); the first is the default,
@@ -144,7 +157,8 @@ def step_forward_kernel(
     mask_ptr, stride_mask,
     hmask_ptr, stride_hmask_gate,
     peephole_ptr,
-    M, P, D, H, W, F, C_IN, D_IN, H_IN, W_IN,
+    M, P, D, H, W, D_IN, H_IN, W_IN,
+    F: tl.constexpr, C_IN: tl.constexpr,
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
@@ -156,35 +170,70 @@ def step_forward_kernel(
     REC_ALIGNED: tl.constexpr, IN_ALIGNED: tl.constexpr,
     CELL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_RDROP: tl.constexpr,
     HAS_PEEPHOLE: tl.constexpr, SAVE_PREACT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FOUR_DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows, row_mask, b, p, d, hh, ww, fs, f_mask = state_tile(M, P, H, W, F, BLOCK_M, BLOCK_F)
-    N = 4 * F
+    N: tl.constexpr = 4 * F
 
-    acc_i = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
-    acc_f = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
-    acc_c = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
-    acc_o = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
-    acc_i, acc_f, acc_c, acc_o = _conv_all_gates(
-        h_prev_ptr, b * stride_hp, d, hh, ww, row_mask, F, D, H, W,
-        r_ptr, fs, f_mask, F, acc_i, acc_f, acc_c, acc_o,
-        hmask_ptr, b * (P * F), stride_hmask_gate,
-        KD, KH, KW, 1, 1, 1, PD, PH, PW, 1, 1, 1, REC_TAP_MAJOR, REC_ALIGNED, HAS_RDROP,
-        DOT_PRECISION, BLOCK_K)
-    if FUSED_INPUT:
+    if FOUR_DOTS:
+        # The first design, kept to measure what the wide MMA and the single K loop buy:
+        # gate-major weights (K, 4F), four dots of N = BLOCK_F, one K loop per tap.
+        acc_i = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
+        acc_f = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
+        acc_c = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
+        acc_o = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
         acc_i, acc_f, acc_c, acc_o = _conv_all_gates(
-            x_ptr, b * stride_x, d, hh, ww, row_mask, C_IN, D_IN, H_IN, W_IN,
-            w_ptr, fs, f_mask, F, acc_i, acc_f, acc_c, acc_o,
-            xmask_ptr, b * (D_IN * H_IN * W_IN * C_IN), stride_xmask_gate,
-            KD, KH, KW, SD, SH, SW, IPD, IPH, IPW, LD, LH, LW, IN_TAP_MAJOR, IN_ALIGNED,
-            HAS_XDROP, DOT_PRECISION, BLOCK_K)
-        if HAS_BIAS:
-            acc_i += tl.load(bias_ptr + fs, mask=f_mask, other=0.0).to(tl.float32)[None, :]
-            acc_f += tl.load(bias_ptr + F + fs, mask=f_mask, other=0.0).to(tl.float32)[None, :]
-            acc_c += tl.load(bias_ptr + 2 * F + fs, mask=f_mask,
-                             other=0.0).to(tl.float32)[None, :]
-            acc_o += tl.load(bias_ptr + 3 * F + fs, mask=f_mask,
-                             other=0.0).to(tl.float32)[None, :]
+            h_prev_ptr, b * stride_hp, d, hh, ww, row_mask, F, D, H, W,
+            r_ptr, fs, f_mask, F, acc_i, acc_f, acc_c, acc_o,
+            hmask_ptr, b * (P * F), stride_hmask_gate,
+            KD, KH, KW, 1, 1, 1, PD, PH, PW, 1, 1, 1, REC_TAP_MAJOR, REC_ALIGNED, HAS_RDROP,
+            DOT_PRECISION, BLOCK_K)
+        if FUSED_INPUT:
+            acc_i, acc_f, acc_c, acc_o = _conv_all_gates(
+                x_ptr, b * stride_x, d, hh, ww, row_mask, C_IN, D_IN, H_IN, W_IN,
+                w_ptr, fs, f_mask, F, acc_i, acc_f, acc_c, acc_o,
+                xmask_ptr, b * (D_IN * H_IN * W_IN * C_IN), stride_xmask_gate,
+                KD, KH, KW, SD, SH, SW, IPD, IPH, IPW, LD, LH, LW, IN_TAP_MAJOR, IN_ALIGNED,
+                HAS_XDROP, DOT_PRECISION, BLOCK_K)
+    else:
+        # Weights in gate-interleaved tile order (see launchers.GateWeights): this program's
+        # columns i, f, c, o of its BLOCK_F channels are one contiguous run of 4 * BLOCK_F, so
+        # one wgmma of N = 4 * BLOCK_F computes all four gates from one shared A tile.
+        W_ROW: tl.constexpr = 4 * ((F + BLOCK_F - 1) // BLOCK_F) * BLOCK_F
+        w_cols = tl.program_id(1) * (4 * BLOCK_F) + tl.arange(0, 4 * BLOCK_F)
+        w_col_ok = w_cols >= 0  # padded channels hold zero weights: nothing to mask
+        acc = tl.zeros((BLOCK_M, 4 * BLOCK_F), dtype=tl.float32)
+        if not HAS_RDROP:
+            acc = conv_k_loop(acc, h_prev_ptr, b * stride_hp, d, hh, ww, row_mask, F, D, H, W,
+                              r_ptr, w_cols, w_col_ok, W_ROW, KD, KH, KW, 1, 1, 1, PD, PH, PW,
+                              1, 1, 1, REC_TAP_MAJOR, DOT_PRECISION, BLOCK_K)
+        if FUSED_INPUT and not HAS_XDROP:
+            acc = conv_k_loop(acc, x_ptr, b * stride_x, d, hh, ww, row_mask, C_IN, D_IN, H_IN,
+                              W_IN, w_ptr, w_cols, w_col_ok, W_ROW, KD, KH, KW, SD, SH, SW,
+                              IPD, IPH, IPW, LD, LH, LW, IN_TAP_MAJOR, DOT_PRECISION, BLOCK_K)
+        acc_i, acc_f, acc_c, acc_o = split_gates(acc, BLOCK_M, BLOCK_F)
+        # Per-gate dropout masks give each gate its own A tile: four narrower dots.
+        gate_cols = tl.program_id(1) * (4 * BLOCK_F) + tl.arange(0, BLOCK_F)
+        gate_col_ok = gate_cols >= 0
+        if HAS_RDROP:
+            acc_i, acc_f, acc_c, acc_o = conv_k_loop_gate_masked(
+                acc_i, acc_f, acc_c, acc_o, h_prev_ptr, b * stride_hp, d, hh, ww, row_mask,
+                F, D, H, W, r_ptr, gate_cols, gate_col_ok, W_ROW, BLOCK_F,
+                hmask_ptr, b * (P * F), stride_hmask_gate, KD, KH, KW, 1, 1, 1, PD, PH, PW,
+                1, 1, 1, REC_TAP_MAJOR, DOT_PRECISION, BLOCK_K)
+        if FUSED_INPUT and HAS_XDROP:
+            acc_i, acc_f, acc_c, acc_o = conv_k_loop_gate_masked(
+                acc_i, acc_f, acc_c, acc_o, x_ptr, b * stride_x, d, hh, ww, row_mask,
+                C_IN, D_IN, H_IN, W_IN, w_ptr, gate_cols, gate_col_ok, W_ROW, BLOCK_F,
+                xmask_ptr, b * (D_IN * H_IN * W_IN * C_IN), stride_xmask_gate,
+                KD, KH, KW, SD, SH, SW, IPD, IPH, IPW, LD, LH, LW, IN_TAP_MAJOR, DOT_PRECISION,
+                BLOCK_K)
+    if FUSED_INPUT and HAS_BIAS:
+        acc_i += tl.load(bias_ptr + fs, mask=f_mask, other=0.0).to(tl.float32)[None, :]
+        acc_f += tl.load(bias_ptr + F + fs, mask=f_mask, other=0.0).to(tl.float32)[None, :]
+        acc_c += tl.load(bias_ptr + 2 * F + fs, mask=f_mask, other=0.0).to(tl.float32)[None, :]
+        acc_o += tl.load(bias_ptr + 3 * F + fs, mask=f_mask, other=0.0).to(tl.float32)[None, :]
 
     tile_mask = row_mask[:, None] & f_mask[None, :]
     a_i, a_f, a_c, a_o = acc_i, acc_f, acc_c, acc_o
