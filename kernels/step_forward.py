@@ -50,8 +50,13 @@ from .im2col import conv_gather_offsets, conv_tap_offsets, state_tile
 CONFIGS = [
     dict(BLOCK_M=64, BLOCK_F=32, BLOCK_K=32, num_warps=4, num_stages=3),
     dict(BLOCK_M=128, BLOCK_F=32, BLOCK_K=32, num_warps=8, num_stages=3),
-    dict(BLOCK_M=64, BLOCK_F=64, BLOCK_K=32, num_warps=4, num_stages=3),
-    dict(BLOCK_M=128, BLOCK_F=64, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_F=32, BLOCK_K=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_F=32, BLOCK_K=64, num_warps=8, num_stages=3),
+    # BLOCK_F = 64 (N = 256) with 8 warps: two warpgroups share the 64 rows and split N into
+    # two wgmma of N = 128 (128 accumulator registers per thread). With 4 warps (one wgmma of
+    # N = 256) the epilogue of a training step spills at every BLOCK_K, and so do 128-row tiles.
+    dict(BLOCK_M=64, BLOCK_F=64, BLOCK_K=32, num_warps=8, num_stages=3),
+    # F < 32 only (the launcher keeps N = 4 * BLOCK_F >= 128 from F = 32 on)
     dict(BLOCK_M=64, BLOCK_F=16, BLOCK_K=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=128, BLOCK_F=16, BLOCK_K=32, num_warps=4, num_stages=3),
 ]
