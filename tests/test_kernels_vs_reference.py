@@ -192,12 +192,17 @@ FUSED_INPUT_CASES = ["1d_k4_valid_s2", "2d_k4x3_same_s2x3", "2d_k3_same_dil2",
                      "2d_dropout_s2_mask_go_backwards", "1d_peephole_mask_dropout_go_backwards",
                      "2d_no_bias"]
 UNFUSED_CASES = ["2d_k3_same", "1d_k4_valid_s2", "2d_dropout", "2d_selu_silu"]
+# the first kernel design, kept for comparisons
+FOUR_DOTS_CASES = ["2d_k4x3_same_s2x3", "2d_cin1_f37_multiblock",
+                   "1d_peephole_mask_dropout_go_backwards", "2d_c48_f48_unaligned_k_tiles"]
 
 
 @pytest.mark.parametrize("variant,case", [
     *(pytest.param("fused_input", VARIANT_CASES[i], id=f"fused_input-{i}")
       for i in FUSED_INPUT_CASES),
     *(pytest.param("unfused", VARIANT_CASES[i], id=f"unfused-{i}") for i in UNFUSED_CASES),
+    *(pytest.param(v, VARIANT_CASES[i], id=f"{v}-{i}") for i in FOUR_DOTS_CASES
+      for v in ("hoisted_four_dots", "fused_input_four_dots")),
 ])
 def test_forward_variants_match_reference(variant, case, poison_buffers):
     """The other forward variants (the input conv inside the step; the cell as its own kernel)

@@ -1,0 +1,104 @@
+"""Every config of every kernel against the reference, not only the default.
+
+On a GPU the autotuner may pick any entry of a kernel's ``CONFIGS``; the other tests run the
+default (``configs[0]``). Here each config is forced on its kernel (the other kernels keep their
+default) and a whole forward + backward runs against the float64 reference, fp32 and fp16,
+through the paths that config's blocks meet: the wide MMA (no dropout), the per-gate masked
+dots (dropout), fused input, per-gate projection tiles. Channel counts are chosen so that every
+block size leaves a partial tile (F = 20 against BLOCK_F 16/32/64, C_in = 18 against BLOCK_K).
+"""
+
+import pytest
+import test_kernels_vs_reference as vs_reference  # a module: its tests are not collected here
+import torch
+from convlstm_triton.kernels import (
+    input_grad,
+    input_projection,
+    step_backward,
+    step_forward,
+    weight_grad,
+)
+from helpers import triton_available_here
+
+from convlstm_triton import tuning
+
+pytestmark = [pytest.mark.kernels,
+              pytest.mark.skipif(not triton_available_here(),
+                                 reason="needs a GPU or TRITON_INTERPRET=1")]
+
+KERNEL_CONFIGS = {
+    "step_forward": step_forward.CONFIGS,
+    "input_projection": input_projection.CONFIGS,
+    "step_backward": step_backward.CONFIGS,
+    "weight_grad": weight_grad.CONFIGS,
+    "input_grad": input_grad.CONFIGS,
+}
+
+# Small enough for the interpreter, with a partial tile along every blocked dim.
+WIDE = dict(spatial=(4, 5), C=18, F=20, k=(3, 3), padding="same", B=1, T=2,
+            initial_state=True)
+MASKED = dict(spatial=(4, 3), C=3, F=20, k=(3, 2), padding="same", B=2, T=2, dropout=True,
+              mask=True, peephole=True, initial_state=True)
+# (case, forward variant) per kernel: the paths its config reaches
+PATHS = {
+    "step_forward": [("wide", WIDE, "hoisted"), ("masked_fused", MASKED, "fused_input"),
+                     ("wide_fused", WIDE, "fused_input")],
+    "input_projection": [("all_gates", WIDE, "hoisted"), ("gate_tiles", MASKED, "hoisted")],
+    "step_backward": [("wide", WIDE, "hoisted"), ("masked", MASKED, "hoisted")],
+    "weight_grad": [("wide", WIDE, "hoisted"), ("masked", MASKED, "hoisted")],
+    "input_grad": [("wide", WIDE, "hoisted"), ("masked", MASKED, "hoisted")],
+}
+
+PARAMS = [
+    pytest.param(kernel, index, case, variant, dtype,
+                 id=f"{kernel}-cfg{index}-{path}-{str(dtype).removeprefix('torch.')}")
+    for kernel, configs in KERNEL_CONFIGS.items()
+    for index in range(len(configs))
+    for path, case, variant in PATHS[kernel]
+    for dtype in (torch.float32, torch.float16)
+    # fp16 on the main path of each kernel only: the masked paths share its tiles
+    if dtype == torch.float32 or path == PATHS[kernel][0][0]
+]
+
+
+@pytest.fixture
+def force_config(monkeypatch):
+    """force_config(kernel, cfg): every launch of ``kernel`` uses ``cfg`` (also where the
+    pruner would have dropped it for these tiny sizes: a config must be right for any shape);
+    other kernels get their default."""
+    forced = {}
+    launched = []
+
+    def pick(kernel_name, key, configs, run, device, *, flop=None, warm_l2=False):
+        if kernel_name in forced:
+            launched.append(kernel_name)
+            return forced[kernel_name]
+        return configs[0]
+
+    monkeypatch.setattr(tuning, "pick_config", pick)
+
+    def force(kernel, cfg):
+        forced[kernel] = cfg
+        return launched
+
+    return force
+
+
+@pytest.mark.parametrize("kernel,index,case,variant,dtype", PARAMS)
+def test_config_matches_reference(kernel, index, case, variant, dtype, force_config,
+                                  poison_buffers):
+    launched = force_config(kernel, KERNEL_CONFIGS[kernel][index])
+    if variant == "hoisted":
+        vs_reference.test_forward_and_gradients_match_reference(dtype, case, None)
+    else:
+        vs_reference.test_forward_variants_match_reference(variant, case, None)  # fp32 only
+    assert kernel in launched, f"{kernel} was never launched with the forced config"
+
+
+def test_every_config_is_valid_for_a_gpu():
+    """tl.dot needs every block dim >= 16 on a GPU (the interpreter does not check it)."""
+    for kernel, configs in KERNEL_CONFIGS.items():
+        for cfg in configs:
+            blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK_")}
+            assert all(v >= 16 and v & (v - 1) == 0 for v in blocks.values()), (kernel, cfg)
+            assert cfg["num_warps"] in (4, 8), (kernel, cfg)
