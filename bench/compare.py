@@ -32,8 +32,11 @@ the input and recurrent convs (3x for train), also as a percentage of the dense 
 
 Outputs: rows appended to ``--csv`` (default bench/results/compare.csv), a PNG of bar plots, one
 panel per shape/dtype/mode (``--plot``, default: the CSV's path with .png), and markdown tables
-headed by the machine line on stdout (``--markdown PATH`` also writes them to a file, rewritten
-after every shape/dtype so that a run cut short keeps what it measured). Progress goes to stderr.
+headed by the machine line on stdout (``--markdown PATH`` also writes them to a file). Both are
+written as results come: the CSV rows and the markdown file after every variant, so that a run
+cut short (a timeout) keeps what it measured. Within a shape/dtype, eager_cat runs first (its
+check error sets the others' bounds) and the slow-to-compile ``compile`` variants run last; the
+tables keep the order above. Progress goes to stderr.
 
 ``--dry-run``: one tiny shape in fp32, end to end, rows to bench/results/compare-dry-run.csv. On
 a GPU every variant runs as above (a smoke test). Without a GPU the Triton kernels run through
@@ -497,8 +500,16 @@ def run_variant(name, problem, reference, grad_seq, group, args, cuda):
     del peer
 
 
-def run_group(shape, dtype_name, args, cuda):
-    """All variants and modes of one (shape, dtype), one variant at a time."""
+def run_order(variants):
+    """The order variants run in: as given (the table order), except that the compile variants,
+    whose compiling takes minutes, come last, so that a run cut short has the others."""
+    return ([v for v in variants if not v.startswith("compile")]
+            + [v for v in variants if v.startswith("compile")])
+
+
+def run_group(shape, dtype_name, args, cuda, on_variant=None):
+    """All variants and modes of one (shape, dtype), one variant at a time (``run_order``);
+    ``on_variant(group, name)`` is called after each."""
     problem = make_problem(shape, DTYPES[dtype_name], args.seed, device="cuda" if cuda else "cpu")
     grad_seq = upstream_gradient(problem, args.seed)
     group = Group(shape, dtype_name, {mode: {} for mode in args.modes}, {})
@@ -511,9 +522,11 @@ def run_group(shape, dtype_name, args, cuda):
         for mode in args.modes:
             group.timings[mode] = dict.fromkeys(args.variants, failure)
         return group
-    for name in args.variants:
+    for name in run_order(args.variants):
         run_variant(name, problem, reference, grad_seq, group, args, cuda)
         free_memory(name, cuda)
+        if on_variant is not None:
+            on_variant(group, name)
     return group
 
 
@@ -554,8 +567,13 @@ def csv_rows(info, group):
             }
 
 
-def write_csv(path, info, group):
-    """Append the group's rows to ``path`` (directories created; header when new)."""
+def write_csv(path, info, group, variants=None):
+    """Append the group's rows (only those of ``variants``, if given) to ``path`` (directories
+    created; header when new)."""
+    if variants is not None:
+        group = Group(group.shape, group.dtype_name,
+                      {mode: {n: r for n, r in results.items() if n in variants}
+                       for mode, results in group.timings.items()}, group.checks)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     append_csv(path, csv_rows(info, group), CSV_FIELDS)
 
@@ -790,10 +808,20 @@ def main(argv=None):
     groups = []
     for shape_name in args.shapes:
         for dtype_name in args.dtypes:
-            group = run_group(ALL_SHAPES[shape_name], dtype_name, args, cuda)
+            written = set()
+
+            def on_variant(group, name, written=written):
+                # A run cut short (a timeout) keeps every variant measured so far.
+                write_csv(args.csv, info, group, {name})
+                written.add(name)
+                report(info, peaks, groups + [group], args)
+
+            group = run_group(ALL_SHAPES[shape_name], dtype_name, args, cuda, on_variant)
             groups.append(group)
-            write_csv(args.csv, info, group)
-            report(info, peaks, groups, args)  # a run cut short keeps what it measured
+            rest = set(args.variants) - written  # e.g. every variant, when the reference failed
+            if rest:
+                write_csv(args.csv, info, group, rest)
+            report(info, peaks, groups, args)
     print(report(info, peaks, groups, args), flush=True)
     log(f"rows appended to {args.csv}" + (f"; markdown in {args.markdown}" if args.markdown
                                           else ""))

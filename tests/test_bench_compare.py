@@ -283,3 +283,39 @@ def test_plot_draws_a_panel_per_shape_dtype_mode(monkeypatch, tmp_path):
     bars = {who: args for who, what, args, _ in calls if what == "barh"}
     assert list(bars["ax_fwd"][0]) == names and bars["ax_fwd"][1][names.index("eager_cat")] == 4
     assert ("fig", "savefig", (str(path),), {"dpi": 110}) in calls
+
+
+# ---------------------------------------------------------------------------------------------
+# run order and results written as they come (bench/gpu_check.sh cuts runs short)
+
+
+def test_compile_variants_run_last_and_the_table_keeps_its_order():
+    args = compare.parse_args(["--variants", "triton_fused,compile,eager_cat,compile_graphs"])
+    assert args.variants == ["eager_cat", "compile", "compile_graphs", "triton_fused"]
+    assert compare.run_order(args.variants) == ["eager_cat", "triton_fused", "compile",
+                                                "compile_graphs"]
+
+
+def test_run_cut_short_keeps_every_variant_measured(monkeypatch, tmp_path):
+    """A timeout during a variant (here: an exit from the second one) leaves the earlier
+    variants' CSV rows and markdown on disk."""
+    run_variant = compare.run_variant
+
+    def cut_short(name, *args, **kwargs):
+        if name == "eager_hoisted":
+            raise SystemExit("killed by the time limit")
+        return run_variant(name, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "run_variant", cut_short)
+    csv_path, md_path = tmp_path / "c.csv", tmp_path / "c.md"
+    with pytest.raises(SystemExit):
+        compare.main(["--dry-run", "--variants", "eager_cat,eager_hoisted", "--csv",
+                      str(csv_path), "--markdown", str(md_path)])
+    rows = list(csv.DictReader(csv_path.read_text().splitlines()))
+    assert {(r["variant"], r["mode"]) for r in rows} == {("eager_cat", "fwd"),
+                                                        ("eager_cat", "train")}
+    table = md_path.read_text()
+    fwd = next(line for line in table.splitlines() if line.startswith("| dry_run")
+               and "| fwd |" in line)
+    assert fwd.split("|")[4].strip() not in ("", "–")  # eager_cat's time
+    assert fwd.split("|")[5].strip() == "–"  # eager_hoisted: not run

@@ -188,3 +188,55 @@ def test_torch_compile_fullgraph():
     ref_grads = torch.autograd.grad(ref[0].square().sum(), (x, k, r, b, h0, c0))
     for name, g, t in zip(GRAD_NAMES, grads, ref_grads):
         assert_close(g, t, torch.float32, f"d{name}", TF32_TOLERANCE)
+
+
+def test_autotuning_bf16_small_shape_matches_reference(monkeypatch, tmp_path):
+    """With autotuning on (gpu_check.sh runs the other GPU tests with the default configs):
+    every kernel of a bf16 forward + backward is tuned on its first launch, the tuned configs
+    give the reference's results, the step kernels are timed with a warm L2 and the
+    whole-sequence ones cold, and the choices land in the cache file."""
+    from convlstm_triton import tuning
+
+    monkeypatch.setenv("CONVLSTM_TRITON_AUTOTUNE", "1")
+    monkeypatch.setenv("CONVLSTM_TRITON_CACHE_DIR", str(tmp_path))
+    tuning._reset_state()
+    try:
+        case = Case((8, 8), 4, 8, (3, 3), batch=2, steps=3)  # few configs survive pruning
+        dtype = torch.bfloat16
+        tensors, mask = make_inputs(case)
+        rounded = {k: v.to(dtype) for k, v in tensors.items()}
+        shape = (case.batch, *out_spatial(case), case.filters)
+        upstream = [torch.randn(case.batch, case.steps, *shape[1:], device=DEVICE,
+                                dtype=torch.float64).to(dtype),
+                    torch.randn(shape, device=DEVICE, dtype=torch.float64).to(dtype),
+                    torch.randn(shape, device=DEVICE, dtype=torch.float64).to(dtype)]
+        out, grads = run(case, rounded, mask, upstream, "triton")
+        events = tuning.tuning_log()
+        again, again_grads = run(case, rounded, mask, upstream, "triton")  # tuned: no new trials
+        ref_out, ref_grads = run(case, {k: v.double() for k, v in rounded.items()}, mask,
+                                 [u.double() for u in upstream], "reference")
+        entries = tuning.cached_entries(DEVICE)
+        later = tuning.tuning_log()[len(events):]
+    finally:
+        tuning._reset_state()
+
+    tol = tolerance(dtype)
+    for name, o, r in zip(("seq", "h", "c"), out, ref_out):
+        assert_close(o, r, dtype, name, tol)
+    for name, r in ref_grads.items():
+        assert_close(grads[name], r, dtype, f"d{name}", tol)
+    for name, o, a in zip(("seq", "h", "c"), out, again):
+        assert torch.equal(o, a), f"{name}: the second (tuned) run differs"
+
+    tuned = {e["kernel"]: e for e in events if e["source"] == "tuned"}
+    assert {"step_forward", "step_backward"} <= set(tuned), sorted(
+        (e["kernel"], e["source"]) for e in events)
+    for kernel, event in tuned.items():
+        timed = [t for t in event["trials"] if t["ms"] is not None]
+        assert timed, f"{kernel}: no config ran: {event['trials']}"
+        assert event["chosen"] == min(timed, key=lambda t: t["ms"])["config"]
+        want = "warm_l2" if kernel.startswith("step_") else "cold_l2"
+        assert event["timing"] == want, f"{kernel} timed {event['timing']}, expected {want}"
+    assert not [e for e in later if e["source"] == "tuned"]
+    assert {e["kernel"] for e in entries.values()} >= set(tuned)
+    assert all(e["timing"] in ("warm_l2", "cold_l2") for e in entries.values())

@@ -1,8 +1,9 @@
 """The tuning cache (convlstm_triton/tuning.py) on the CPU.
 
 Benchmarking needs a GPU, so these tests switch it on by monkeypatching ``_tuning_enabled`` and
-replace ``_benchmark`` (do_bench) with fake timings; everything else (choice, memory and disk
-cache, merging, bad files) is the real code.
+replace ``_benchmark`` (do_bench, or the warm-L2 timer) with fake timings; everything else
+(choice, memory and disk cache, merging, bad files) is the real code. The warm-L2 timer itself
+runs for real against a fake GPU clock (fake CUDA events, synchronize and sleep).
 """
 
 import json
@@ -45,9 +46,11 @@ class FakeBench:
     def __init__(self, times):
         self.times = times
         self.calls = []
+        self.modes = []  # the timing mode of each call
 
     def __call__(self, run, cfg):
         self.calls.append(cfg["BLOCK_M"])
+        self.modes.append(tuning._current_timing())
         run(cfg)
         t = self.times[cfg["BLOCK_M"]]
         if isinstance(t, Exception):
@@ -229,6 +232,9 @@ BAD_FILES = [
     pytest.param(json.dumps(header(entries={f"step_forward|{KEY!r}": {
         "config": CONFIGS[0], "trials": [{"config": CONFIGS[0], "ms": "fast"}]}})),
         "invalid entries", id="ms_string"),
+    pytest.param(json.dumps(header(entries={f"step_forward|{KEY!r}": {
+        "config": CONFIGS[0], "timing": 5, "trials": []}})), "invalid entries",
+        id="timing_not_str"),
 ]
 
 
@@ -418,3 +424,200 @@ def test_tune_shape_forms():
         tuning._normalize_shape((1, 2, 3, 4))
     with pytest.raises(ValueError, match="missing 'filters'"):
         tuning._normalize_shape(dict(B=1, T=1, spatial=(3,), C_in=1, k=3))
+
+
+# ---------------------------------------------------------------------------------------------
+# timing modes: cold L2 (do_bench) and warm L2 (CUDA events, no flush)
+
+
+def test_timing_mode_reaches_the_timer_and_is_recorded(fake_bench):
+    assert pick(warm_l2=True) is CONFIGS[1]
+    assert fake_bench.modes == ["warm_l2"] * 3
+    assert tuning._current_timing() == "cold_l2"  # restored after tuning
+    assert pick(key=KEY[:-1] + (False,)) is CONFIGS[1]
+    assert fake_bench.modes == ["warm_l2"] * 3 + ["cold_l2"] * 3
+    entries = read_cache()["entries"]
+    assert entries[f"step_forward|{KEY!r}"]["timing"] == "warm_l2"
+    assert entries[f"step_forward|{KEY[:-1] + (False,)!r}"]["timing"] == "cold_l2"
+    assert [e["timing"] for e in tuning.tuning_log()] == ["warm_l2", "cold_l2"]
+
+
+def test_disk_hit_needs_the_same_timing(fake_bench, monkeypatch):
+    assert pick(warm_l2=True) is CONFIGS[1]
+    new_process(monkeypatch)
+    assert pick(warm_l2=True) is CONFIGS[1]  # from disk
+    (event,) = tuning.tuning_log()
+    assert event["source"] == "disk" and event["timing"] == "warm_l2"
+    # Timed the other way: tuned again, and the entry overwritten.
+    bench = FakeBench({64: 1.0, 128: 2.0, 32: 3.0})
+    new_process(monkeypatch, bench)
+    assert pick() is CONFIGS[0]
+    assert bench.modes == ["cold_l2"] * 3
+    entry = read_cache()["entries"][f"step_forward|{KEY!r}"]
+    assert entry["timing"] == "cold_l2" and entry["config"] == CONFIGS[0]
+
+
+def test_old_entry_without_timing_reads_as_cold(fake_bench, monkeypatch):
+    """Files written before the "timing" field: readable, no warning; their entries were timed
+    with do_bench (cold), so a warm request tunes again."""
+    assert pick() is CONFIGS[1]
+    data = read_cache()
+    for entry in data["entries"].values():
+        del entry["timing"]
+    with open(tuning.cache_path(DEVICE), "w") as f:
+        json.dump(data, f)
+    new_process(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pick() is CONFIGS[1]
+    assert tuning.tuning_log()[0]["source"] == "disk"
+    bench = FakeBench({64: 2.0, 128: 3.0, 32: 1.0})
+    new_process(monkeypatch, bench)
+    assert pick(warm_l2=True) is CONFIGS[2]
+    assert bench.modes == ["warm_l2"] * 3
+    assert read_cache()["entries"][f"step_forward|{KEY!r}"]["timing"] == "warm_l2"
+
+
+def test_nested_tuning_restores_the_outer_mode(fake_bench):
+    """forward_variant (cold) times whole forwards whose step launches tune warm inside."""
+    def outer_run(cfg):
+        tuning.pick_config("step_forward", ("inner", cfg["BLOCK_M"]), CONFIGS,
+                           lambda c: None, DEVICE, warm_l2=True)
+
+    assert tuning.pick_config("forward_variant", KEY, CONFIGS, outer_run, DEVICE) is CONFIGS[1]
+    # outer 64 (cold), its inner tuning (3 warm), outer 128, inner, outer 32, inner
+    assert fake_bench.modes == (["cold_l2"] + ["warm_l2"] * 3) * 3
+    assert tuning._current_timing() == "cold_l2"
+
+
+class FakeGPU:
+    """A fake CUDA clock: run(cfg) adds that config's ms, _gpu_sleep(cycles) adds cycles/RATE;
+    events read the clock when recorded. ``ops`` logs what the timer did, in order."""
+
+    RATE = 1.5e6  # sleep cycles per ms
+
+    def __init__(self, ms_per_call, sleep=True):
+        self.ms_per_call = ms_per_call  # BLOCK_M -> ms, or a callable (BLOCK_M, call index)
+        self.clock = 0.0
+        self.ops = []
+        self.sleep = sleep
+        self.runs = {}
+
+    def install(self, monkeypatch):
+        gpu = self
+
+        class Event:
+            def __init__(self):
+                self.t = None
+
+            def record(self):
+                gpu.ops.append("record")
+                self.t = gpu.clock
+
+            def elapsed_time(self, end):
+                assert self.t is not None and end.t is not None, "event not recorded"
+                return end.t - self.t
+
+        def gpu_sleep(cycles):
+            if not gpu.sleep:
+                raise AttributeError("module 'torch.cuda' has no attribute '_sleep'")
+            assert cycles >= 1 and isinstance(cycles, int)
+            gpu.ops.append(("sleep", cycles))
+            gpu.clock += cycles / gpu.RATE
+
+        def forbidden(*args, **kwargs):
+            raise AssertionError("the warm-L2 timer must not call do_bench (it flushes L2)")
+
+        monkeypatch.setattr(tuning, "_timing_event", Event)
+        monkeypatch.setattr(tuning, "_synchronize", lambda: gpu.ops.append("sync"))
+        monkeypatch.setattr(tuning, "_gpu_sleep", gpu_sleep)
+        monkeypatch.setattr(triton.testing, "do_bench", forbidden)
+        monkeypatch.setattr(tuning, "_tuning_enabled", lambda device: True)
+        return self
+
+    def run(self, cfg):
+        m = cfg["BLOCK_M"]
+        i = self.runs[m] = self.runs.get(m, 0) + 1
+        t = self.ms_per_call(m, i) if callable(self.ms_per_call) else self.ms_per_call[m]
+        self.ops.append(("run", m))
+        self.clock += t
+
+
+def calls_per_config(ms):
+    """What the warm timer should do for a kernel of ``ms`` per call."""
+    warmup = max(1, min(tuning.WARM_MAX_WARMUP, int(tuning.WARMUP_MS / ms)))
+    reps = max(tuning.WARM_MIN_REPS, min(tuning.WARM_MAX_REPS, int(tuning.REP_MS / ms)))
+    return warmup, reps
+
+
+def test_warm_timer_times_back_to_back_calls_without_do_bench(cache_dir, monkeypatch):
+    times = {64: 0.25, 128: 0.125, 32: 0.5}  # exact in binary: the estimates are exact too
+    gpu = FakeGPU(times).install(monkeypatch)
+    chosen = tuning.pick_config("step_forward", KEY, CONFIGS, gpu.run, DEVICE, warm_l2=True)
+    assert chosen is CONFIGS[1]
+    entry = read_cache()["entries"][f"step_forward|{KEY!r}"]
+    assert entry["timing"] == "warm_l2"
+    assert [t["ms"] for t in entry["trials"]] == pytest.approx([0.25, 0.125, 0.5])
+    for m, ms in times.items():
+        warmup, reps = calls_per_config(ms)
+        assert gpu.runs[m] == 1 + 5 + warmup + reps
+    # The sleep calibration ran once (first config), the head start once per config.
+    sleeps = [op for op in gpu.ops if op[0] == "sleep"]
+    assert len(sleeps) == 2 + 3 and sleeps[0] == sleeps[1] == ("sleep", 1_000_000)
+    assert all(c <= tuning.WARM_HEAD_START_MAX_MS * FakeGPU.RATE + 1 for _, c in sleeps[2:])
+    # Per config: 1 call, sync, 5 calls between two events, sync; then warm-up calls, the head
+    # start, and each timed call between its own pair of events; sync. Nothing else.
+    ops = gpu.ops
+    first_sleep = ops.index(("sleep", 1_000_000))
+    calibration = ops[first_sleep:first_sleep + 5]
+    assert calibration == [("sleep", 1_000_000), "record", ("sleep", 1_000_000), "record",
+                           "sync"]
+    del ops[first_sleep:first_sleep + 5]
+    i = 0
+    for m, ms in times.items():
+        warmup, reps = calls_per_config(ms)
+        want = ([("run", m), "sync", "record"] + [("run", m)] * 5 + ["record", "sync"]
+                + [("run", m)] * warmup)
+        assert ops[i:i + len(want)] == want
+        i += len(want)
+        assert ops[i][0] == "sleep"
+        i += 1
+        want = ["record", ("run", m), "record"] * reps + ["sync"]
+        assert ops[i:i + len(want)] == want
+        i += len(want)
+    assert i == len(ops)
+
+
+def test_warm_timer_caps_and_median(cache_dir, monkeypatch):
+    # A tiny kernel: capped warm-up and repetitions; an outlier on every 4th timed call does not
+    # move the median.
+    gpu = FakeGPU(lambda m, i: 5.0 if i > 100 and i % 4 == 0 else 1e-4).install(monkeypatch)
+    ms = tuning._benchmark_warm(gpu.run, CONFIGS[0])
+    assert ms == pytest.approx(1e-4)
+    assert gpu.runs[64] == 1 + 5 + tuning.WARM_MAX_WARMUP + tuning.WARM_MAX_REPS
+    # A slow kernel: at least one warm-up call and WARM_MIN_REPS timed calls.
+    gpu = FakeGPU({64: 100.0}).install(monkeypatch)
+    assert tuning._benchmark_warm(gpu.run, CONFIGS[0]) == pytest.approx(100.0)
+    assert gpu.runs[64] == 1 + 5 + 1 + tuning.WARM_MIN_REPS
+
+
+def test_warm_timer_without_cuda_sleep(cache_dir, monkeypatch):
+    """A torch without torch.cuda._sleep: timed without a head start, still per call."""
+    gpu = FakeGPU({64: 0.5}, sleep=False).install(monkeypatch)
+    assert tuning._benchmark_warm(gpu.run, CONFIGS[0]) == pytest.approx(0.5)
+    assert not [op for op in gpu.ops if op[0] == "sleep"]
+    assert list(tuning._sleep_cycles_per_ms.values()) == [None]  # calibration tried once
+
+
+def test_warm_timer_errors_fail_the_config(cache_dir, monkeypatch):
+    gpu = FakeGPU({64: 0.2, 128: 0.1, 32: 0.3}).install(monkeypatch)
+
+    def run(cfg):
+        if cfg["BLOCK_M"] == 128:
+            raise RuntimeError("OutOfResources: shared memory")
+        gpu.run(cfg)
+
+    assert tuning.pick_config("step_forward", KEY, CONFIGS, run, DEVICE,
+                              warm_l2=True) is CONFIGS[0]
+    trials = read_cache()["entries"][f"step_forward|{KEY!r}"]["trials"]
+    assert trials[1]["ms"] is None and trials[1]["error"].startswith("RuntimeError")
