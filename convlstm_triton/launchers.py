@@ -315,7 +315,8 @@ def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, 
             KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
             ACT=act, RACT=ract, HAS_NEXT=dg_next is not None, HAS_DY=dy is not None,
             HAS_MASK=mask_t is not None, HAS_RDROP=hmask is not None,
-            HAS_PEEPHOLE=peephole is not None, CELL=cell, DOT_PRECISION=precision, **cfg,
+            HAS_PEEPHOLE=peephole is not None, CELL=cell, DOT_PRECISION=precision,
+            enable_fp_fusion=FP_FUSION, **cfg,
         )
 
     key = (tuning.bucket(M), F, geom.kernel_size, _dtype_name(rk2d), precision, act, ract,
@@ -362,7 +363,8 @@ def weight_grad(src, dgates, smask, geom: KernelGeometry, with_bias, precision):
             _ptr(smask, src), _stride0(smask), dw, db,
             T, R, rows_per_split, C, *geom.in_spatial, Po, geom.out_spatial[1],
             geom.out_spatial[2], F, **geom.input_conv_constexprs(), HAS_BIAS_GRAD=with_bias,
-            HAS_DROPOUT=smask is not None, DOT_PRECISION=precision, **cfg,
+            HAS_DROPOUT=smask is not None, DOT_PRECISION=precision,
+            enable_fp_fusion=FP_FUSION, **cfg,
         )
         return dw.sum(0), (db.sum(0) if with_bias else None)
 
@@ -388,7 +390,7 @@ def input_grad(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision):
             dgates, kernel2d, _ptr(xmask, dgates), _stride0(xmask), dx,
             M, T, c_in, *geom.in_spatial, P_in, N // 4, *geom.out_spatial, Po,
             **geom.input_conv_constexprs(), HAS_DROPOUT=xmask is not None,
-            DOT_PRECISION=precision, **cfg,
+            DOT_PRECISION=precision, enable_fp_fusion=FP_FUSION, **cfg,
         )
 
     key = (tuning.bucket(M), N // 4, c_in, geom.kernel_size, geom.strides, geom.dilation,
@@ -415,7 +417,8 @@ def cell_forward(pre, c_prev, act, ract, h_out=None, c_out=None):
     grid = (triton.cdiv(B * P, block_m), triton.cdiv(F, block_f))
     cell_kernels.cell_forward_kernel[grid](
         pre, pre.stride(0), c_prev, c_prev.stride(0), h, h.stride(0), c, c.stride(0), B * P, P, F,
-        ACT=act, RACT=ract, BLOCK_M=block_m, BLOCK_F=block_f, num_warps=warps)
+        ACT=act, RACT=ract, BLOCK_M=block_m, BLOCK_F=block_f, num_warps=warps,
+        enable_fp_fusion=FP_FUSION)
     return (h[:, 0], c[:, 0]) if flat else (h, c)
 
 
@@ -429,5 +432,6 @@ def cell_backward(dh, dc, pre, c, c_prev, act, ract):
     grid = (triton.cdiv(M, block_m), triton.cdiv(F, block_f))
     cell_kernels.cell_backward_kernel[grid](dh, dc, pre, c, c_prev, dpre, dc_prev, M, F,
                                             ACT=act, RACT=ract, BLOCK_M=block_m,
-                                            BLOCK_F=block_f, num_warps=warps)
+                                            BLOCK_F=block_f, num_warps=warps,
+                                            enable_fp_fusion=FP_FUSION)
     return dpre, dc_prev

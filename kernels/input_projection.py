@@ -80,5 +80,6 @@ def input_projection_kernel(
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     out_offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+    # xg is read once, by a later step: keep it from pushing the state out of L2
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & col_mask[None, :])
+             mask=row_mask[:, None] & col_mask[None, :], eviction_policy="evict_first")

@@ -244,14 +244,20 @@ def step_forward_kernel(
     a_i, a_f, a_c, a_o = acc_i, acc_f, acc_c, acc_o
     if not FUSED_INPUT:
         xg_ptrs = xg_ptr + (b * stride_xg + p * N)[:, None] + fs[None, :]
-        a_i += tl.load(xg_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-        a_f += tl.load(xg_ptrs + F, mask=tile_mask, other=0.0).to(tl.float32)
-        a_c += tl.load(xg_ptrs + 2 * F, mask=tile_mask, other=0.0).to(tl.float32)
-        a_o += tl.load(xg_ptrs + 3 * F, mask=tile_mask, other=0.0).to(tl.float32)
+        a_i += tl.load(xg_ptrs, mask=tile_mask, other=0.0,
+                       eviction_policy="evict_first").to(tl.float32)
+        a_f += tl.load(xg_ptrs + F, mask=tile_mask, other=0.0,
+                       eviction_policy="evict_first").to(tl.float32)
+        a_c += tl.load(xg_ptrs + 2 * F, mask=tile_mask, other=0.0,
+                       eviction_policy="evict_first").to(tl.float32)
+        a_o += tl.load(xg_ptrs + 3 * F, mask=tile_mask, other=0.0,
+                       eviction_policy="evict_first").to(tl.float32)
     state_offs = (p * F)[:, None] + fs[None, :]
     if CELL:
+        # eviction: xg, c_prev are read for the last time here and preact not before backward;
+        # h (read by the next step's 9-25 taps) is what should stay in L2
         c_prev = tl.load(c_prev_ptr + (b * stride_cp)[:, None] + state_offs, mask=tile_mask,
-                         other=0.0)
+                         other=0.0, eviction_policy="evict_first")
         w_ci, w_cf, w_co = load_peephole(peephole_ptr, fs, f_mask, F, HAS_PEEPHOLE)
         a_i, a_f, a_o, c_new, h_new = lstm_cell(a_i, a_f, a_c, a_o, c_prev, w_ci, w_cf, w_co,
                                                 HAS_PEEPHOLE, ACT, RACT)
@@ -267,7 +273,7 @@ def step_forward_kernel(
     if SAVE_PREACT:
         pa_ptrs = preact_ptr + (b * stride_pa + p * N)[:, None] + fs[None, :]
         pdt = preact_ptr.dtype.element_ty
-        tl.store(pa_ptrs, a_i.to(pdt), mask=tile_mask)
-        tl.store(pa_ptrs + F, a_f.to(pdt), mask=tile_mask)
-        tl.store(pa_ptrs + 2 * F, a_c.to(pdt), mask=tile_mask)
-        tl.store(pa_ptrs + 3 * F, a_o.to(pdt), mask=tile_mask)
+        tl.store(pa_ptrs, a_i.to(pdt), mask=tile_mask, eviction_policy="evict_first")
+        tl.store(pa_ptrs + F, a_f.to(pdt), mask=tile_mask, eviction_policy="evict_first")
+        tl.store(pa_ptrs + 2 * F, a_c.to(pdt), mask=tile_mask, eviction_policy="evict_first")
+        tl.store(pa_ptrs + 3 * F, a_o.to(pdt), mask=tile_mask, eviction_policy="evict_first")
