@@ -14,6 +14,8 @@ Variants, on the same weights and inputs (Keras layout unless said otherwise):
   triton_unfused      ``conv_lstm(..., backend="triton", forward_variant="unfused")``
   triton_fused        ``forward_variant="hoisted"`` (the library's default forward)
   triton_fused_input  ``forward_variant="fused_input"``
+  triton_tma          ``forward_variant="hoisted_tma"`` (the recurrent conv's tiles through tensor
+                      descriptors / TMA; not yet chosen by "auto": never run on a GPU so far)
   triton_four_dots    ``forward_variant="hoisted_four_dots"`` (the first step-kernel design: four
                       gate dots and a K loop per tap; shows what the wide MMA buys)
   triton_graphs       the triton_fused forward captured once in a ``torch.cuda.CUDAGraph`` with
@@ -101,13 +103,15 @@ from eager_convlstm import EagerHoistedConvLSTM, to_keras_outputs  # noqa: E402
 from convlstm_triton.reference import conv_lstm_reference  # noqa: E402
 
 VARIANTS = ("eager_cat", "eager_hoisted", "compile", "compile_graphs", "triton_unfused",
-            "triton_fused", "triton_fused_input", "triton_four_dots", "triton_graphs")
+            "triton_fused", "triton_fused_input", "triton_tma", "triton_four_dots",
+            "triton_graphs")
 # What "speedup" is measured against: the best a PyTorch user gets without CUDA graphs.
 BASELINES = ("eager_cat", "eager_hoisted", "compile")
 # Variants without a backward: their train row is "n/a".
 FWD_ONLY = {"triton_graphs": "the CUDA graph holds the forward only"}
 TRITON_FORWARD = {"triton_unfused": "unfused", "triton_fused": "hoisted",
                   "triton_fused_input": "fused_input", "triton_four_dots": "hoisted_four_dots",
+                  "triton_tma": "hoisted_tma",
                   "triton_graphs": "hoisted"}
 CSV_FIELDS = ("gpu", "torch", "triton", "date", "shape", "B", "T", "H", "W", "C_in", "F", "k",
               "dtype", "mode", "variant", "ms", "tflops", "peak_mb")
@@ -327,6 +331,7 @@ BUILDERS = {
     "triton_fused": triton_peer,
     "triton_fused_input": triton_peer,
     "triton_four_dots": triton_peer,
+    "triton_tma": triton_peer,
     "triton_graphs": cuda_graph_peer,
 }
 

@@ -9,7 +9,7 @@
 #   4. tests bf16       pytest -m "gpu or kernels" -k bf16 (includes one run with autotuning on)
 #   5. tests fp32       the fp32 tests and those without a dtype in their id
 #   6. compare bf16     bench/compare.py per shape: mnist_l2, nowcast, mnist_l1, small; variants
-#                       eager_cat, eager_hoisted, triton_fused, triton_fused_input, triton_graphs
+#                       eager_cat, eager_hoisted, triton_fused, triton_fused_input, triton_tma, triton_graphs
 #                       and torch.compile (compile runs last within a shape)
 #   7. compare fp32     the same shapes in fp32, while time is left
 #   8. tests fp16       the fp16 tests, while time is left
@@ -66,7 +66,7 @@ COMPARE_SHAPE_S="${COMPARE_SHAPE_S:-75}"
 MIN_STEP_S="${MIN_STEP_S:-20}"
 FAULT_S="${FAULT_S:-60}"
 TEST_WORKERS="${TEST_WORKERS:-6}"
-COMPARE_VARIANTS="${COMPARE_VARIANTS:-eager_cat,eager_hoisted,triton_fused,triton_fused_input,triton_graphs,compile}"
+COMPARE_VARIANTS="${COMPARE_VARIANTS:-eager_cat,eager_hoisted,triton_fused,triton_fused_input,triton_tma,triton_graphs,compile}"
 if [[ "$DRY_RUN" == 1 ]]; then
     COMPARE_SHAPES="${COMPARE_SHAPES:-mnist_l2}"
     COMPARE_VARIANTS="eager_cat,triton_fused"

@@ -44,6 +44,8 @@ class StepSpec:
     input_variant: str = "hoisted"
     fused_cell: bool = True
     four_dots: bool = False
+    # the recurrent conv's tiles through tensor descriptors (TMA) where the layout allows
+    tma: bool = False
     # False: backward recomputes the pre-activations step by step (one more recurrent GEMM per
     # step, and the input projection again) instead of keeping B*T*P*4F of them from forward.
     save_preact: bool = True
@@ -100,7 +102,7 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
             mask_t=mask[:, s] if mask is not None else None, hmask=hmask,
             peephole=peephole, geom=geom, act=spec.act, ract=spec.ract,
             precision=spec.precision, cell=spec.fused_cell, four_dots=spec.four_dots,
-            **inputs,
+            tma=spec.tma, **inputs,
         )
         if not spec.fused_cell:
             launchers.cell_forward(preact_s, c_all[:, c_in], spec.act, spec.ract,
@@ -222,7 +224,7 @@ class _Recompute:
             preact_t=self.preact_buf, mask_t=self.mask[:, s] if self.mask is not None else None,
             hmask=self.hmask, peephole=self.peephole, geom=spec.geometry, act=spec.act,
             ract=spec.ract, precision=spec.precision, cell=True, four_dots=spec.four_dots,
-            **inputs,
+            tma=spec.tma, **inputs,
         )
         return self.preact_buf
 

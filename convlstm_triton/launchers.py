@@ -225,7 +225,7 @@ def _stride0(t):
 
 def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hmask, peephole,
                  geom: KernelGeometry, act, ract, precision, *, x_t=None, kernel2d=None,
-                 bias=None, xmask=None, cell=True, four_dots=False):
+                 bias=None, xmask=None, cell=True, four_dots=False, tma=False):
     """One step. State tensors are (B, P, F) views (sample stride free, rest contiguous);
     hmask (4, B, P, F) recurrent-dropout masks or None; preact_t (B, P, 4F) or None.
     rk2d, kernel2d: GateWeights (or gate-major (K, 4F) tensors, wrapped here; pass GateWeights
@@ -235,7 +235,9 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     slice of x), the input conv runs inside the step ("fused input") with kernel2d, bias and
     xmask (4, B, D, H, W, C_in). cell=False stores only the pre-activations into preact_t
     (the unfused variant; ``cell_forward`` then applies the cell). four_dots: the first
-    kernel design (four gate dots, a K loop per tap), kept for comparisons.
+    kernel design (four gate dots, a K loop per tap), kept for comparisons. tma: the recurrent
+    conv's tiles through tensor descriptors (TMA on Hopper) where ``tma_eligible``; otherwise
+    the gather path.
     """
     B, P, F = h_out.shape
     M = B * P
@@ -245,15 +247,23 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     c_in = x_t.shape[-1] if fused_input else 1
     rec_weights = GateWeights.of(rk2d)
     in_weights = GateWeights.of(kernel2d) if fused_input else None
+    tma = tma and not four_dots and tma_eligible(h_prev, hmask)
+    if tma:
+        _ensure_allocator(h_prev.device)
     d = c_out
+    Ds, Hs, Ws = geom.out_spatial
 
     def launch(cfg, h_out, c_out, preact_t):
         block_k, block_f = cfg["BLOCK_K"], cfg["BLOCK_F"]
+        tile_w = min(triton.next_power_of_2(Ws), cfg["BLOCK_M"])
+        tile_h = cfg["BLOCK_M"] // tile_w
         r_w = rec_weights.gate_major if four_dots else rec_weights.interleaved(block_f)
         in_w = None
         if fused_input:
             in_w = in_weights.gate_major if four_dots else in_weights.interleaved(block_f)
-        grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(F, block_f))
+        m_tiles = (B * Ds * triton.cdiv(Hs, tile_h) * triton.cdiv(Ws, tile_w) if tma
+                   else triton.cdiv(M, cfg["BLOCK_M"]))
+        grid = (m_tiles, triton.cdiv(F, block_f))
         step_forward_kernels.step_forward_kernel[grid](
             h_prev, h_prev.stride(0), c_prev, c_prev.stride(0), _ptr(xg_t, d), _stride0(xg_t),
             r_w, _ptr(x_t, d), _stride0(x_t), _ptr(in_w, d), _ptr(bias, d), _ptr(xmask, d),
@@ -261,7 +271,7 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
             h_out, h_out.stride(0), c_out, c_out.stride(0),
             _ptr(preact_t, d), _stride0(preact_t), _ptr(mask_t, d), _stride0(mask_t),
             _ptr(hmask, d), _stride0(hmask), _ptr(peephole, d),
-            M, P, *geom.out_spatial, *geom.in_spatial, F=F, C_IN=c_in,
+            M, P, B, *geom.out_spatial, *geom.in_spatial, F=F, C_IN=c_in,
             KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
             SD=ic["SD"], SH=ic["SH"], SW=ic["SW"], IPD=ic["PD"], IPH=ic["PH"], IPW=ic["PW"],
             LD=ic["LD"], LH=ic["LH"], LW=ic["LW"],
@@ -272,18 +282,37 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
             HAS_XDROP=xmask is not None, CELL=cell, HAS_MASK=mask_t is not None,
             HAS_RDROP=hmask is not None, HAS_PEEPHOLE=peephole is not None,
             SAVE_PREACT=preact_t is not None, DOT_PRECISION=precision, FOUR_DOTS=four_dots,
-            enable_fp_fusion=FP_FUSION, **cfg,
+            TMA=tma, TILE_H=tile_h, TILE_W=tile_w, enable_fp_fusion=FP_FUSION, **cfg,
         )
 
     key = (tuning.bucket(M), F, c_in, geom.kernel_size, geom.strides, geom.dilation,
            _dtype_name(h_out), precision, act, ract, fused_input, cell, bias is not None,
            xmask is not None, mask_t is not None, hmask is not None, peephole is not None,
-           preact_t is not None, four_dots)
+           preact_t is not None, four_dots, tma)
     k_total = rec_weights.gate_major.shape[0] + (
         in_weights.gate_major.shape[0] if fused_input else 0)
     configs = step_forward_configs(F, M, k_total, four_dots)
     _tuned_launch("step_forward", key, configs, launch, [h_out, c_out, preact_t], h_out.device,
                   flop=2.0 * M * 4 * F * k_total, warm_l2=True)
+
+
+def tma_eligible(h_prev, hmask):
+    """Tensor descriptors need 16-byte aligned base and row strides (F * element size and the
+    sample stride multiples of 16 bytes); per-gate recurrent dropout masks need the gather."""
+    size = h_prev.element_size()
+    return (hmask is None and h_prev.data_ptr() % 16 == 0
+            and all(s * size % 16 == 0 for s in h_prev.stride()[:-1]))
+
+
+def _ensure_allocator(device):
+    """Device-side tensor descriptors need a global scratch allocator (also under the
+    interpreter). Set one (torch memory on the kernel's device) unless the caller has; the
+    setting is a ContextVar, so a backward thread needs its own."""
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(
+            size, dtype=torch.int8, device=device))
 
 
 def step_forward_configs(F, M, k_total, four_dots=False):

@@ -65,23 +65,24 @@ def _contiguous(*tensors):
     return tuple(t.contiguous() if t is not None else None for t in tensors)
 
 
-# forward_variant -> (input variant, fused cell, four-dots design)
+# forward_variant -> (input variant, fused cell, four-dots design, TMA recurrent tiles)
 FORWARD_VARIANTS = {
-    "hoisted": ("hoisted", True, False),
-    "fused_input": ("fused_input", True, False),
-    "unfused": ("hoisted", False, False),
-    "hoisted_four_dots": ("hoisted", True, True),
-    "fused_input_four_dots": ("fused_input", True, True),
+    "hoisted": ("hoisted", True, False, False),
+    "hoisted_tma": ("hoisted", True, False, True),
+    "fused_input": ("fused_input", True, False, False),
+    "unfused": ("hoisted", False, False, False),
+    "hoisted_four_dots": ("hoisted", True, True, False),
+    "fused_input_four_dots": ("fused_input", True, True, False),
 }
 
 
 def _spec(geometry, act, ract, precision, variant, save_preact=True):
     # "auto" reaches here only in a backward that recomputes nothing (no variant is launched)
-    input_variant, fused_cell, four_dots = FORWARD_VARIANTS[
+    input_variant, fused_cell, four_dots, tma = FORWARD_VARIANTS[
         "hoisted" if variant == "auto" else variant]
     return StepSpec(geometry_from_ints(geometry), act, ract, precision,
                     input_variant=input_variant, fused_cell=fused_cell, four_dots=four_dots,
-                    save_preact=save_preact)
+                    tma=tma, save_preact=save_preact)
 
 
 def choose_forward_variant(tensors, geometry, act, ract, precision):

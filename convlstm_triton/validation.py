@@ -8,8 +8,8 @@ from .activations import check_activation
 from .geometry import ConvGeometry, normalize_tuple
 
 BACKENDS = ("auto", "triton", "reference")
-FORWARD_VARIANTS = ("auto", "hoisted", "fused_input", "unfused", "hoisted_four_dots",
-                    "fused_input_four_dots")
+FORWARD_VARIANTS = ("auto", "hoisted", "hoisted_tma", "fused_input", "unfused",
+                    "hoisted_four_dots", "fused_input_four_dots")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 

@@ -143,3 +143,36 @@ def split_gates(acc, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
     acc_i, acc_c = tl.split(even)
     acc_f, acc_o = tl.split(odd)
     return acc_i, acc_f, acc_c, acc_o
+
+
+@triton.jit
+def conv_k_loop_tma(acc, src_ptr, stride_sample, b, d, h0, w0, B, D, H, W,
+                    w_ptr, w_col0, C: tl.constexpr, W_ROW: tl.constexpr,
+                    KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                    PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+                    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``conv_k_loop`` for a stride-1, undilated conv whose rows are one TILE_H x TILE_W
+    spatial block at (b, d, h0, w0) of a channels-last src (B, D, H, W, C), through tensor
+    descriptors (TMA on Hopper): each K step is one box load of the src at the tap's shifted
+    origin, whose out-of-bounds zero fill is the "same" padding, and one box of the weight
+    (columns w_col0 ...). Channel blocks past C load zeros (and so cancel the next tap's weight
+    rows they meet). Needs C * element size and the sample stride multiples of 16 bytes."""
+    BLOCK_M: tl.constexpr = TILE_H * TILE_W
+    src = tl.make_tensor_descriptor(src_ptr, shape=[B, D, H, W, C],
+                                    strides=[stride_sample, H * W * C, W * C, C, 1],
+                                    block_shape=[1, 1, TILE_H, TILE_W, BLOCK_K])
+    K_ROWS: tl.constexpr = KD * KH * KW * C
+    weights = tl.make_tensor_descriptor(w_ptr, shape=[K_ROWS, W_ROW], strides=[W_ROW, 1],
+                                        block_shape=[BLOCK_K, BLOCK_N])
+    C_BLOCKS: tl.constexpr = (C + BLOCK_K - 1) // BLOCK_K
+    for it in range(0, KD * KH * KW * C_BLOCKS):
+        tap = it // C_BLOCKS
+        c0 = (it % C_BLOCKS) * BLOCK_K
+        kd = tap // (KH * KW)
+        kh = (tap // KW) % KH
+        kw = tap % KW
+        a = src.load([b, d + kd - PD, h0 + kh - PH, w0 + kw - PW, c0])
+        w = weights.load([tap * C + c0, w_col0])
+        acc = tl.dot(tl.reshape(a, (BLOCK_M, BLOCK_K)), w, acc, input_precision=DOT_PRECISION)
+    return acc

@@ -36,6 +36,20 @@ def state_tile(M, P, H, W, F, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
 
 
 @triton.jit
+def spatial_block(B, D, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """This program's TILE_H x TILE_W block of a (B, D, H, W) state, program ids w-tile
+    fastest: (b, d, h0, w0) scalars."""
+    tiles_w = tl.cdiv(W, TILE_W)
+    tiles_h = tl.cdiv(H, TILE_H)
+    pid = tl.program_id(0)
+    w0 = (pid % tiles_w) * TILE_W
+    rest = pid // tiles_w
+    h0 = (rest % tiles_h) * TILE_H
+    rest = rest // tiles_h
+    return rest // D, rest % D, h0, w0
+
+
+@triton.jit
 def conv_gather_offsets(
     od, oh, ow, row_mask, ks, K_TOTAL, C, D, H, W,
     KH: tl.constexpr, KW: tl.constexpr,

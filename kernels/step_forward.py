@@ -42,8 +42,8 @@ import triton
 import triton.language as tl
 
 from .cell import load_peephole, lstm_cell
-from .conv_k_loop import conv_k_loop, conv_k_loop_gate_masked, split_gates
-from .im2col import conv_gather_offsets, conv_tap_offsets, state_tile
+from .conv_k_loop import conv_k_loop, conv_k_loop_gate_masked, conv_k_loop_tma, split_gates
+from .im2col import conv_gather_offsets, conv_tap_offsets, spatial_block, state_tile
 
 # Autotuning candidates (convlstm_triton.tuning picks one per shape); the first is the default,
 # used untuned and under the interpreter. Every block dim >= 16, as tl.dot needs on a GPU.
@@ -162,7 +162,7 @@ def step_forward_kernel(
     mask_ptr, stride_mask,
     hmask_ptr, stride_hmask_gate,
     peephole_ptr,
-    M, P, D, H, W, D_IN, H_IN, W_IN,
+    M, P, B, D, H, W, D_IN, H_IN, W_IN,
     F: tl.constexpr, C_IN: tl.constexpr,
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
@@ -175,10 +175,24 @@ def step_forward_kernel(
     REC_ALIGNED: tl.constexpr, IN_ALIGNED: tl.constexpr,
     CELL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_RDROP: tl.constexpr,
     HAS_PEEPHOLE: tl.constexpr, SAVE_PREACT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    FOUR_DOTS: tl.constexpr,
+    FOUR_DOTS: tl.constexpr, TMA: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rows, row_mask, b, p, d, hh, ww, fs, f_mask = state_tile(M, P, H, W, F, BLOCK_M, BLOCK_F)
+    if TMA:
+        # M tile = a TILE_H x TILE_W block of one sample's (d) slice: tensor-descriptor loads
+        b_s, d_s, h0, w0 = spatial_block(B, D, H, W, TILE_H, TILE_W)
+        r = tl.arange(0, BLOCK_M)
+        hh = h0 + r // TILE_W
+        ww = w0 + r % TILE_W
+        row_mask = (hh < H) & (ww < W)
+        d = tl.zeros((BLOCK_M,), tl.int32) + d_s
+        b = tl.zeros((BLOCK_M,), tl.int64) + b_s
+        p = (d * H + hh) * W + ww
+        fs = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+        f_mask = fs < F
+    else:
+        rows, row_mask, b, p, d, hh, ww, fs, f_mask = state_tile(M, P, H, W, F, BLOCK_M,
+                                                                 BLOCK_F)
     N: tl.constexpr = 4 * F
 
     if FOUR_DOTS:
@@ -209,7 +223,12 @@ def step_forward_kernel(
         w_cols = tl.program_id(1) * (4 * BLOCK_F) + tl.arange(0, 4 * BLOCK_F)
         w_col_ok = w_cols >= 0  # padded channels hold zero weights: nothing to mask
         acc = tl.zeros((BLOCK_M, 4 * BLOCK_F), dtype=tl.float32)
-        if not HAS_RDROP:
+        if TMA:
+            acc = conv_k_loop_tma(acc, h_prev_ptr, stride_hp, b_s, d_s, h0, w0, B, D, H, W,
+                                  r_ptr, tl.program_id(1) * (4 * BLOCK_F), F, W_ROW, KD, KH, KW,
+                                  PD, PH, PW, DOT_PRECISION, TILE_H, TILE_W, BLOCK_K,
+                                  4 * BLOCK_F)
+        elif not HAS_RDROP:
             acc = conv_k_loop(acc, h_prev_ptr, b * stride_hp, d, hh, ww, row_mask, F, D, H, W,
                               r_ptr, w_cols, w_col_ok, W_ROW, KD, KH, KW, 1, 1, 1, PD, PH, PW,
                               1, 1, 1, REC_TAP_MAJOR, DOT_PRECISION, BLOCK_K)

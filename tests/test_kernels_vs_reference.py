@@ -360,3 +360,40 @@ def test_tuning_trials_do_not_disturb_results(poison_buffers, monkeypatch, tmp_p
     assert {"input_projection", "step_forward", "step_backward", "weight_grad",
             "input_grad", "forward_variant"} <= kernels
     assert len(trials) > len(kernels)
+
+
+# Channel counts whose rows are 16-byte multiples (tensor descriptors need them), odd spatial
+# sizes (partial spatial tiles), even and 1D/3D kernels, masks, peepholes, initial states.
+TMA_CASES = [
+    pytest.param(dict(spatial=(5, 7), C=3, F=8, k=(3, 3), padding="same", initial_state=True),
+                 id="2d_k3_f8"),
+    pytest.param(dict(spatial=(6, 5), C=2, F=12, k=(4, 3), padding="same", mask=True, B=3,
+                      T=4, peephole=True), id="2d_k4x3_even_mask_peephole"),
+    pytest.param(dict(spatial=(9, 7), C=3, F=4, k=(3, 3), padding="valid", strides=2),
+                 id="2d_valid_s2_f4"),
+    pytest.param(dict(spatial=(11,), C=1, F=8, k=(5,), padding="same", go_backwards=True),
+                 id="1d_k5_f8"),
+    pytest.param(dict(spatial=(3, 4, 5), C=2, F=8, k=(3, 3, 3), padding="same",
+                      initial_state=True), id="3d_k3_f8"),
+    pytest.param(dict(spatial=(4, 5), C=16, F=40, k=(3, 3), padding="same", B=1, T=2),
+                 id="2d_f40_two_channel_blocks"),
+]
+
+
+@pytest.mark.parametrize("case", TMA_CASES)
+def test_tensor_descriptor_path_matches_reference(case, poison_buffers, monkeypatch):
+    """forward_variant="hoisted_tma": the recurrent conv through tensor-descriptor box loads
+    (negative and past-the-end coordinates zero-filled = "same" padding), checked to have been
+    taken, forward and every gradient (backward recomputes nothing here: same kernels)."""
+    from convlstm_triton import launchers
+
+    eligible = []
+    real = launchers.tma_eligible
+
+    def spy(h_prev, hmask):
+        eligible.append(real(h_prev, hmask))
+        return eligible[-1]
+
+    monkeypatch.setattr(launchers, "tma_eligible", spy)
+    test_forward_variants_match_reference("hoisted_tma", case, None)
+    assert eligible and all(eligible), "the tensor-descriptor path was not taken"
