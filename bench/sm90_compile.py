@@ -3,14 +3,18 @@
 The interpreter does not check what only the GPU compiler does (``tl.dot`` block sizes, dtype
 rules, layouts, register and shared-memory limits at ptxas time). This script runs the real
 launchers on CPU tensors with ``JITFunction.run`` replaced by an ahead-of-time compile for
-``GPUTarget("cuda", 90, 32)`` through Triton's NVIDIA backend (its bundled ptxas): every
-(kernel, signature, constexprs) the forward and backward launch is compiled once; nothing runs.
+``GPUTarget("cuda", 90, 32)`` through Triton's NVIDIA backend (its bundled ptxas), specialized
+as Triton's JIT would on the GPU (``_jit_specialization``): every (kernel, signature,
+constexprs) the forward and backward launch is compiled once; nothing runs. ``compile_launch``
+is the hook, shared with ``bench/static_perf.py``.
 
     python bench/sm90_compile.py fp32|bf16|fp16            exit 0 when everything compiled
     python bench/sm90_compile.py bf16 --report             + what the compiled code does
 The report reads the compiled code per kernel variant, as one should before tuning: registers
-and spills (ptxas -v on the PTX), shared memory, whether the dots became Hopper ``wgmma``
-(or Ampere ``mma.sync``), and how many global loads are vectorized (``ld.global.v2/v4``).
+and spills (of the cubin Triton built, see ``cubin_usage``), shared memory, whether the dots
+became Hopper ``wgmma`` (or Ampere ``mma.sync``), and how many global loads are vectorized
+(``ld.global.v2/v4``). ``bench/static_perf.py`` reads the SASS further (main loop, issue bound,
+a forecast).
 Must run in a process without TRITON_INTERPRET (the kernels are plain JITFunctions then).
 """
 
@@ -18,9 +22,7 @@ import argparse
 import inspect
 import os
 import re
-import subprocess
 import sys
-import tempfile
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("run without TRITON_INTERPRET: the kernels must be compiled, not interpreted")
@@ -41,7 +43,8 @@ compiled = {}
 def _signature(kernel, args, kwargs):
     """Types, constexprs, and the divisibility-by-16 hints that Triton's JIT gives a launch
     (integers that are multiples of 16, 16-byte aligned pointers): without them the compiler
-    could not vectorize what it does on the GPU."""
+    could not vectorize what it does on the GPU. The fallback of ``_jit_specialization`` for a
+    Triton without the JIT's own binder."""
     params = list(inspect.signature(kernel.fn).parameters.values())
     bound = dict(zip((p.name for p in params), args))
     bound.update(kwargs)
@@ -65,21 +68,69 @@ def _signature(kernel, args, kwargs):
             raise TypeError(f"{kernel.fn.__name__}: cannot type argument {param.name}={value!r}")
         if divisible:
             attrs[(index,)] = [["tt.divisibility", 16]]
-    return signature, constexprs, attrs
+    # launch options (num_warps, num_stages, enable_fp_fusion, ...): the keywords that are not
+    # kernel parameters
+    names = {param.name for param in params}
+    options = {"num_warps": 4, "num_stages": 3} | {k: v for k, v in kwargs.items()
+                                                   if k not in names}
+    return signature, constexprs, attrs, options
+
+
+_binders = {}
+
+
+def _jit_specialization(kernel, args, kwargs):
+    """(signature, constexprs, attrs, options) exactly as ``JITFunction.run`` computes them on an
+    sm_90 device: Triton's own binder and ``_pack_args`` (integers equal to 1 become constexprs,
+    multiples of 16 and 16-byte aligned pointers get divisibility hints, options are the
+    backend's parsed defaults plus num_warps/num_stages). Falls back to ``_signature`` where
+    this Triton lacks those internals."""
+    try:
+        from triton.compiler.compiler import make_backend
+        from triton.runtime.jit import create_function_from_signature
+    except ImportError:
+        create_function_from_signature = None
+    if create_function_from_signature is None or not hasattr(kernel, "_pack_args"):
+        return _signature(kernel, args, kwargs)
+    if kernel not in _binders:
+        backend = make_backend(TARGET)
+        _binders[kernel] = (backend, create_function_from_signature(kernel.signature,
+                                                                    kernel.params, backend))
+    backend, binder = _binders[kernel]
+    kwargs = dict(kwargs)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args,
+                                                              specialization, options)
+    return signature, constexprs, attrs, options.__dict__
+
+
+def _hashable(value):
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return tuple(_hashable(v) for v in value)
+    return value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
+
+
+def compile_launch(kernel, args, kwargs):
+    """(key, CompiledKernel) of one launch ``kernel[grid](*args, **kwargs)``, compiled for sm_90
+    once per (kernel, signature, constexprs, options, attrs): T time steps compile once."""
+    signature, constexprs, attrs, options = _jit_specialization(kernel, args, kwargs)
+    key = (kernel.fn.__name__, tuple(signature.items()), _hashable(constexprs),
+           _hashable({k: v for k, v in options.items() if k in ("num_warps", "num_stages")}),
+           _hashable(options), _hashable(attrs))
+    if key not in compiled:
+        kernel_bin = triton.compile(ASTSource(kernel, signature, constexprs, attrs),
+                                    target=TARGET, options=options)
+        names = list(signature)
+        flags = {names[index]: value for (index,), value in constexprs.items()
+                 if isinstance(value, bool) and value}
+        compiled[key] = (kernel_bin, sorted(flags))
+    return key, compiled[key][0]
 
 
 def compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
-    options = {"num_warps": kwargs.pop("num_warps", 4), "num_stages": kwargs.pop("num_stages", 3)}
-    signature, constexprs, attrs = _signature(self, args, kwargs)
-    key = (self.fn.__name__, tuple(signature.items()), tuple(sorted(constexprs.items())),
-           tuple(options.items()), tuple(sorted(attrs)))
-    if key not in compiled:
-        kernel = triton.compile(ASTSource(self, signature, constexprs, attrs), target=TARGET,
-                                options=options)
-        flags = {name: value for (index,), value in constexprs.items()
-                 for name in [list(signature)[index]]
-                 if isinstance(value, bool) and value}
-        compiled[key] = (kernel, sorted(flags))
+    compile_launch(self, args, kwargs)
 
 
 def main(dtype_name, filters=5, in_channels=3):
@@ -140,32 +191,16 @@ def main(dtype_name, filters=5, in_channels=3):
           + ", ".join(f"{name} {nbytes // 1024} KiB" for name, nbytes in sorted(shared.items())))
 
 
-def _ptxas():
-    """Triton's bundled ptxas that accepts its PTX version (the Blackwell build is newer)."""
-    nvidia_bin = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    for name in ("ptxas-blackwell", "ptxas"):
-        path = os.path.join(nvidia_bin, name)
-        if os.path.exists(path):
-            yield path
+def cubin_usage(kernels):
+    """[(registers, spill stores + loads in bytes)] of the cubins Triton built: registers from
+    ``cuobjdump -res-usage``, spills as the bytes of the STL/LDL instructions (what ``ptxas -v``
+    reports for that cubin). A second ptxas run on the PTX is not the same compile: Triton's
+    ptxas flags differ by version, and with other flags the registers and spills do too."""
+    import static_perf  # the SASS tools (static_perf imports this module only lazily)
 
-
-def ptxas_usage(ptx):
-    """(registers, spill stores + loads in bytes) from ptxas -v, or (None, None)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "kernel.ptx")
-        with open(src, "w") as f:
-            f.write(ptx)
-        for ptxas in _ptxas():
-            run = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", src, "-o",
-                                  os.path.join(tmp, "kernel.cubin")], capture_output=True,
-                                 text=True)
-            if run.returncode == 0:
-                log = run.stdout + run.stderr
-                regs = re.search(r"Used (\d+) registers", log)
-                spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", log)
-                return (int(regs.group(1)) if regs else None,
-                        sum(int(n) for n in spills) if spills else 0)
-    return None, None
+    sass = static_perf.disassemble([kernel.asm["cubin"] for kernel in kernels])
+    return [(static_perf.resource_usage(kernel.asm["cubin"])["regs"],
+             static_perf.spill_bytes(instrs)) for kernel, instrs in zip(kernels, sass)]
 
 
 def report():
@@ -173,9 +208,10 @@ def report():
     print("| kernel | flags | warps | regs | spill B | smem KiB | wgmma | mma.sync | "
           "cp.async | ld.global vector/all |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for key, (kernel, flags) in sorted(compiled.items(), key=lambda item: item[0][0]):
+    rows = sorted(compiled.items(), key=lambda item: item[0][0])
+    usage = cubin_usage([kernel for _, (kernel, _) in rows])
+    for (key, (kernel, flags)), (regs, spills) in zip(rows, usage):
         ptx = kernel.asm["ptx"]
-        regs, spills = ptxas_usage(ptx)
         vector = len(re.findall(r"ld\.global\S*\.v[248]\.", ptx))
         loads = len(re.findall(r"ld\.global", ptx))
         async_copies = len(re.findall(r"cp\.async\.c[ag]\.shared\.global", ptx))

@@ -194,13 +194,16 @@ def input_projection(x, kernel2d, bias, xmask, geom: KernelGeometry, precision, 
     def launch(cfg, out):
         col_tiles = (4 * triton.cdiv(F, cfg["BLOCK_N"]) if gate_tiles
                      else triton.cdiv(4 * F, cfg["BLOCK_N"]))
-        grid = (triton.cdiv(M, cfg["BLOCK_M"]), col_tiles)
+        tile_h, tile_w, frame_tiles, spatial = spatial_tiling(geom.out_spatial, cfg["BLOCK_M"])
+        grid = (B * T * frame_tiles if spatial else triton.cdiv(M, cfg["BLOCK_M"]), col_tiles)
         input_projection_kernels.input_projection_kernel[grid](
             x, x.stride(0), x.stride(1), T,
             kernel2d, bias if bias is not None else kernel2d, _ptr(xmask, x), _stride0(xmask),
-            out, M, *geom.in_spatial, Po, geom.out_spatial[1], geom.out_spatial[2],
+            out, M, B * T, *geom.in_spatial, *geom.out_spatial, Po,
             F=F, C=C, **geom.input_conv_constexprs(),
             HAS_BIAS=bias is not None, HAS_DROPOUT=xmask is not None, GATE_TILES=gate_tiles,
+            FRAMES_CONTIGUOUS=x.stride(0) == T * x.stride(1), SPATIAL_TILES=spatial,
+            TILE_H=tile_h, TILE_W=tile_w,
             TAP_MAJOR=tap_major(C) and not four_dots, DOT_PRECISION=precision,
             enable_fp_fusion=FP_FUSION, **cfg,
         )
@@ -251,18 +254,16 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     if tma:
         _ensure_allocator(h_prev.device)
     d = c_out
-    Ds, Hs, Ws = geom.out_spatial
 
     def launch(cfg, h_out, c_out, preact_t):
         block_k, block_f = cfg["BLOCK_K"], cfg["BLOCK_F"]
-        tile_w = min(triton.next_power_of_2(Ws), cfg["BLOCK_M"])
-        tile_h = cfg["BLOCK_M"] // tile_w
+        tile_h, tile_w, frame_tiles, spatial = spatial_tiling(geom.out_spatial, cfg["BLOCK_M"])
+        spatial = spatial or tma
         r_w = rec_weights.gate_major if four_dots else rec_weights.interleaved(block_f)
         in_w = None
         if fused_input:
             in_w = in_weights.gate_major if four_dots else in_weights.interleaved(block_f)
-        m_tiles = (B * Ds * triton.cdiv(Hs, tile_h) * triton.cdiv(Ws, tile_w) if tma
-                   else triton.cdiv(M, cfg["BLOCK_M"]))
+        m_tiles = B * frame_tiles if spatial else triton.cdiv(M, cfg["BLOCK_M"])
         grid = (m_tiles, triton.cdiv(F, block_f))
         step_forward_kernels.step_forward_kernel[grid](
             h_prev, h_prev.stride(0), c_prev, c_prev.stride(0), _ptr(xg_t, d), _stride0(xg_t),
@@ -282,7 +283,8 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
             HAS_XDROP=xmask is not None, CELL=cell, HAS_MASK=mask_t is not None,
             HAS_RDROP=hmask is not None, HAS_PEEPHOLE=peephole is not None,
             SAVE_PREACT=preact_t is not None, DOT_PRECISION=precision, FOUR_DOTS=four_dots,
-            TMA=tma, TILE_H=tile_h, TILE_W=tile_w, enable_fp_fusion=FP_FUSION, **cfg,
+            TMA=tma, SPATIAL_TILES=spatial, TILE_H=tile_h, TILE_W=tile_w,
+            enable_fp_fusion=FP_FUSION, **cfg,
         )
 
     key = (tuning.bucket(M), F, c_in, geom.kernel_size, geom.strides, geom.dilation,
@@ -291,9 +293,26 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
            preact_t is not None, four_dots, tma)
     k_total = rec_weights.gate_major.shape[0] + (
         in_weights.gate_major.shape[0] if fused_input else 0)
-    configs = step_forward_configs(F, M, k_total, four_dots)
+    configs = step_forward_configs(F, M, k_total, four_dots, fused_input)
     _tuned_launch("step_forward", key, configs, launch, [h_out, c_out, preact_t], h_out.device,
                   flop=2.0 * M * 4 * F * k_total, warm_l2=True)
+
+
+# Spatial M tiles (a TILE_H x TILE_W block of one frame per program: row coordinates by
+# constant shifts, the frame by a few scalar divisions) unless they would waste more than this
+# fraction of the rows on partial tiles; otherwise rows run over the flattened pixels (a
+# runtime division per row).
+SPATIAL_TILE_WASTE = 0.125
+
+
+def spatial_tiling(spatial, block_m):
+    """(tile_h, tile_w, tiles per frame, worth it) of BLOCK_M-row spatial tiles over a
+    (D, H, W) frame: rows of TILE_W = min(next_pow2(W), BLOCK_M) pixels, TILE_H of them."""
+    D, H, W = spatial
+    tile_w = min(triton.next_power_of_2(W), block_m)
+    tile_h = block_m // tile_w
+    tiles = D * triton.cdiv(H, tile_h) * triton.cdiv(W, tile_w)
+    return tile_h, tile_w, tiles, tiles * block_m <= (1 + SPATIAL_TILE_WASTE) * D * H * W
 
 
 def tma_eligible(h_prev, hmask):
@@ -315,12 +334,16 @@ def _ensure_allocator(device):
             size, dtype=torch.int8, device=device))
 
 
-def step_forward_configs(F, M, k_total, four_dots=False):
+def step_forward_configs(F, M, k_total, four_dots=False, fused_input=False):
     """The step kernel's candidate configs for a problem. The wide-MMA design keeps
-    BLOCK_F >= 32 once F >= 32: N = 4 * BLOCK_F >= 128 is where wgmma runs efficiently."""
+    BLOCK_F >= 32 once F >= 32: N = 4 * BLOCK_F >= 128 is where wgmma runs efficiently. With
+    the input conv fused in (a second pipelined K loop), BLOCK_F = 64 reaches 255 registers
+    and spills (sm_90, C_in = 64): not a candidate there."""
     configs = step_forward_kernels.CONFIGS
     if not four_dots and F >= 32:
         configs = [cfg for cfg in configs if cfg["BLOCK_F"] >= 32]
+    if not four_dots and fused_input:
+        configs = [cfg for cfg in configs if cfg["BLOCK_F"] <= 32] or configs
     return _prune(configs, BLOCK_M=M, BLOCK_F=F, BLOCK_K=k_total)
 
 

@@ -3,7 +3,8 @@
     xg[frame, p, g*F + f] = bias[g*F + f] + sum_k im2col(x * xmask[g])[frame, p, k] * W[k, g*F + f]
 GEMM view: M = B*T*Do*Ho*Wo, N = 4F, K = KD*KH*KW*C_in. It does not depend on the state, so it
 runs once before the time loop and the step kernel only adds ``xg`` in its epilogue.
-x may be a strided (B, T) view: frame (b, t) starts at b * stride_xb + t * stride_xt.
+x may be a strided (B, T) view: frame (b, t) starts at b * stride_xb + t * stride_xt
+(FRAMES_CONTIGUOUS: stride_xb == T * stride_xt, frame f at f * stride_xt).
 
 Column tiles (constexpr GATE_TILES):
     False  (default) plain GEMM tiles over all N = 4F columns (a tile may span gates): wide
@@ -12,14 +13,16 @@ Column tiles (constexpr GATE_TILES):
            (4, B, D, H, W, C_in; constant over time) can scale the A tile (HAS_DROPOUT needs it;
            also the first design, kept for comparison with TAP_MAJOR False).
 The K loop is conv_k_loop's single pipelined loop; row index math (frame, pixel) is done once
-per tile, outside it. C (C_in) and F are constexpr: index math divides by constants only.
+per tile, outside it, and with SPATIAL_TILES (a TILE_H x TILE_W block of one frame per program)
+without any runtime division per row. C (C_in) and F are constexpr: index math divides by
+constants only.
 """
 
 import triton
 import triton.language as tl
 
 from .conv_k_loop import conv_k_loop, k_step_a_tile, k_step_count
-from .im2col import gate_columns, split_rows
+from .im2col import gate_columns, spatial_block, split_rows
 
 # Autotuning candidates (convlstm_triton.tuning picks one per shape); the first is the default,
 # used untuned and under the interpreter. Every block dim >= 16, as tl.dot needs on a GPU.
@@ -39,22 +42,38 @@ CONFIGS = [
 def input_projection_kernel(
     x_ptr, stride_xb, stride_xt, T,
     w_ptr, bias_ptr, xmask_ptr, stride_mask_gate, out_ptr,
-    M, D, H, W, Po, Ho, Wo,
+    M, FRAMES, D, H, W, Do, Ho, Wo, Po,
     F: tl.constexpr, C: tl.constexpr,
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr, GATE_TILES: tl.constexpr,
+    FRAMES_CONTIGUOUS: tl.constexpr, SPATIAL_TILES: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     TAP_MAJOR: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     N: tl.constexpr = 4 * F
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = rows < M
-    frame, od, oh, ow = split_rows(rows, Po, Ho, Wo)
-    frame = frame.to(tl.int64)
-    x_base = (frame // T) * stride_xb + (frame % T) * stride_xt
+    if SPATIAL_TILES:
+        # one TILE_H x TILE_W block of one frame: no runtime division per row
+        frame_s, od_s, h0, w0 = spatial_block(FRAMES, Do, Ho, Wo, TILE_H, TILE_W)
+        r = tl.arange(0, BLOCK_M)
+        oh = h0 + r // TILE_W
+        ow = w0 + r % TILE_W
+        row_mask = (oh < Ho) & (ow < Wo)
+        od = tl.zeros((BLOCK_M,), tl.int32) + od_s
+        frame = tl.zeros((BLOCK_M,), tl.int64) + frame_s
+        rows = frame * Po + (od * Ho + oh) * Wo + ow
+    else:
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_mask = rows < M
+        frame, od, oh, ow = split_rows(rows, Po, Ho, Wo)
+        frame = frame.to(tl.int64)
+    if FRAMES_CONTIGUOUS:
+        x_base = frame * stride_xt  # frames evenly spaced: no 64-bit division by T
+    else:
+        x_base = (frame // T) * stride_xb + (frame % T) * stride_xt
     if GATE_TILES:
         gate, cols, col_mask = gate_columns(tl.program_id(1), F, BLOCK_N)
     else:
@@ -79,7 +98,7 @@ def input_projection_kernel(
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    out_offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+    out_offs = rows.to(tl.int64)[:, None] * N + cols[None, :]  # rows may pass 2**31 / N
     # xg is read once, by a later step: keep it from pushing the state out of L2
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty),
              mask=row_mask[:, None] & col_mask[None, :], eviction_policy="evict_first")

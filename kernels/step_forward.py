@@ -175,11 +175,13 @@ def step_forward_kernel(
     REC_ALIGNED: tl.constexpr, IN_ALIGNED: tl.constexpr,
     CELL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_RDROP: tl.constexpr,
     HAS_PEEPHOLE: tl.constexpr, SAVE_PREACT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    FOUR_DOTS: tl.constexpr, TMA: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    FOUR_DOTS: tl.constexpr, TMA: tl.constexpr, SPATIAL_TILES: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    if TMA:
-        # M tile = a TILE_H x TILE_W block of one sample's (d) slice: tensor-descriptor loads
+    if SPATIAL_TILES:
+        # M tile = a TILE_H x TILE_W block of one sample's (d) slice: row coordinates by
+        # constant shifts (no runtime division per row), and the box of a tensor descriptor
         b_s, d_s, h0, w0 = spatial_block(B, D, H, W, TILE_H, TILE_W)
         r = tl.arange(0, BLOCK_M)
         hh = h0 + r // TILE_W

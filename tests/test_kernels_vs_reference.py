@@ -397,3 +397,19 @@ def test_tensor_descriptor_path_matches_reference(case, poison_buffers, monkeypa
     monkeypatch.setattr(launchers, "tma_eligible", spy)
     test_forward_variants_match_reference("hoisted_tma", case, None)
     assert eligible and all(eligible), "the tensor-descriptor path was not taken"
+
+
+SPATIAL_TILE_CASES = ["2d_k3_same", "1d_k4_valid_s2", "3d_k2x2x3_valid_s1x2x2",
+                      "2d_dropout_s2_mask_go_backwards", "2d_cin1_f37_multiblock"]
+
+
+@pytest.mark.parametrize("variant", ["hoisted", "fused_input"])
+@pytest.mark.parametrize("case_id", SPATIAL_TILE_CASES)
+def test_spatial_tiles_match_reference(case_id, variant, poison_buffers, monkeypatch):
+    """Every forward kernel with spatial M tiles (a TILE_H x TILE_W block of one frame per
+    program; normally only where partial tiles waste little), on odd sizes: partial blocks at
+    the right and bottom edges of every frame."""
+    from convlstm_triton import launchers
+
+    monkeypatch.setattr(launchers, "SPATIAL_TILE_WASTE", float("inf"))
+    test_forward_variants_match_reference(variant, VARIANT_CASES[case_id], None)

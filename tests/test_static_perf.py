@@ -1,0 +1,303 @@
+"""CI gates on the compiled sm_90a forward kernels, read without a GPU (bench/static_perf.py).
+
+The kernels compile in a subprocess without TRITON_INTERPRET (this test process runs them in
+the interpreter, see conftest.py); it prints the analyses as JSON. Gates:
+
+* every config the pruner keeps for step_forward and input_projection compiles for sm_90 with
+  0 spill bytes, at F in {32, 64, 128}, C_in in {1, 64}, bf16 and fp32 (TF32 dots), k = 3 (and
+  k = 5 for C_in = 1), in the forward variants hoisted (the default) and fused_input;
+* the step kernel's main loop issues wgmma (HGMMA) of N >= 128 whenever F >= 32;
+* at F = 64 (mnist_l1: C_in = 1, k = 5; mnist_l2: C_in = 64, k = 3; bf16) the configs that
+  tuning by forecast picks reach an issue bound >= 70 % (step kernel, both shapes) and >= 60 %
+  (input projection at C_in = 64). At C_in = 1 the projection is one K step (K = 25 in one
+  BLOCK_K = 32) with no loop at all: its instructions are the gather and the store of the
+  (B·T·P, 4F) xg tensor, and its time is that HBM write (the forecast is bytes-bound there), so
+  an issue bound of its MMAs says nothing; the fused_input variant, which has no xg, is the
+  design for small C_in;
+* the FORECAST per sequence of the default forward (bf16, best config per kernel) stays within
+  mnist_l1 2.15 ms, mnist_l2 1.43 ms, nowcast 3.3 ms.
+
+Registers, spills and SASS depend on F, C_in, k, dtype and config, not on B·T·pixels, so the
+compile gates use a small synthetic shape; the forecasts use the benchmark's real sizes. Plus a
+unit test of the SASS parser on a canned snippet (in this process: no compile).
+"""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+import static_perf as sp  # noqa: E402
+
+FORWARD_KERNELS = ("step_forward_kernel", "input_projection_kernel")
+DEFAULT_VARIANT = sp.VARIANT_DEFAULT  # what forward_variant="auto" runs where nothing is timed
+# (forward variant, C_in, k) of the compile gates: the default forward (hoisted: step_forward,
+# independent of C_in, and input_projection) and fused_input (the other variant "auto" may
+# pick: the input conv inside step_forward).
+GATE_CASES = tuple((variant, c_in, k, mode) for variant in ("hoisted", "fused_input")
+                   for c_in, k in ((1, 3), (1, 5), (64, 3))
+                   for mode in ("fwd", "train_fwd")) + (("hoisted_tma", 64, 3, "train_fwd"),)
+# B, T > 1 (Triton's JIT makes an argument equal to 1 a constexpr, other code than the
+# benchmark's) and H, W multiples of 16 as the benchmark's: the same specializations.
+SYNTHETIC = dict(batch=2, steps=3, spatial=[16, 16])
+SEQUENCE_LIMIT_MS = {"mnist_l1": 2.15, "mnist_l2": 1.43, "nowcast": 3.3}
+ISSUE_BOUND_MIN = {"step_forward_kernel": 0.70, "input_projection_kernel": 0.60}
+ISSUE_BOUND_GATED = {"mnist_l1": ("step_forward_kernel",),  # see the module docstring
+                     "mnist_l2": ("step_forward_kernel", "input_projection_kernel")}
+
+WORKER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import static_perf as sp
+reason = sp.sm90_unavailable()
+if reason:
+    print("SKIP: " + reason)
+    sys.exit(0)
+out = []
+for p in json.loads(sys.argv[2]):
+    shape = sp.SHAPES[p["shape"]]
+    if p.get("overrides"):
+        over = dict(p["overrides"])
+        if "spatial" in over:
+            over["spatial"] = tuple(over["spatial"])
+        shape = sp.synthetic_shape(shape, **over)
+    args = (shape, p["dtype"], p["variant"], p.get("mode", "fwd"))
+    out.append({"problem": p, "records": sp.analyze_kernel_launches(*args),
+                "forecast": sp.forecast(*args)})
+print("JSON:" + json.dumps(sp._jsonable(out)))
+"""
+
+
+@functools.cache
+def analyze_group(filters, dtype):
+    """The analyses of one (F, dtype): the compile-gate problems on the synthetic shape and,
+    in bf16, the benchmark shapes of that F. One subprocess (kernels compile once per process,
+    and the gates of a group share them); cached per test process, and Triton's disk cache
+    makes a repeat in another test process cheap."""
+    problems = [dict(shape="mnist_l2", dtype=dtype, variant=variant, mode=mode,
+                     overrides=dict(SYNTHETIC, filters=filters, in_channels=c_in, kernel=k))
+                for variant, c_in, k, mode in GATE_CASES]
+    if dtype == "bf16":
+        problems += [dict(shape=name, dtype=dtype, variant=DEFAULT_VARIANT)
+                     for name, shape in sp.SHAPES.items()
+                     if name in SEQUENCE_LIMIT_MS and shape.filters == filters]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"  # silence Triton 3.9's notice; fusion is its default
+    run = subprocess.run([sys.executable, "-c", WORKER, str(BENCH), json.dumps(problems)],
+                         env=env, capture_output=True, text=True, timeout=900)
+    if run.returncode == 0 and run.stdout.startswith("SKIP: "):
+        pytest.skip(f"this Triton cannot compile for sm_90 ahead of time: {run.stdout[6:]}")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    line = next(x for x in run.stdout.splitlines() if x.startswith("JSON:"))
+    return json.loads(line[5:])
+
+
+def _label(problem, record):
+    shape = problem["shape"] + "".join(f" {k}={v}" for k, v in
+                                       (problem.get("overrides") or {}).items()
+                                       if k in ("filters", "in_channels", "kernel"))
+    return (f"{record['kernel']} {problem['variant']} {problem['dtype']} {shape} "
+            f"[{sp.config_text(record.get('config'))}]")
+
+
+# ---------------------------------------------------------------------------------------------
+# compile gates (synthetic shape)
+
+
+@pytest.mark.parametrize("filters, dtype", [
+    pytest.param(f, d, id=f"F{f}-{d}") for f in (32, 64, 128) for d in ("bf16", "fp32")])
+def test_forward_configs_have_no_spills_and_wide_wgmma(filters, dtype):
+    failed, spills, narrow, seen = [], [], [], 0
+    for result in analyze_group(filters, dtype):
+        problem = result["problem"]
+        if not problem.get("overrides"):
+            continue  # a benchmark shape: the same kernels, other grids
+        for r in result["records"]:
+            if r.get("tuned_as") not in ("step_forward", "input_projection"):
+                continue
+            label = _label(problem, r)
+            if r.get("error") or "spill_bytes" not in r:
+                failed.append(f"{label}: {r.get('error')}")
+                continue
+            seen += 1
+            if r["spill_bytes"]:
+                spills.append(f"{label}: {r['spill_bytes']} B spilled, {r['regs']} registers")
+            loop = r["main_loop"]
+            if r["kernel"] == "step_forward_kernel" and filters >= 32 and (
+                    not loop.get("found") or not loop.get("wgmma")
+                    or min(loop["mma_n"]) < 128):
+                narrow.append(f"{label}: main-loop MMAs {loop.get('mma_shapes', 'none')}")
+    assert seen, "no forward kernel config was analyzed"
+    assert not failed, "configs that did not compile for sm_90:\n" + "\n".join(failed)
+    assert not spills and not narrow, (
+        "spilling configs:\n" + "\n".join(spills)
+        + "\nstep-kernel main loops without wgmma of N >= 128:\n" + "\n".join(narrow))
+
+
+# ---------------------------------------------------------------------------------------------
+# forecast gates (real sizes, bf16, default forward)
+
+
+def _real(shape):
+    filters = sp.SHAPES[shape].filters
+    return next(r for r in analyze_group(filters, "bf16")
+                if r["problem"]["shape"] == shape and not r["problem"].get("overrides"))
+
+
+@pytest.mark.parametrize("shape", ["mnist_l1", "mnist_l2"])
+def test_issue_bound_at_f64(shape):
+    result = _real(shape)
+    chosen = {r["kernel"]: r for r in result["records"]
+              if r.get("chosen") and r["kernel"] in FORWARD_KERNELS}
+    assert set(chosen) == set(FORWARD_KERNELS), sorted(chosen)
+    low = [f"{_label(result['problem'], r)}: issue bound {100 * (r['issue_bound'] or 0):.0f} % "
+           f"< {100 * ISSUE_BOUND_MIN[name]:.0f} % (FORECAST; main loop "
+           f"{r['main_loop'].get('mma_shapes')}, {r['instr_per_k_step_total']} instructions "
+           f"per k-step"
+           + (", no loop: a K loop of one trip" if r["main_loop"].get("straight_line") else "")
+           + ")"
+           for name, r in chosen.items()
+           if name in ISSUE_BOUND_GATED[shape] and (r["issue_bound"] or 0) < ISSUE_BOUND_MIN[name]]
+    assert not low, "\n".join(low)
+
+
+@pytest.mark.parametrize("shape", list(SEQUENCE_LIMIT_MS))
+def test_forecast_per_sequence(shape):
+    fc = _real(shape)["forecast"]
+    assert fc["label"] == sp.FORECAST_LABEL
+    assert fc["sequence_ms"] <= SEQUENCE_LIMIT_MS[shape], (
+        f"FORECAST {shape} bf16 {DEFAULT_VARIANT}: {fc['sequence_ms']:.3f} ms per sequence > "
+        f"{SEQUENCE_LIMIT_MS[shape]} ms ({fc['kernels']})")
+
+
+# ---------------------------------------------------------------------------------------------
+# the SASS parser
+
+
+CANNED_SASS = """
+        code for sm_90a
+                Function : toy_kernel
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                /* 0x00000a00ff017b82 */
+        /*0010*/                   S2R R0, SR_TID.X ;                    /* 0x0000000000007919 */
+        /*0020*/                   IMAD R2, R0, 0x4, RZ ;                /* 0x0000000400027824 */
+        /*0030*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR4][R4.64] ;
+        /*0040*/                   WARPGROUP.ARRIVE ;
+        /*0050*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8].tnspB, R24 ;
+        /*0060*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR12].tnspB, R24, gsb0 ;
+        /*0070*/                   CALL.REL.NOINC 0x100 ;
+        /*0080*/                   UIADD3 UR5, UR5, 0x1, URZ ;
+        /*0090*/                   ISETP.GE.AND P0, PT, R5, R6, PT ;
+        /*00a0*/              @!P0 BRA 0x30 ;
+        /*00b0*/                   F2FP.BF16.F32.PACK_AB R8, R25, R24 ;
+        /*00c0*/                   STG.E [R2.64], R8 ;
+        /*00d0*/                   STL.64 [R1], R10 ;
+        /*00e0*/                   LDL.128 R12, [R1+0x10] ;
+        /*00f0*/                   EXIT ;
+        /*0100*/                   I2F.U32.RP R7, R6 ;
+        /*0110*/                   MUFU.RCP R7, R7 ;
+        /*0120*/                   RET.REL.NODEC R10 0x0 ;
+        /*0130*/                   BRA 0x130;
+        /*0140*/                   NOP;
+"""
+
+
+def test_sass_parser_finds_the_main_loop_and_counts_it():
+    instrs = sp.parse_sass(CANNED_SASS)
+    assert [i.addr for i in instrs][:3] == [0x0, 0x10, 0x20] and len(instrs) == 21
+    branch = next(i for i in instrs if i.base == "BRA")
+    assert (branch.predicate, branch.target) == ("@!P0", 0x30)
+    assert sp.find_loops(instrs) == [(3, 10)]  # the end-of-program trap "BRA 0x130" is none
+    assert sp.main_loop(instrs) == (3, 10)
+
+    stats = sp.sass_loop_stats(instrs, num_warps=4, block_k=32)
+    assert stats["instructions"] == 8
+    assert stats["kinds"] == {"mma": 3, "async": 1, "global": 0, "shared": 0, "local": 0,
+                              "int": 2, "fp": 0, "cvt": 0, "call": 1, "other": 1}
+    assert stats["mma_shapes"] == {"HGMMA.64x128x16.BF16": 2}
+    assert stats["calls"] == 1 and stats["callee_instructions"] == 3  # I2F, MUFU, RET
+    assert stats["wgmma"] and stats["mma_n"] == [128, 128]
+    assert stats["flop_per_iter"] == 2 * 2 * 64 * 128 * 16  # one warpgroup
+    assert (stats["k_per_iter"], stats["k_steps_per_iter"], stats["n_per_unit"]) == (32, 1, 128)
+    # 16 instructions of code up to EXIT (the routine, the trap and the padding are not), 8 of
+    # them in the loop
+    assert (stats["total_instructions"], stats["nonloop_instructions"]) == (16, 8)
+    assert sp.spill_bytes(instrs) == 8 + 16
+    # 8 warps = 2 warpgroups: twice the MMA work per iteration
+    assert sp.sass_loop_stats(instrs, num_warps=8)["flop_per_iter"] == 2 * stats["flop_per_iter"]
+
+
+def test_sass_parser_details():
+    assert sp.instr_kind("UIADD3") == "int" and sp.instr_kind("UMOV") == "other"
+    assert sp.instr_kind("WARPGROUP.DEPBAR.LE") == "mma"
+    assert sp.instr_kind("SYNCS.ARRIVE.TRANS64") == "async"
+    assert sp.instr_kind("LDSM.16.M88.4") == "shared" and sp.instr_kind("F2FP.BF16") == "cvt"
+    tf32 = sp.parse_mma(sp.Instr(0, "HGMMA.64x256x8.F32.TF32", "R24, gdesc[UR4], R24"))
+    assert (tf32.shape, tf32.dtype, tf32.rate_class, tf32.per_warpgroup) == (
+        "64x256x8", "TF32", "tf32", True)
+    hmma = sp.parse_mma(sp.Instr(0, "HMMA.16816.F32.BF16", "R4, R8, R12, R4"))
+    assert (hmma.shape, hmma.flop, hmma.per_warpgroup) == ("16x8x16", 4096, False)
+    assert sp.parse_mma(sp.Instr(0, "WARPGROUP.ARRIVE", "")) is None
+    # nvdisasm style: labels instead of addresses; nested loops: the inner one with the MMAs
+    nested = sp.parse_sass("""
+        /*0000*/                   MOV R0, RZ ;
+.L_x_1:
+        /*0010*/                   IADD3 R0, R0, 0x1, RZ ;
+.L_x_0:
+        /*0020*/                   HMMA.16816.F32.BF16 R4, R8, R12, R4 ;
+        /*0030*/              @P0 BRA `(.L_x_0) ;
+        /*0040*/              @P1 BRA `(.L_x_1) ;
+        /*0050*/                   EXIT ;
+""")
+    assert sp.find_loops(nested) == [(2, 3), (1, 4)] and sp.main_loop(nested) == (2, 3)
+    assert sp.sass_loop_stats(nested, num_warps=4)["flop_per_iter"] == 4 * 4096
+    # a kernel without a loop but with MMAs (a one-trip K loop unrolled away)
+    straight = sp.sass_loop_stats(sp.parse_sass(CANNED_SASS.replace("@!P0 BRA 0x30", "NOP")), 4)
+    assert straight["straight_line"] and straight["nonloop_instructions"] == 0
+
+
+def test_occupancy_model():
+    # 157 registers -> 160 per thread, 5120 per warp, 20480 per 4-warp CTA: 3 CTAs
+    assert sp.occupancy(157, 36 * 1024, 4) == (3, "regs")
+    assert sp.occupancy(64, 100 * 1024, 4) == (2, "smem")  # 228 KiB / (100 + 1) KiB
+    assert sp.occupancy(24, 0, 4) == (16, "warps")  # registers would allow 21
+    assert sp.occupancy(32, 228 * 1024, 4)[0] == 0  # over 227 KiB per CTA: does not launch
+
+
+def test_issue_bound_and_forecast_of_the_canned_kernel():
+    loop = sp.sass_loop_stats(sp.parse_sass(CANNED_SASS), num_warps=4, block_k=32)
+    bound, bytes_per_flop = sp.issue_bound_and_bytes_per_flop(loop, 4, block_m=64)
+    # 2 HGMMA 64x128x16 = 524288 FLOP = 128 tensor-core cycles; 8 instructions x 4/4 warps
+    assert bound == 1.0 and (loop["block_m"], loop["n_tile"]) == (64, 128)
+    assert bytes_per_flop == 2 / 2 * (1 / 64 + 1 / 128)
+    # the same loop with 200 instructions: 128 / 200
+    assert sp.issue_bound_and_bytes_per_flop(dict(loop, instructions=200), 4)[0] == 0.64
+    stats = sp.KernelStats("toy_kernel", 4, 3, 157, 0, 0, 36 * 1024, 3, "regs", loop, 0.64,
+                           bytes_per_flop)
+    # 132 SMs x 3 CTAs: 400 CTAs are 1.01 waves, 2 rounds; 10 K steps per CTA (no model)
+    useful = 400 * 10 * 524288
+    fc = sp.forecast_launch(stats, (400, 1, 1), {}, 4e9, useful)
+    assert fc["waves"] == 400 / 396 and fc["wave_efficiency"] == 400 / 792
+    assert fc["executed_flop"] == useful and fc["flop_source"] == "launcher"
+    compute = useful / (788e12 * 0.64 * (400 / 792))
+    assert abs(fc["compute_s"] - compute) < 1e-15 and fc["hbm_s"] == 4e9 / 4e12
+    nonloop = 8 * 4 / 4 * 2 / 1.755e9  # 8 instructions outside the loop, 2 rounds
+    assert abs(fc["forecast_s"] - (max(compute, 1e-3) + nonloop + 2e-6)) < 1e-15
+
+
+def test_measured_csv(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("shape,dtype,mode,peer,variant,ms\n"
+                    "mnist_l2,bf16,fwd,ours,,2.0\n"           # bench_convlstm.py: the default
+                    "mnist_l2,bf16,fwd,,triton_fused,1.5\n"   # compare.py: hoisted
+                    "mnist_l2,bf16,fwd,,triton_fused_input,1.7\n"
+                    "mnist_l2,bf16,fwd,,eager_cat,9.0\n"
+                    "mnist_l2,bf16,train,,triton_fused,\n")   # no time: skipped
+    assert sp.read_measured(path) == {("mnist_l2", "bf16", "fwd", "hoisted"): 1.5,
+                                      ("mnist_l2", "bf16", "fwd", "fused_input"): 1.7,
+                                      ("mnist_l2", "bf16", "fwd", "auto"): 2.0}
