@@ -36,9 +36,11 @@ def state_tile(M, P, H, W, F, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
 
 
 @triton.jit
-def spatial_block(B, D, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
-    """This program's TILE_H x TILE_W block of a (B, D, H, W) state, program ids w-tile
-    fastest: (b, d, h0, w0) scalars."""
+def spatial_block(N, D, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """This program's TILE_H x TILE_W block of an (N, D, H, W) tensor of frames (samples), program
+    ids w-tile fastest. Returns the scalars (n, d, h0, w0) and the rows of the block: n (int64),
+    d, h, w and row_mask ([TILE_H * TILE_W] each), row coordinates by constant shifts: no
+    runtime division per row."""
     tiles_w = tl.cdiv(W, TILE_W)
     tiles_h = tl.cdiv(H, TILE_H)
     pid = tl.program_id(0)
@@ -46,7 +48,14 @@ def spatial_block(B, D, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
     rest = pid // tiles_w
     h0 = (rest % tiles_h) * TILE_H
     rest = rest // tiles_h
-    return rest // D, rest % D, h0, w0
+    n_s = rest // D
+    d_s = rest % D
+    r = tl.arange(0, TILE_H * TILE_W)
+    h = h0 + r // TILE_W
+    w = w0 + r % TILE_W
+    n = tl.zeros((TILE_H * TILE_W,), tl.int64) + n_s
+    d = tl.zeros((TILE_H * TILE_W,), tl.int32) + d_s
+    return n_s, d_s, h0, w0, n, d, h, w, (h < H) & (w < W)
 
 
 @triton.jit

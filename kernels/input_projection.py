@@ -57,13 +57,8 @@ def input_projection_kernel(
     N: tl.constexpr = 4 * F
     if SPATIAL_TILES:
         # one TILE_H x TILE_W block of one frame: no runtime division per row
-        frame_s, od_s, h0, w0 = spatial_block(FRAMES, Do, Ho, Wo, TILE_H, TILE_W)
-        r = tl.arange(0, BLOCK_M)
-        oh = h0 + r // TILE_W
-        ow = w0 + r % TILE_W
-        row_mask = (oh < Ho) & (ow < Wo)
-        od = tl.zeros((BLOCK_M,), tl.int32) + od_s
-        frame = tl.zeros((BLOCK_M,), tl.int64) + frame_s
+        _, _, _, _, frame, od, oh, ow, row_mask = spatial_block(FRAMES, Do, Ho, Wo, TILE_H,
+                                                                 TILE_W)
         rows = frame * Po + (od * Ho + oh) * Wo + ow
     else:
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)

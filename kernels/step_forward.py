@@ -182,13 +182,7 @@ def step_forward_kernel(
     if SPATIAL_TILES:
         # M tile = a TILE_H x TILE_W block of one sample's (d) slice: row coordinates by
         # constant shifts (no runtime division per row), and the box of a tensor descriptor
-        b_s, d_s, h0, w0 = spatial_block(B, D, H, W, TILE_H, TILE_W)
-        r = tl.arange(0, BLOCK_M)
-        hh = h0 + r // TILE_W
-        ww = w0 + r % TILE_W
-        row_mask = (hh < H) & (ww < W)
-        d = tl.zeros((BLOCK_M,), tl.int32) + d_s
-        b = tl.zeros((BLOCK_M,), tl.int64) + b_s
+        b_s, d_s, h0, w0, b, d, hh, ww, row_mask = spatial_block(B, D, H, W, TILE_H, TILE_W)
         p = (d * H + hh) * W + ww
         fs = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
         f_mask = fs < F
