@@ -28,6 +28,11 @@ The model (H100/H200 class, the project's DESIGN "issue bound"):
     * issue bound = min(1, tensor-core cycles / issue cycles) of one main-loop iteration of one
       CTA: tc cycles = FLOP of the iteration / (4096 or 2048); issue cycles of one scheduler =
       loop instructions x num_warps / 4. It caps the fraction of the peak the loop can reach.
+    * shared-memory operand bound = min(1, tc cycles / smem cycles): each wgmma reads B, and A
+      unless A comes from registers, from shared memory at an assumed 128 B/clk/SM, once per
+      warpgroup. It is what makes narrow wgmma slow: HGMMA.64x32x16 reads 3 KiB for 16
+      tensor-core cycles (67 %), 64x128x16 6 KiB for 64 (100 %). The loop runs at the lower of
+      the two bounds (the table shows "issue % (smem %)" where the second is lower than 100).
     * occupancy (CTAs per SM): 65536 registers per SM, allocated per warp in units of 256
       (registers per thread rounded up to a multiple of 8); 228 KiB shared memory per SM with
       1 KiB reserved per CTA, at most 227 KiB per CTA (a config over it fails, as at launch);
@@ -97,6 +102,8 @@ SMS = 132
 CLOCK_HZ = 1.755e9
 SCHEDULERS = 4
 TC_FLOP_PER_CLK = {"16bit": 4096, "tf32": 2048, "8bit": 8192}
+# shared-memory bandwidth per SM that wgmma operands read from shared memory compete for
+SMEM_BYTES_PER_CLK = 128
 PEAK_FLOPS = {"16bit": 788e12, "tf32": 390e12, "8bit": 1576e12}
 HBM_BYTES_PER_S = 4e12
 L2_BYTES_PER_S = 8e12
@@ -351,7 +358,18 @@ def sass_loop_stats(instrs, num_warps, block_k=None):
     if block_k and k_per_iter and k_per_iter % block_k == 0:
         k_steps = max(1, k_per_iter // block_k)
     span = (0, end - 1) if straight else loop
+    # bytes the wgmmas of one iteration read from shared memory (one CTA): B always, A unless
+    # it comes from registers (the operand after the accumulator is a register, not a gdesc)
+    smem_operand_bytes = 0
+    for ins in body:
+        m = parse_mma(ins)
+        if m is not None and m.per_warpgroup:
+            a_operand = (ins.operands.split(",") + ["", ""])[1].strip()
+            es = _ELEMENT_BYTES.get(m.dtype, 2)
+            a_bytes = 0 if re.match(r"R\d+", a_operand) else m.m * m.k * es
+            smem_operand_bytes += (a_bytes + m.n * m.k * es) * warpgroups
     stats.update(
+        smem_operand_bytes=smem_operand_bytes,
         start=body[0].addr, end=body[-1].addr, instructions=len(body),
         kinds={k: kinds.get(k, 0) for k in KINDS},
         mma_shapes=dict(Counter(f"{m.opcode.split('.')[0]}.{m.shape}.{m.dtype}" for m in mmas)),
@@ -510,6 +528,8 @@ def issue_bound_and_bytes_per_flop(loop, num_warps, block_m=None):
         return None, None
     tc_cycles = loop["flop_per_iter"] / TC_FLOP_PER_CLK[loop["rate_class"]]
     issue_cycles = loop["instructions"] * num_warps / SCHEDULERS
+    smem_cycles = loop.get("smem_operand_bytes", 0) / SMEM_BYTES_PER_CLK
+    loop["smem_bound"] = min(1.0, tc_cycles / smem_cycles) if smem_cycles else 1.0
     bm = block_m or 64 * max(1, num_warps // 4)
     n_tile = loop["flop_per_iter"] / (2 * bm * loop["k_per_iter"])
     loop["block_m"], loop["n_tile"] = bm, n_tile
@@ -622,7 +642,9 @@ def forecast_launch(stats, grid, scalars, hbm_bytes, useful_flop):
     compute_s = l2_s = 0.0
     if executed and stats.issue_bound:
         peak = PEAK_FLOPS[loop["rate_class"]]
-        compute_s = executed / (peak * stats.issue_bound * wave_eff)
+        # the loop runs at the lower of its instruction-issue and shared-memory operand caps
+        bound = min(stats.issue_bound, loop.get("smem_bound", 1.0))
+        compute_s = executed / (peak * bound * wave_eff)
         l2_s = executed * stats.bytes_per_flop / L2_BYTES_PER_S
     hbm_s = hbm_bytes / HBM_BYTES_PER_S
     nonloop_s = (loop["nonloop_instructions"] * stats.num_warps / SCHEDULERS
@@ -961,13 +983,16 @@ def markdown_table(shape, dtype, variant, mode="fwd"):
                          f"failed: {r['error']} |" + " |" * (len(TABLE_COLUMNS) - 4))
             continue
         bound = r["issue_bound"]
+        smem = r["main_loop"].get("smem_bound", 1.0)
         count = f" ({r['launches']} launches)" if r.get("launches", 1) > 1 else ""
         lines.append(
             f"| {r['kernel']} | {variant} | {config_text(r['config'])}{mark}{count} | "
             f"{r['regs']} | {r['spill_bytes']} | {r['smem_bytes'] / 1024:.0f} | "
             f"{r['ctas_per_sm']} | "
             f"{_mma_text(r['main_loop'])} | {_kinds_text(r['instr_per_k_step'])} | "
-            f"{_fmt(bound and 100 * bound, '.0f')} | {_fmt(r['bytes_per_flop'], '.4f')} | "
+            f"{_fmt(bound and 100 * bound, '.0f')}"
+            f"{f' (smem {100 * smem:.0f})' if smem < 1 else ''} | "
+            f"{_fmt(r['bytes_per_flop'], '.4f')} | "
             f"{r['waves']:.2f} | {_fmt(r['forecast_ms'], '.4f')} |")
     return "\n".join(lines)
 

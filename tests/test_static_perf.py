@@ -261,6 +261,27 @@ def test_sass_parser_details():
     assert straight["straight_line"] and straight["nonloop_instructions"] == 0
 
 
+def test_shared_memory_operand_bound():
+    """Narrow wgmma is capped by shared memory: it re-reads the A tile for few columns."""
+    def bound(opcode, operands, num_warps=4):
+        text = CANNED_SASS.replace("HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8].tnspB, R24",
+                                   f"{opcode} {operands}")
+        text = text.replace("HGMMA.64x128x16.F32.BF16 R24, gdesc[UR12].tnspB, R24, gsb0",
+                            f"{opcode} {operands}")
+        loop = sp.sass_loop_stats(sp.parse_sass(text), num_warps=num_warps, block_k=32)
+        sp.issue_bound_and_bytes_per_flop(loop, num_warps)
+        return loop["smem_operand_bytes"], loop["smem_bound"]
+
+    # 64x128x16 from shared memory: (2 + 4) KiB per wgmma, 48 smem cycles for 64 tensor cycles
+    assert bound("HGMMA.64x128x16.F32.BF16", "R24, gdesc[UR8].tnspB, R24") == (2 * 6144, 1.0)
+    # 64x32x16: 3 KiB for 16 tensor cycles -> 16 / 24
+    assert bound("HGMMA.64x32x16.F32.BF16", "R24, gdesc[UR8].tnspB, R24") == (2 * 3072, 2 / 3)
+    # A from registers: only B is read (1 KiB), no cap
+    assert bound("HGMMA.64x32x16.F32.BF16", "R24, R60, gdesc[UR8].tnspB, R24")[1] == 1.0
+    # two warpgroups each read their operands
+    assert bound("HGMMA.64x32x16.F32.BF16", "R24, gdesc[UR8], R24", 8)[0] == 4 * 3072
+
+
 def test_occupancy_model():
     # 157 registers -> 160 per thread, 5120 per warp, 20480 per 4-warp CTA: 3 CTAs
     assert sp.occupancy(157, 36 * 1024, 4) == (3, "regs")
