@@ -325,13 +325,15 @@ def tma_eligible(h_prev, hmask):
 
 def _ensure_allocator(device):
     """Device-side tensor descriptors need a global scratch allocator (also under the
-    interpreter). Set one (torch memory on the kernel's device) unless the caller has; the
-    setting is a ContextVar, so a backward thread needs its own."""
+    interpreter). Set one unless the caller has: torch memory on the current CUDA device at
+    launch time (the CPU under the interpreter). The setting is a ContextVar, so a backward
+    thread needs its own: checked at every TMA launch."""
     from triton.runtime import _allocation
 
     if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        on_cuda = device.type == "cuda"
         triton.set_allocator(lambda size, alignment, stream: torch.empty(
-            size, dtype=torch.int8, device=device))
+            size, dtype=torch.int8, device="cuda" if on_cuda else "cpu"))
 
 
 def step_forward_configs(F, M, k_total, four_dots=False, fused_input=False):
