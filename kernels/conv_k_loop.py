@@ -70,18 +70,22 @@ def k_step_a_tile(src_ptr, src_base, od, oh, ow, row_mask, it, C: tl.constexpr, 
 @triton.jit
 def conv_k_loop(acc, src_ptr, src_base, od, oh, ow, row_mask, C: tl.constexpr, D, H, W,
                 w_ptr, w_cols, w_col_mask, W_ROW: tl.constexpr,
+                amask_ptr, amask_base, HAS_AMASK: tl.constexpr,
                 KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                 SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                 PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                 LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
                 TAP_MAJOR: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc [rows, cols] += im2col(src) @ W[:, w_cols]: one ``tl.dot`` per K step, as wide as
-    the column tile (all four gates of a channel block: N = 4 * BLOCK_F). W is row-major with
-    W_ROW elements per row."""
+    """acc [rows, cols] += im2col(src * amask) @ W[:, w_cols]: one ``tl.dot`` per K step, as
+    wide as the column tile (all four gates of a channel block: N = 4 * BLOCK_F). W is row-major
+    with W_ROW elements per row. HAS_AMASK: a dropout mask of src's layout (rows at amask_base,
+    int64) scales the A tile; it must be the same for every column of the tile."""
     for it in range(0, k_step_count(C, KD, KH, KW, TAP_MAJOR, BLOCK_K)):
         a, offs, valid, ks, k_ok = k_step_a_tile(
             src_ptr, src_base, od, oh, ow, row_mask, it, C, D, H, W, KD, KH, KW,
             SD, SH, SW, PD, PH, PW, LD, LH, LW, TAP_MAJOR, BLOCK_K)
+        if HAS_AMASK:
+            a = a * tl.load(amask_ptr + amask_base[:, None] + offs, mask=valid, other=0.0)
         w = tl.load(w_ptr + ks[:, None] * W_ROW + w_cols[None, :],
                     mask=k_ok[:, None] & w_col_mask[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
@@ -89,14 +93,34 @@ def conv_k_loop(acc, src_ptr, src_base, od, oh, ow, row_mask, C: tl.constexpr, D
 
 
 @triton.jit
-def _masked_gate_tiles(a, offs, valid, w_tile_ptrs, w_mask, gate: tl.constexpr,
-                       GATE_COLS: tl.constexpr, gmask_ptr, gmask_base, stride_gmask_gate):
-    """Gate ``gate``'s operands: the A tile times its dropout mask, and its weight columns."""
-    # int64 gate offset: 3 * stride passes 2**31 for masks of over ~7e8 elements per gate
-    gate_base = gmask_base + tl.full((), gate, tl.int64) * stride_gmask_gate
-    a = a * tl.load(gmask_ptr + gate_base[:, None] + offs, mask=valid, other=0.0)
-    w = tl.load(w_tile_ptrs + gate * GATE_COLS, mask=w_mask, other=0.0)
-    return a, w
+def gate_dot(a, offs, valid, w_ptrs, w_mask, acc, gate: tl.constexpr, GATE_COLS: tl.constexpr,
+             gmask_ptr, gmask_base, stride_gmask_gate, HAS_GMASK: tl.constexpr,
+             DOT_PRECISION: tl.constexpr):
+    """acc += (a * gmask[gate]) @ W[:, w_cols + gate * GATE_COLS]; the dropout mask shares
+    src's layout, so its tile sits at the same offsets as the A tile."""
+    if HAS_GMASK:
+        # int64 gate offset: 3 * stride passes 2**31 for masks of over ~7e8 elements per gate
+        gate_base = gmask_base + tl.full((), gate, tl.int64) * stride_gmask_gate
+        a = a * tl.load(gmask_ptr + gate_base[:, None] + offs, mask=valid, other=0.0)
+    w = tl.load(w_ptrs + gate * GATE_COLS, mask=w_mask, other=0.0)
+    return tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def four_gate_dots(a, offs, valid, w_ptrs, w_mask, acc_i, acc_f, acc_c, acc_o,
+                   GATE_COLS: tl.constexpr, gmask_ptr, gmask_base, stride_gmask_gate,
+                   HAS_GMASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One A tile against the four gates' weight columns (gate g at + g * GATE_COLS), each
+    with its own dropout mask (HAS_GMASK): four dots of N = the column tile."""
+    acc_i = gate_dot(a, offs, valid, w_ptrs, w_mask, acc_i, 0, GATE_COLS, gmask_ptr, gmask_base,
+                     stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
+    acc_f = gate_dot(a, offs, valid, w_ptrs, w_mask, acc_f, 1, GATE_COLS, gmask_ptr, gmask_base,
+                     stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
+    acc_c = gate_dot(a, offs, valid, w_ptrs, w_mask, acc_c, 2, GATE_COLS, gmask_ptr, gmask_base,
+                     stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
+    acc_o = gate_dot(a, offs, valid, w_ptrs, w_mask, acc_o, 3, GATE_COLS, gmask_ptr, gmask_base,
+                     stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
+    return acc_i, acc_f, acc_c, acc_o
 
 
 @triton.jit
@@ -117,20 +141,10 @@ def conv_k_loop_gate_masked(acc_i, acc_f, acc_c, acc_o, src_ptr, src_base, od, o
         a, offs, valid, ks, k_ok = k_step_a_tile(
             src_ptr, src_base, od, oh, ow, row_mask, it, C, D, H, W, KD, KH, KW,
             SD, SH, SW, PD, PH, PW, LD, LH, LW, TAP_MAJOR, BLOCK_K)
-        w_tile_ptrs = w_ptr + ks[:, None] * W_ROW + w_cols[None, :]
-        w_mask = k_ok[:, None] & w_col_mask[None, :]
-        a_g, w = _masked_gate_tiles(a, offs, valid, w_tile_ptrs, w_mask, 0, GATE_COLS,
-                                    gmask_ptr, gmask_base, stride_gmask_gate)
-        acc_i = tl.dot(a_g, w, acc_i, input_precision=DOT_PRECISION)
-        a_g, w = _masked_gate_tiles(a, offs, valid, w_tile_ptrs, w_mask, 1, GATE_COLS,
-                                    gmask_ptr, gmask_base, stride_gmask_gate)
-        acc_f = tl.dot(a_g, w, acc_f, input_precision=DOT_PRECISION)
-        a_g, w = _masked_gate_tiles(a, offs, valid, w_tile_ptrs, w_mask, 2, GATE_COLS,
-                                    gmask_ptr, gmask_base, stride_gmask_gate)
-        acc_c = tl.dot(a_g, w, acc_c, input_precision=DOT_PRECISION)
-        a_g, w = _masked_gate_tiles(a, offs, valid, w_tile_ptrs, w_mask, 3, GATE_COLS,
-                                    gmask_ptr, gmask_base, stride_gmask_gate)
-        acc_o = tl.dot(a_g, w, acc_o, input_precision=DOT_PRECISION)
+        acc_i, acc_f, acc_c, acc_o = four_gate_dots(
+            a, offs, valid, w_ptr + ks[:, None] * W_ROW + w_cols[None, :],
+            k_ok[:, None] & w_col_mask[None, :], acc_i, acc_f, acc_c, acc_o, GATE_COLS,
+            gmask_ptr, gmask_base, stride_gmask_gate, True, DOT_PRECISION)
     return acc_i, acc_f, acc_c, acc_o
 
 

@@ -21,7 +21,7 @@ constants only.
 import triton
 import triton.language as tl
 
-from .conv_k_loop import conv_k_loop, k_step_a_tile, k_step_count
+from .conv_k_loop import conv_k_loop
 from .im2col import gate_columns, spatial_block, split_rows
 
 # Autotuning candidates (convlstm_triton.tuning picks one per shape); the first is the default,
@@ -77,19 +77,14 @@ def input_projection_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if HAS_DROPOUT:
+        # this tile's gate's input-dropout mask, constant over time: the sample's frame
         mask_base = gate.to(tl.int64) * stride_mask_gate + (frame // T) * (D * H * W * C)
-        for it in range(0, k_step_count(C, KD, KH, KW, TAP_MAJOR, BLOCK_K)):
-            a, offs, valid, ks, k_ok = k_step_a_tile(
-                x_ptr, x_base, od, oh, ow, row_mask, it, C, D, H, W, KD, KH, KW,
-                SD, SH, SW, PD, PH, PW, LD, LH, LW, TAP_MAJOR, BLOCK_K)
-            a = a * tl.load(xmask_ptr + mask_base[:, None] + offs, mask=valid, other=0.0)
-            b = tl.load(w_ptr + ks[:, None] * N + cols[None, :],
-                        mask=k_ok[:, None] & col_mask[None, :], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
     else:
-        acc = conv_k_loop(acc, x_ptr, x_base, od, oh, ow, row_mask, C, D, H, W, w_ptr, cols,
-                          col_mask, N, KD, KH, KW, SD, SH, SW, PD, PH, PW, LD, LH, LW,
-                          TAP_MAJOR, DOT_PRECISION, BLOCK_K)
+        mask_base = x_base
+    acc = conv_k_loop(acc, x_ptr, x_base, od, oh, ow, row_mask, C, D, H, W, w_ptr, cols,
+                      col_mask, N, xmask_ptr, mask_base, HAS_DROPOUT,
+                      KD, KH, KW, SD, SH, SW, PD, PH, PW, LD, LH, LW,
+                      TAP_MAJOR, DOT_PRECISION, BLOCK_K)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]

@@ -42,7 +42,13 @@ import triton
 import triton.language as tl
 
 from .cell import load_peephole, lstm_cell
-from .conv_k_loop import conv_k_loop, conv_k_loop_gate_masked, conv_k_loop_tma, split_gates
+from .conv_k_loop import (
+    conv_k_loop,
+    conv_k_loop_gate_masked,
+    conv_k_loop_tma,
+    four_gate_dots,
+    split_gates,
+)
 from .im2col import conv_gather_offsets, conv_tap_offsets, spatial_block, state_tile
 
 # Autotuning candidates (convlstm_triton.tuning picks one per shape); the first is the default,
@@ -60,36 +66,6 @@ CONFIGS = [
     dict(BLOCK_M=64, BLOCK_F=16, BLOCK_K=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=128, BLOCK_F=16, BLOCK_K=32, num_warps=4, num_stages=3),
 ]
-
-
-@triton.jit
-def _gate_dot(a, offs, valid, w_ptrs, w_mask, acc, gate: tl.constexpr, F, gmask_ptr, gmask_base,
-              stride_gmask_gate, HAS_GMASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """acc += (a * gmask[gate]) @ W[:, gate*F + fs]; the dropout mask shares src's layout, so
-    its tile sits at the same offsets as the A tile."""
-    if HAS_GMASK:
-        # int64 gate offset: 3 * stride passes 2**31 for masks of over ~7e8 elements per gate
-        gate_base = gmask_base + tl.full((), gate, tl.int64) * stride_gmask_gate
-        m_ptrs = gmask_ptr + gate_base[:, None] + offs
-        a = a * tl.load(m_ptrs, mask=valid, other=0.0)
-    w = tl.load(w_ptrs + gate * F, mask=w_mask, other=0.0)
-    return tl.dot(a, w, acc, input_precision=DOT_PRECISION)
-
-
-@triton.jit
-def _four_gate_dots(a, offs, valid, w_ptrs, w_mask, acc_i, acc_f, acc_c, acc_o, F,
-                    gmask_ptr, gmask_base, stride_gmask_gate,
-                    HAS_GMASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One shared A tile against the four gate blocks of the gate-major weight (K, 4F)."""
-    acc_i = _gate_dot(a, offs, valid, w_ptrs, w_mask, acc_i, 0, F, gmask_ptr, gmask_base,
-                      stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
-    acc_f = _gate_dot(a, offs, valid, w_ptrs, w_mask, acc_f, 1, F, gmask_ptr, gmask_base,
-                      stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
-    acc_c = _gate_dot(a, offs, valid, w_ptrs, w_mask, acc_c, 2, F, gmask_ptr, gmask_base,
-                      stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
-    acc_o = _gate_dot(a, offs, valid, w_ptrs, w_mask, acc_o, 3, F, gmask_ptr, gmask_base,
-                      stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
-    return acc_i, acc_f, acc_c, acc_o
 
 
 @triton.jit
@@ -131,7 +107,7 @@ def _conv_all_gates(src_ptr, src_base, d, hh, ww, row_mask, C, D, H, W,
                     w_mask = (cs < C)[:, None] & f_mask[None, :]
                 a = tl.load(src_ptr + rows_at[:, None] + cs[None, :], mask=valid, other=0.0)
                 w_ptrs = w_ptr + (tap * C + cs)[:, None] * N + fs[None, :]
-                acc_i, acc_f, acc_c, acc_o = _four_gate_dots(
+                acc_i, acc_f, acc_c, acc_o = four_gate_dots(
                     a, offs, valid, w_ptrs, w_mask, acc_i, acc_f, acc_c, acc_o, F,
                     gmask_ptr, gmask_base, stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
     else:
@@ -143,7 +119,7 @@ def _conv_all_gates(src_ptr, src_base, d, hh, ww, row_mask, C, D, H, W,
             a = tl.load(src_ptr + src_base[:, None] + offs, mask=valid, other=0.0)
             w_ptrs = w_ptr + ks[:, None] * N + fs[None, :]
             w_mask = (ks < K_TOTAL)[:, None] & f_mask[None, :]
-            acc_i, acc_f, acc_c, acc_o = _four_gate_dots(
+            acc_i, acc_f, acc_c, acc_o = four_gate_dots(
                 a, offs, valid, w_ptrs, w_mask, acc_i, acc_f, acc_c, acc_o, F,
                 gmask_ptr, gmask_base, stride_gmask_gate, HAS_GMASK, DOT_PRECISION)
     return acc_i, acc_f, acc_c, acc_o
@@ -226,11 +202,13 @@ def step_forward_kernel(
                                   4 * BLOCK_F)
         elif not HAS_RDROP:
             acc = conv_k_loop(acc, h_prev_ptr, b * stride_hp, d, hh, ww, row_mask, F, D, H, W,
-                              r_ptr, w_cols, w_col_ok, W_ROW, KD, KH, KW, 1, 1, 1, PD, PH, PW,
+                              r_ptr, w_cols, w_col_ok, W_ROW, h_prev_ptr, b, False,
+                              KD, KH, KW, 1, 1, 1, PD, PH, PW,
                               1, 1, 1, REC_TAP_MAJOR, DOT_PRECISION, BLOCK_K)
         if FUSED_INPUT and not HAS_XDROP:
             acc = conv_k_loop(acc, x_ptr, b * stride_x, d, hh, ww, row_mask, C_IN, D_IN, H_IN,
-                              W_IN, w_ptr, w_cols, w_col_ok, W_ROW, KD, KH, KW, SD, SH, SW,
+                              W_IN, w_ptr, w_cols, w_col_ok, W_ROW, x_ptr, b, False,
+                              KD, KH, KW, SD, SH, SW,
                               IPD, IPH, IPW, LD, LH, LW, IN_TAP_MAJOR, DOT_PRECISION, BLOCK_K)
         acc_i, acc_f, acc_c, acc_o = split_gates(acc, BLOCK_M, BLOCK_F)
         # Per-gate dropout masks give each gate its own A tile: four narrower dots.

@@ -131,16 +131,21 @@ def run(case, tensors, mask, upstream, backend):
     return [o.detach() for o in outputs], dict(zip(leaves, grads))
 
 
+def random_upstream(case, dtype):
+    """Random gradients for (seq, h, c), drawn in float64 and rounded to ``dtype``."""
+    shape = (case.batch, *out_spatial(case), case.filters)
+    return [torch.randn(case.batch, case.steps, *shape[1:], device=DEVICE,
+                        dtype=torch.float64).to(dtype),
+            torch.randn(shape, device=DEVICE, dtype=torch.float64).to(dtype),
+            torch.randn(shape, device=DEVICE, dtype=torch.float64).to(dtype)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES)
 def test_triton_matches_float64_reference(case, dtype):
     tensors, mask = make_inputs(case)
     rounded = {k: v.to(dtype) for k, v in tensors.items()}
-    shape = (case.batch, *out_spatial(case), case.filters)
-    upstream = [torch.randn(case.batch, case.steps, *shape[1:], device=DEVICE,
-                            dtype=torch.float64).to(dtype),
-                torch.randn(shape, device=DEVICE, dtype=torch.float64).to(dtype),
-                torch.randn(shape, device=DEVICE, dtype=torch.float64).to(dtype)]
+    upstream = random_upstream(case, dtype)
 
     out, grads = run(case, rounded, mask, upstream, "triton")
     ref_out, ref_grads = run(case, {k: v.double() for k, v in rounded.items()}, mask,
@@ -205,11 +210,7 @@ def test_autotuning_bf16_small_shape_matches_reference(monkeypatch, tmp_path):
         dtype = torch.bfloat16
         tensors, mask = make_inputs(case)
         rounded = {k: v.to(dtype) for k, v in tensors.items()}
-        shape = (case.batch, *out_spatial(case), case.filters)
-        upstream = [torch.randn(case.batch, case.steps, *shape[1:], device=DEVICE,
-                                dtype=torch.float64).to(dtype),
-                    torch.randn(shape, device=DEVICE, dtype=torch.float64).to(dtype),
-                    torch.randn(shape, device=DEVICE, dtype=torch.float64).to(dtype)]
+        upstream = random_upstream(case, dtype)
         out, grads = run(case, rounded, mask, upstream, "triton")
         events = tuning.tuning_log()
         again, again_grads = run(case, rounded, mask, upstream, "triton")  # tuned: no new trials
