@@ -795,10 +795,8 @@ def _patched(recorder):
 
 def forward_variants():
     """Every ``forward_variant`` the library accepts, "auto" first."""
-    try:
-        from convlstm_triton.validation import FORWARD_VARIANTS
-    except ImportError:
-        from convlstm_triton.ops import FORWARD_VARIANTS
+    from convlstm_triton.validation import FORWARD_VARIANTS
+
     return list(FORWARD_VARIANTS)
 
 

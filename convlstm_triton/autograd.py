@@ -51,6 +51,18 @@ class StepSpec:
     save_preact: bool = True
 
 
+# conv_lstm's forward_variant -> StepSpec's (input_variant, fused_cell, four_dots, tma); "auto"
+# resolves to "hoisted" or "fused_input" by measurement (ops.choose_forward_variant)
+FORWARD_VARIANT_FLAGS = {
+    "hoisted": ("hoisted", True, False, False),
+    "hoisted_tma": ("hoisted", True, False, True),
+    "fused_input": ("fused_input", True, False, False),
+    "unfused": ("hoisted", False, False, False),
+    "hoisted_four_dots": ("hoisted", True, True, False),
+    "fused_input_four_dots": ("fused_input", True, True, False),
+}
+
+
 def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, mask, xmask,
                      hmask, spec: StepSpec, training: bool):
     """(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, mask, xmask, hmask)

@@ -278,8 +278,10 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
             LD=ic["LD"], LH=ic["LH"], LW=ic["LW"],
             ACT=act, RACT=ract, FUSED_INPUT=fused_input, HAS_BIAS=bias is not None,
             REC_TAP_MAJOR=tap_major(F), IN_TAP_MAJOR=fused_input and tap_major(c_in),
-            REC_ALIGNED=rows_aligned(F, block_k, h_prev.stride(0)),
-            IN_ALIGNED=fused_input and rows_aligned(c_in, block_k, x_t.stride(0)),
+            # only the four-dots design reads these (the wide one's channel counts are
+            # constexpr): elsewhere they would only compile identical kernels twice
+            REC_ALIGNED=four_dots and rows_aligned(F, block_k, h_prev.stride(0)),
+            IN_ALIGNED=four_dots and fused_input and rows_aligned(c_in, block_k, x_t.stride(0)),
             HAS_XDROP=xmask is not None, CELL=cell, HAS_MASK=mask_t is not None,
             HAS_RDROP=hmask is not None, HAS_PEEPHOLE=peephole is not None,
             SAVE_PREACT=preact_t is not None, DOT_PRECISION=precision, FOUR_DOTS=four_dots,

@@ -24,7 +24,7 @@ Autocast is not registered: ``functional.conv_lstm`` casts the inputs before cal
 import torch
 
 from . import autograd, tuning
-from .autograd import StepSpec
+from .autograd import FORWARD_VARIANT_FLAGS, StepSpec
 from .launchers import KernelGeometry
 
 __all__ = ["forward", "backward", "geometry_to_ints", "geometry_from_ints",
@@ -65,20 +65,9 @@ def _contiguous(*tensors):
     return tuple(t.contiguous() if t is not None else None for t in tensors)
 
 
-# forward_variant -> (input variant, fused cell, four-dots design, TMA recurrent tiles)
-FORWARD_VARIANTS = {
-    "hoisted": ("hoisted", True, False, False),
-    "hoisted_tma": ("hoisted", True, False, True),
-    "fused_input": ("fused_input", True, False, False),
-    "unfused": ("hoisted", False, False, False),
-    "hoisted_four_dots": ("hoisted", True, True, False),
-    "fused_input_four_dots": ("fused_input", True, True, False),
-}
-
-
 def _spec(geometry, act, ract, precision, variant, save_preact=True):
     # "auto" reaches here only in a backward that recomputes nothing (no variant is launched)
-    input_variant, fused_cell, four_dots, tma = FORWARD_VARIANTS[
+    input_variant, fused_cell, four_dots, tma = FORWARD_VARIANT_FLAGS[
         "hoisted" if variant == "auto" else variant]
     return StepSpec(geometry_from_ints(geometry), act, ract, precision,
                     input_variant=input_variant, fused_cell=fused_cell, four_dots=four_dots,

@@ -5,11 +5,11 @@ from dataclasses import dataclass
 import torch
 
 from .activations import check_activation
+from .autograd import FORWARD_VARIANT_FLAGS
 from .geometry import ConvGeometry, normalize_tuple
 
 BACKENDS = ("auto", "triton", "reference")
-FORWARD_VARIANTS = ("auto", "hoisted", "hoisted_tma", "fused_input", "unfused",
-                    "hoisted_four_dots", "fused_input_four_dots")
+FORWARD_VARIANTS = ("auto", *FORWARD_VARIANT_FLAGS)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
