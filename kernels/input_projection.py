@@ -57,18 +57,25 @@ def input_projection_kernel(
     N: tl.constexpr = 4 * F
     if SPATIAL_TILES:
         # one TILE_H x TILE_W block of one frame: no runtime division per row
-        _, _, _, _, frame, od, oh, ow, row_mask = spatial_block(FRAMES, Do, Ho, Wo, TILE_H,
-                                                                 TILE_W)
+        frame_s, _, _, _, frame, od, oh, ow, row_mask = spatial_block(FRAMES, Do, Ho, Wo,
+                                                                       TILE_H, TILE_W)
         rows = frame * Po + (od * Ho + oh) * Wo + ow
+        if FRAMES_CONTIGUOUS:
+            x_base = frame * stride_xt
+        else:
+            # a (B, T) view with a sample stride of its own (a time chunk of x): the frame's
+            # (b, t) by one scalar division per program
+            frame_s = frame_s.to(tl.int64)
+            x_base = frame * 0 + (frame_s // T) * stride_xb + (frame_s % T) * stride_xt
     else:
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_mask = rows < M
         frame, od, oh, ow = split_rows(rows, Po, Ho, Wo)
         frame = frame.to(tl.int64)
-    if FRAMES_CONTIGUOUS:
-        x_base = frame * stride_xt  # frames evenly spaced: no 64-bit division by T
-    else:
-        x_base = (frame // T) * stride_xb + (frame % T) * stride_xt
+        if FRAMES_CONTIGUOUS:
+            x_base = frame * stride_xt  # frames evenly spaced: no 64-bit division by T
+        else:
+            x_base = (frame // T) * stride_xb + (frame % T) * stride_xt
     if GATE_TILES:
         gate, cols, col_mask = gate_columns(tl.program_id(1), F, BLOCK_N)
     else:
