@@ -92,6 +92,7 @@ def _custom_op_impl(func):
 def _kernels_not_run():
     """Every Triton launch a no-op, tuning by the default config, grids sized for 132 SMs,
     and the Triton path allowed on CPU tensors: only the Python code and its allocations run."""
+    from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
     from convlstm_triton import functional, launchers, tuning
@@ -99,7 +100,11 @@ def _kernels_not_run():
     def pick_config(kernel_name, key, configs, run, device, **_):
         return configs[0]
 
-    patches = [(JITFunction, "run", lambda self, *args, **kwargs: None),
+    def no_launch(self, *args, **kwargs):
+        return None
+
+    patches = [(JITFunction, "run", no_launch),
+               (InterpretedFunction, "run", no_launch),  # under TRITON_INTERPRET (the tests)
                (tuning, "pick_config", pick_config),
                (functional, "triton_interpreter_enabled", lambda: True),
                (launchers, "_sm_count", lambda device: 132)]

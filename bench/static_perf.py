@@ -822,10 +822,14 @@ def _run_problem(shape, dtype_name, variant, mode):
         with torch.no_grad():
             functional.conv_lstm(x, kernel, recurrent, bias, **options)
     else:
-        # "train_fwd": the forward of a training step only (it saves the pre-activations)
+        # "train_fwd": the forward of a training step only; "train": forward + backward with
+        # the library's default recompute_gates; "train_saved" / "train_recompute": with the
+        # pre-activations saved by forward / recomputed in backward
+        if mode in ("train_saved", "train_recompute"):
+            options["recompute_gates"] = mode == "train_recompute"
         leaves = [t.requires_grad_() for t in (x, kernel, recurrent, bias)]
         seq = functional.conv_lstm(*leaves, **options)[0]
-        if mode == "train":
+        if mode != "train_fwd":
             seq.sum().backward()
 
 

@@ -85,10 +85,8 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
     P = geom.out_pixels
     F = recurrent_kernel2d.shape[1] // 4
 
-    xg = None
-    if spec.input_variant == "hoisted":
-        xg = launchers.input_projection(x, kernel2d, bias, xmask, geom, spec.precision,
-                                        four_dots=spec.four_dots)
+    xg = (_InputProjection(spec, x, kernel2d, bias, xmask) if spec.input_variant == "hoisted"
+          else None)
     # the gate-interleaved weight copies are made once here, not at every step
     kernel2d = launchers.GateWeights(kernel2d)
     recurrent_kernel2d = launchers.GateWeights(recurrent_kernel2d)
@@ -106,7 +104,7 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
         h_prev = h0 if s == 0 else states[:, s - 1]
         c_in, c_out = (s, s + 1) if training else (s % 2, (s + 1) % 2)
         preact_s = preact[:, s if keep_preact else 0] if preact is not None else None
-        inputs = (dict(xg_t=xg[:, s]) if xg is not None else
+        inputs = (dict(xg_t=xg.step(s)) if xg is not None else
                   dict(xg_t=None, x_t=x[:, s], kernel2d=kernel2d, bias=bias, xmask=xmask))
         launchers.step_forward(
             h_prev=h_prev, c_prev=c_all[:, c_in], rk2d=recurrent_kernel2d,
@@ -137,7 +135,14 @@ def sequence_backward(d_states, d_h, d_c, x, kernel2d, recurrent_kernel2d, bias,
     dh0, dc0, d peephole, all fp32 (the caller casts them to the inputs' dtypes). ``needs``: 7
     bools (``GRAD_INPUTS``); a gradient not needed (or of an absent bias/peephole) is an empty
     fp32 tensor. ``preact`` None: recompute the pre-activations (``spec.save_preact`` False).
-    Incoming gradients may be None (unused outputs)."""
+    Incoming gradients may be None (unused outputs).
+
+    Time runs backwards in chunks of Tc steps (``launchers.time_chunk``): the step kernels
+    write the chunk's gate gradients dgates (B, Tc, P, 4F), then the chunk's input gradient and
+    its share of the weight (and bias, peephole) gradients run as GEMMs over its B·Tc·P rows,
+    summed into fp32 totals chunk after chunk in a fixed order (bit-identical run to run).
+    Two chunk buffers alternate: a chunk's last step reads dgates_{s+1} from the chunk before.
+    """
     geom = spec.geometry
     B, T = x.shape[:2]
     P, F = states.shape[2:]
@@ -152,56 +157,140 @@ def sequence_backward(d_states, d_h, d_c, x, kernel2d, recurrent_kernel2d, bias,
     dc_carry = (d_c.float().clone(memory_format=torch.contiguous_format) if d_c is not None
                 else torch.zeros((B, P, F), device=x.device, dtype=torch.float32))
     d_states = d_states.contiguous() if d_states is not None else None
-    dgates = launchers.new_buffer((B, T, P, 4 * F), x.device, x.dtype)
+    chunk = launchers.time_chunk(B, T, P)
+    buffers = [launchers.new_buffer((B, chunk, P, 4 * F), x.device, x.dtype)
+               for _ in range(1 if chunk >= T else 2)]
     recompute = _Recompute(spec, x, kernel2d, recurrent_kernel2d, bias, h0, states, c_all,
                            mask, xmask, hmask, peephole) if preact is None else None
-    for s in reversed(range(T)):
-        preact_s = recompute.preact(s) if recompute is not None else preact[:, s]
-        launchers.step_backward(
-            dgates[:, s + 1] if s + 1 < T else None, recurrent_kernel2d,
-            d_states[:, s] if d_states is not None else None, dh_carry, dc_carry,
-            preact_s, c_all[:, s + 1], c_all[:, s],
-            mask[:, s] if mask is not None else None, hmask, peephole, dgates[:, s],
-            geom, spec.act, spec.ract, spec.precision,
-        )
+    # the recurrent kernel flipped and transposed for the dgrad, made once, not at every step
+    rk_dgrad = launchers.DgradWeights(recurrent_kernel2d)
+    grads = _ChunkGradients(x, kernel2d, h0, states, c_all, xmask, hmask, spec,
+                            need_x, need_k, need_b, need_rk, need_peep)
+    dg_next = None
+    for i, start in enumerate(reversed(range(0, T, chunk))):
+        stop = min(start + chunk, T)
+        dgates = launchers.chunk_buffer(buffers[i % len(buffers)], stop - start)
+        for s in reversed(range(start, stop)):
+            preact_s = recompute.preact(s) if recompute is not None else preact[:, s]
+            launchers.step_backward(
+                dg_next, rk_dgrad, d_states[:, s] if d_states is not None else None,
+                dh_carry, dc_carry, preact_s, c_all[:, s + 1], c_all[:, s],
+                mask[:, s] if mask is not None else None, hmask, peephole,
+                dgates[:, s - start], geom, spec.act, spec.ract, spec.precision,
+            )
+            dg_next = dgates[:, s - start]
+        grads.add_chunk(dgates, start, stop)
 
-    def empty():
-        return torch.empty((0,), device=x.device, dtype=torch.float32)
-
-    dh0 = dc0 = dx = dk = drk = db = dpeep = None
+    dh0 = dc0 = None
     if need_h0:
-        launchers.step_backward(dgates[:, 0], recurrent_kernel2d, None, dh_carry, dc_carry,
+        launchers.step_backward(dg_next, rk_dgrad, None, dh_carry, dc_carry,
                                 None, None, None, None, hmask, None, None, geom, spec.act,
                                 spec.ract, spec.precision, cell=False)
         dh0 = dh_carry
     if need_c0:
         dc0 = dc_carry
-    if need_x:
-        dx = launchers.input_grad(dgates, kernel2d, xmask, geom, x.shape[-1], spec.precision)
-        dx = dx.view(x.shape)
-    if need_k or need_b:
-        dk, db = launchers.weight_grad(x, dgates, xmask, geom, need_b, spec.precision)
-        dk = dk if need_k else None
-    if need_rk:
-        rgeom = geom.recurrent_as_conv()
-        # h_{s-1} for s >= 1 is states[:, s-1]; for s = 0 it is h0: two launches, one sum.
-        h0_frames = h0.view(B, 1, *geom.out_spatial, F)
-        drk, _ = launchers.weight_grad(h0_frames, dgates[:, :1], hmask, rgeom, False,
-                                       spec.precision)
-        if T > 1:
-            prev = states[:, : T - 1].view(B, T - 1, *geom.out_spatial, F)
-            drk += launchers.weight_grad(prev, dgates[:, 1:], hmask, rgeom, False,
-                                         spec.precision)[0]
-    if need_peep:
-        # sum over (b, t, p) of d_i * c_{t-1}, d_f * c_{t-1}, d_o * c_t; masked steps have
-        # zero gate gradients. Elementwise on saved tensors: torch does it at copy speed.
-        dg = dgates.view(B, T, P, 4, F).float()
-        dpeep = torch.stack([
-            (dg[:, :, :, 0] * c_all[:, :T]).sum((0, 1, 2)),
-            (dg[:, :, :, 1] * c_all[:, :T]).sum((0, 1, 2)),
-            (dg[:, :, :, 3] * c_all[:, 1:]).sum((0, 1, 2)),
-        ]).reshape(-1)
+    dx, dk, drk, db, dpeep = grads.totals()
+
+    def empty():
+        return torch.empty((0,), device=x.device, dtype=torch.float32)
+
     return tuple(g if g is not None else empty() for g in (dx, dk, drk, db, dh0, dc0, dpeep))
+
+
+class _ChunkGradients:
+    """The gradients that are sums over time (weights, bias, peepholes) and the input gradient,
+    from one time chunk of gate gradients at a time: launches over the chunk's B·Tc·P rows,
+    fp32 totals added in chunk order."""
+
+    def __init__(self, x, kernel2d, h0, states, c_all, xmask, hmask, spec, need_x, need_k,
+                 need_b, need_rk, need_peep):
+        self.x, self.kernel2d, self.h0, self.states, self.c_all = x, kernel2d, h0, states, c_all
+        self.xmask, self.hmask, self.spec = xmask, hmask, spec
+        self.need_x, self.need_k, self.need_b = need_x, need_k, need_b
+        self.need_rk, self.need_peep = need_rk, need_peep
+        # several chunks write their frames of dx into one buffer; one chunk's launch is dx
+        chunked = launchers.time_chunk(x.shape[0], x.shape[1], states.shape[2]) < x.shape[1]
+        self.dx = (launchers.new_buffer(x.shape, x.device, x.dtype) if need_x and chunked
+                   else None)
+        self.dk = self.db = self.drk = self.dpeep = None
+
+    @staticmethod
+    def _add(total, part):
+        return part if total is None else total.add_(part)
+
+    def add_chunk(self, dgates, start, stop):
+        spec, geom, x = self.spec, self.spec.geometry, self.x
+        B = x.shape[0]
+        P, F = self.states.shape[2:]
+        if self.need_x:
+            dx = launchers.input_grad(dgates, self.kernel2d, self.xmask, geom, x.shape[-1],
+                                      spec.precision)
+            if self.dx is None:
+                self.dx = dx.view(x.shape)
+            else:
+                self.dx[:, start:stop] = dx.view(B, stop - start, *x.shape[2:])
+        if self.need_k or self.need_b:
+            dk, db = launchers.weight_grad(x[:, start:stop], dgates, self.xmask, geom,
+                                           self.need_b, spec.precision)
+            self.dk = self._add(self.dk, dk) if self.need_k else None
+            self.db = self._add(self.db, db) if self.need_b else None
+        if self.need_rk:
+            rgeom = geom.recurrent_as_conv()
+            spatial = geom.out_spatial
+            # step s's recurrent conv read h_{s-1}: states[:, s-1], or h0 at s = 0
+            first = start
+            if start == 0:
+                h0_frames = self.h0.view(B, 1, *spatial, F)
+                self.drk = self._add(self.drk, launchers.weight_grad(
+                    h0_frames, dgates[:, :1], self.hmask, rgeom, False, spec.precision)[0])
+                first = 1
+            if first < stop:
+                prev = self.states[:, first - 1: stop - 1].view(B, stop - first, *spatial, F)
+                self.drk = self._add(self.drk, launchers.weight_grad(
+                    prev, dgates[:, first - start:], self.hmask, rgeom, False,
+                    spec.precision)[0])
+        if self.need_peep:
+            # sum over (b, t, p) of d_i * c_{t-1}, d_f * c_{t-1}, d_o * c_t (masked steps have
+            # zero gate gradients): elementwise on the chunk, at copy speed
+            dg = dgates.view(B, stop - start, P, 4, F).float()
+            c_prev, c = self.c_all[:, start:stop], self.c_all[:, start + 1: stop + 1]
+            self.dpeep = self._add(self.dpeep, torch.stack([
+                (dg[:, :, :, 0] * c_prev).sum((0, 1, 2)),
+                (dg[:, :, :, 1] * c_prev).sum((0, 1, 2)),
+                (dg[:, :, :, 3] * c).sum((0, 1, 2)),
+            ]).reshape(-1))
+
+    def totals(self):
+        return self.dx, self.dk, self.drk, self.db, self.dpeep
+
+
+class _InputProjection:
+    """The hoisted input projection xg of a sequence, one time chunk at a time
+    (``launchers.time_chunk``): step s's (B, P, 4F) slice, computed with its chunk's frames
+    when s is the first step asked for of another chunk, in one (B, Tc, P, 4F) buffer reused
+    by every chunk (the sequence's xg would be B·T·P·4F elements). Forward asks for the steps
+    in order, backward's recomputation in reverse: each chunk is projected once either way."""
+
+    def __init__(self, spec, x, kernel2d, bias, xmask):
+        B, T = x.shape[:2]
+        P = spec.geometry.out_pixels
+        self.spec, self.x, self.kernel2d, self.bias, self.xmask = spec, x, kernel2d, bias, xmask
+        self.chunk = launchers.time_chunk(B, T, P)
+        N = launchers.GateWeights.of(kernel2d).gate_major.shape[1]
+        self.buffer = launchers.new_buffer((B, self.chunk, P, N), x.device, x.dtype)
+        self.start = None  # first step of the chunk in the buffer
+
+    def step(self, s):
+        start = s - s % self.chunk
+        if start != self.start:
+            stop = min(start + self.chunk, self.x.shape[1])
+            launchers.input_projection(
+                self.x[:, start:stop], self.kernel2d, self.bias, self.xmask,
+                self.spec.geometry, self.spec.precision, four_dots=self.spec.four_dots,
+                out=launchers.chunk_buffer(self.buffer, stop - start))
+            self.start = start
+        return launchers.chunk_buffer(self.buffer, min(start + self.chunk, self.x.shape[1])
+                                      - start)[:, s - start]
 
 
 class _Recompute:
@@ -218,8 +307,7 @@ class _Recompute:
         self.recurrent_kernel2d = launchers.GateWeights(recurrent_kernel2d)
         self.h0, self.states, self.c_all = h0, states, c_all
         self.mask, self.hmask, self.peephole = mask, hmask, peephole
-        self.xg = (launchers.input_projection(x, kernel2d, bias, xmask, spec.geometry,
-                                              spec.precision, four_dots=spec.four_dots)
+        self.xg = (_InputProjection(spec, x, kernel2d, bias, xmask)
                    if spec.input_variant == "hoisted" else None)
         self.preact_buf = launchers.new_buffer((B, P, 4 * F), x.device, x.dtype)
         self.h_scratch = launchers.new_buffer((B, P, F), x.device, x.dtype)
@@ -227,7 +315,7 @@ class _Recompute:
 
     def preact(self, s):
         spec = self.spec
-        inputs = (dict(xg_t=self.xg[:, s]) if self.xg is not None else
+        inputs = (dict(xg_t=self.xg.step(s)) if self.xg is not None else
                   dict(xg_t=None, x_t=self.x[:, s], kernel2d=self.kernel2d, bias=self.bias,
                        xmask=self.xmask))
         launchers.step_forward(

@@ -177,18 +177,41 @@ def gate_interleaved(w, block_f):
     return padded.reshape(K, 4, tiles, block_f).transpose(1, 2).reshape(K, 4 * tiles * block_f)
 
 
+# Time chunks: the hoisted input projection (xg) and backward's gate gradients (dgates) live in
+# buffers of Tc steps, not of the whole sequence, with Tc the fewest steps whose B·Tc·P rows
+# reach this many: GEMMs of several waves on 132 SMs, buffers a fraction of the sequence's
+# (mnist_l2, nowcast: Tc = 1 of 19, 16 steps; small: 8 of 10). Tests set Tc to run chunk
+# boundaries on tiny shapes.
+TIME_CHUNK_MIN_ROWS = 1 << 16
+
+
+def time_chunk(B, T, P):
+    """Steps per time chunk of a (B, T, P, .) sequence."""
+    return max(1, min(T, triton.cdiv(TIME_CHUNK_MIN_ROWS, B * P)))
+
+
+def chunk_buffer(buffer, steps):
+    """The first ``steps`` steps of a (B, Tc, P, N) chunk buffer as a *contiguous*
+    (B, steps, P, N) tensor (the kernels index it as B·steps·P rows): the front of its storage,
+    not ``buffer[:, :steps]``."""
+    B, _, P, N = buffer.shape
+    return buffer.view(-1)[: B * steps * P * N].view(B, steps, P, N)
+
+
 def input_projection(x, kernel2d, bias, xmask, geom: KernelGeometry, precision, *,
-                     four_dots=False):
-    """x (B, T, D, H, W, C_in) frames contiguous; kernel2d (K, 4F) gate-major (a tensor or
-    GateWeights); xmask (4, B, D, H, W, C_in) input-dropout masks or None -> xg (B, T, Po, 4F).
-    ``four_dots``: the first design (per-gate column tiles, flattened K), for comparisons."""
+                     four_dots=False, out=None):
+    """x (B, T, D, H, W, C_in) frames contiguous, samples at any stride (a time chunk of a
+    sequence); kernel2d (K, 4F) gate-major (a tensor or GateWeights); xmask (4, B, D, H, W,
+    C_in) input-dropout masks or None -> xg (B, T, Po, 4F), written into ``out`` (contiguous)
+    when given. ``four_dots``: the first design (per-gate column tiles, flattened K), for
+    comparisons."""
     kernel2d = GateWeights.of(kernel2d).gate_major
     B, T = x.shape[:2]
     C = x.shape[-1]
     F = kernel2d.shape[1] // 4
     Po = geom.out_pixels
     M = B * T * Po
-    xg = new_buffer((B, T, Po, 4 * F), x.device, x.dtype)
+    xg = out if out is not None else new_buffer((B, T, Po, 4 * F), x.device, x.dtype)
     gate_tiles = xmask is not None or four_dots
 
     def launch(cfg, out):
@@ -351,36 +374,90 @@ def step_forward_configs(F, M, k_total, four_dots=False, fused_input=False):
     return _prune(configs, BLOCK_M=M, BLOCK_F=F, BLOCK_K=k_total)
 
 
+class DgradWeights:
+    """The recurrent kernel R (taps * F, 4F), gate-major, and the B matrix of its data gradient
+    (the step-backward kernel's dgrad conv), made once per sequence and reused by every step:
+    Rt (taps * 4F, F), Rt[tap' * 4F + n, f] = R[(taps - 1 - tap') * F + f, n], the kernel
+    flipped in every spatial dim (the flattened tap index reversed) and transposed, so that
+    dh = conv(dg_next, Rt) with padding k - 1 - pad reads dg_next's 4F channels contiguously."""
+
+    def __init__(self, gate_major):
+        self.gate_major = gate_major
+        K, N = gate_major.shape
+        F = N // 4
+        self.transposed = (gate_major.reshape(K // F, F, N).flip(0).transpose(1, 2)
+                           .reshape(K // F * N, F).contiguous())
+
+    @staticmethod
+    def of(weights):
+        return weights if isinstance(weights, DgradWeights) else DgradWeights(weights)
+
+
+def step_backward_configs(F, M, k_loop, rdrop=False):
+    """The step-backward kernel's candidate configs for a problem, in CONFIGS' order (widest
+    first: the first left is the default). BLOCK_F >= 32 once F >= 32 (wgmma's N is BLOCK_F:
+    narrower reads more shared memory per FLOP); with recurrent dropout (two accumulators and
+    four K loops) BLOCK_F <= 32, where nothing spills; blocks no larger than the problem
+    (k_loop: the K a BLOCK_K step runs over, the channels of one tap tap-major)."""
+    configs = step_backward_kernels.CONFIGS
+    if F >= 32:
+        configs = [cfg for cfg in configs if cfg["BLOCK_F"] >= 32]
+    if rdrop:
+        configs = [cfg for cfg in configs if cfg["BLOCK_F"] <= 32] or configs
+    return _prune(configs, BLOCK_M=M, BLOCK_F=F, BLOCK_K=k_loop)
+
+
 def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, mask_t, hmask,
-                  peephole, dg_out, geom: KernelGeometry, act, ract, precision, cell=True):
+                  peephole, dg_out, geom: KernelGeometry, act, ract, precision, cell=True,
+                  dh_live=True):
     """One fused backward step (cell=True), or the initial-state pass (cell=False: dh_carry
-    becomes dh0 = dgrad(dg_next) + dh_carry)."""
+    becomes dh0 = dgrad(dg_next) + dh_carry). rk2d: DgradWeights (or the gate-major recurrent
+    kernel (K, 4F), wrapped here; pass DgradWeights made once per sequence so that the flipped,
+    transposed copy is made once, not every step). dh_live=False: the caller knows dh_carry
+    holds zeros and reads no dh carry back from a cell step (no mask_t: each step leaves zeros),
+    so the kernel neither reads it nor rewrites it (cell=False then writes dh0 = dgrad)."""
+    if not dh_live and mask_t is not None:
+        raise ValueError("step_backward: masked steps carry dh over; dh_live must be True")
     B, P, F = dh_carry.shape
     M = B * P
+    weights = DgradWeights.of(rk2d)
     rc = geom.recurrent_conv_constexprs()
-    d = dh_carry
+    # the dgrad conv's padding before: the forward's "after" (k - 1 - before), per dim
+    dgrad_pads = [k - 1 - pad for k, pad in zip(geom.kernel_size, geom.recurrent_pads)]
+    # K step channels: all 4F gate channels at once, or one gate's F with per-gate masks
+    k_channels = F if hmask is not None else 4 * F
+    # a dh carry the kernel never touches is not passed (its pointer argument is a dummy)
+    dh_touched = dh_live or not cell
 
     def launch(cfg, dh_carry, dc_carry, dg_out):
-        grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(F, cfg["BLOCK_F"]))
+        d = dc_carry  # the dummy pointer of absent optional tensors: one the launch passes
+        tile_h, tile_w, frame_tiles, spatial = spatial_tiling(geom.out_spatial, cfg["BLOCK_M"])
+        m_tiles = B * frame_tiles if spatial else triton.cdiv(M, cfg["BLOCK_M"])
+        grid = (m_tiles, triton.cdiv(F, cfg["BLOCK_F"]))
         step_backward_kernels.step_backward_kernel[grid](
-            _ptr(dg_next, d), _stride0(dg_next), rk2d, _ptr(dy, d), _stride0(dy), dh_carry,
-            dc_carry, _ptr(preact_t, d), _stride0(preact_t), _ptr(c_t, d), _stride0(c_t),
-            _ptr(c_prev, d), _stride0(c_prev), _ptr(mask_t, d), _stride0(mask_t),
-            _ptr(hmask, d), _stride0(hmask), _ptr(peephole, d), _ptr(dg_out, d),
-            _stride0(dg_out), M, P, *geom.out_spatial, F,
-            KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
+            _ptr(dg_next, d), _stride0(dg_next), weights.transposed, _ptr(dy, d), _stride0(dy),
+            dh_carry if dh_touched else d, dc_carry, _ptr(preact_t, d), _stride0(preact_t),
+            _ptr(c_t, d), _stride0(c_t), _ptr(c_prev, d), _stride0(c_prev), _ptr(mask_t, d),
+            _stride0(mask_t), _ptr(hmask, d), _stride0(hmask), _ptr(peephole, d),
+            _ptr(dg_out, d), _stride0(dg_out), M, P, B, *geom.out_spatial, F=F,
+            KD=rc["KD"], KH=rc["KH"], KW=rc["KW"],
+            PD=dgrad_pads[0], PH=dgrad_pads[1], PW=dgrad_pads[2],
             ACT=act, RACT=ract, HAS_NEXT=dg_next is not None, HAS_DY=dy is not None,
-            HAS_MASK=mask_t is not None, HAS_RDROP=hmask is not None,
-            HAS_PEEPHOLE=peephole is not None, CELL=cell, DOT_PRECISION=precision,
+            HAS_DH=dh_live, HAS_MASK=mask_t is not None, HAS_RDROP=hmask is not None,
+            HAS_PEEPHOLE=peephole is not None, CELL=cell, TAP_MAJOR=tap_major(k_channels),
+            DOT_PRECISION=precision, SPATIAL_TILES=spatial, TILE_H=tile_h, TILE_W=tile_w,
             enable_fp_fusion=FP_FUSION, **cfg,
         )
 
-    key = (tuning.bucket(M), F, geom.kernel_size, _dtype_name(rk2d), precision, act, ract,
-           dg_next is not None, dy is not None, mask_t is not None, hmask is not None,
-           peephole is not None, cell)
-    configs = _prune(step_backward_kernels.CONFIGS, BLOCK_M=M, BLOCK_F=F, BLOCK_K=rk2d.shape[0])
+    k_rows = weights.gate_major.shape[0]
+    key = (tuning.bucket(M), F, geom.kernel_size, _dtype_name(weights.gate_major), precision,
+           act, ract, dg_next is not None, dy is not None, mask_t is not None,
+           hmask is not None, peephole is not None, cell, dh_live)
+    configs = step_backward_configs(
+        F, M, k_channels if tap_major(k_channels) else k_rows // F * k_channels,
+        rdrop=hmask is not None)
     _tuned_launch("step_backward", key, configs, launch, [dh_carry, dc_carry, dg_out],
-                  dh_carry.device, flop=2.0 * M * F * rk2d.shape[0] * 4, warm_l2=True)
+                  dh_carry.device, flop=2.0 * M * F * k_rows * 4, warm_l2=True)
 
 
 def _sm_count(device):
@@ -389,72 +466,192 @@ def _sm_count(device):
     return 1
 
 
+def weight_grad_split(tiles, row_tiles, sm_count, block_r):
+    """How many splits of the reduction (contiguous ranges of row tiles) for ``tiles`` (K x
+    column) output tiles: the count whose busiest SM has the least to do, with one or with two
+    CTAs per SM (the config's occupancy is not known here: the worse of the two), the last wave
+    included (9 tiles x 29 splits = 261 programs fill 132 SMs twice, 9 x 44 = 396 three times
+    with one CTA per SM but two and a half waves with two). A program costs its row tiles plus
+    a fixed overhead in row tiles: its prologue and epilogue, and mostly its fp32 partial tile,
+    written and summed once more, at an SM's share of HBM bandwidth (~30 GB/s) about as long
+    as 768 / BLOCK_R row tiles take on the tensor cores. Returns (splits, row tiles per
+    split)."""
+    if row_tiles == 0:  # nothing to reduce: one split that writes zeros
+        return 1, 0
+    overhead = 2 + 768 // block_r
+    best = None
+    for want in range(1, min(row_tiles, max(1, triton.cdiv(8 * sm_count, tiles))) + 1):
+        per_split = triton.cdiv(row_tiles, want)
+        split = triton.cdiv(row_tiles, per_split)
+        programs = tiles * split
+        busiest = max(triton.cdiv(programs, sm_count),
+                      2 * triton.cdiv(programs, 2 * sm_count)) * (per_split + overhead)
+        if best is None or busiest < best[0]:
+            best = (busiest, split, per_split)
+    return best[1], best[2]
+
+
 def weight_grad(src, dgates, smask, geom: KernelGeometry, with_bias, precision):
     """Weight gradient (K, 4F) fp32 (and bias gradient (4F,) fp32 or None) of a conv.
 
-    src (B, T', D, H, W, C) and dgates (B, T', Po, 4F) may be strided (B, T') views;
-    smask (4, B, D, H, W, C) dropout masks on src, or None.
+    src (B, T', D, H, W, C) and dgates (B, T', Po, 4F) may be strided (B, T') views (frames
+    contiguous); smask (4, B, D, H, W, C) dropout masks on src, or None (then column tiles may
+    span gates: up to all 4F columns per program).
     """
     B, T = dgates.shape[:2]
     C = src.shape[-1]
     F = dgates.shape[-1] // 4
+    Do, Ho, Wo = geom.out_spatial
     Po = geom.out_pixels
-    K = geom.kernel_size[0] * geom.kernel_size[1] * geom.kernel_size[2] * C
+    taps = geom.kernel_size[0] * geom.kernel_size[1] * geom.kernel_size[2]
+    K = taps * C
     R = B * T * Po
+    gate_tiles = smask is not None
+    k_tap_major = tap_major(C)
 
     def launch(cfg):
         block_r, block_k, block_n = cfg["BLOCK_R"], cfg["BLOCK_K"], cfg["BLOCK_N"]
-        col_tiles = 4 * triton.cdiv(F, block_n)
-        tiles = triton.cdiv(K, block_k) * col_tiles
-        # Enough programs to fill the GPU twice over; each split reduces a contiguous row range.
-        split = max(1, min(triton.cdiv(R, block_r),
-                           triton.cdiv(2 * _sm_count(src.device), tiles)))
-        rows_per_split = triton.cdiv(triton.cdiv(R, split), block_r) * block_r
-        split = triton.cdiv(R, rows_per_split)
-        dw = new_buffer((split, K, 4 * F), src.device, torch.float32)
-        db = new_buffer((split, 4 * F), src.device, torch.float32) if with_bias else dw
-        grid = (triton.cdiv(K, block_k), col_tiles, split)
+        tile_h, tile_w, tiles_per_frame, spatial = spatial_tiling(geom.out_spatial, block_r)
+        if not spatial:
+            tile_h, tile_w, tiles_per_frame = 1, block_r, triton.cdiv(Po, block_r)
+        tiles_w = triton.cdiv(Wo, tile_w)
+        k_steps = taps * triton.cdiv(C, block_k) if k_tap_major else triton.cdiv(K, block_k)
+        k_tiles = triton.cdiv(k_steps, cfg["K_BLOCKS"])
+        col_tiles = (4 * triton.cdiv(F, block_n) if gate_tiles
+                     else triton.cdiv(4 * F, block_n))
+        row_tiles = B * T * tiles_per_frame
+        split, tiles_per_split = weight_grad_split(k_tiles * col_tiles, row_tiles,
+                                                   _sm_count(src.device), block_r)
+        # the bias: row K of the MMA where the flattened K leaves a padding lane for a column
+        # of ones (free), else column sums of dgates tiles shared by the K tiles' programs
+        bias_row = with_bias and not k_tap_major and K % block_k != 0
+        bias_sums = with_bias and not bias_row
+        dw = new_buffer((split, K + bias_row, 4 * F), src.device, torch.float32)
+        db = (new_buffer((split, k_tiles, 4 * F), src.device, torch.float32) if bias_sums
+              else dw)
+        grid = (k_tiles, col_tiles, split)
         weight_grad_kernels.weight_grad_kernel[grid](
             src, src.stride(0), src.stride(1), dgates, dgates.stride(0), dgates.stride(1),
             _ptr(smask, src), _stride0(smask), dw, db,
-            T, R, rows_per_split, C, *geom.in_spatial, Po, geom.out_spatial[1],
-            geom.out_spatial[2], F, **geom.input_conv_constexprs(), HAS_BIAS_GRAD=with_bias,
-            HAS_DROPOUT=smask is not None, DOT_PRECISION=precision,
+            T, row_tiles, tiles_per_split, tiles_per_frame, tiles_w,
+            tiles_w * triton.cdiv(Ho, tile_h), *geom.in_spatial, Do, Ho, Wo, Po,
+            C=C, F=F, **geom.input_conv_constexprs(), BIAS_SUMS=bias_sums, BIAS_ROW=bias_row,
+            HAS_DROPOUT=smask is not None, GATE_TILES=gate_tiles, TAP_MAJOR=k_tap_major,
+            SPATIAL_TILES=spatial, TILE_H=tile_h, TILE_W=tile_w, DOT_PRECISION=precision,
             enable_fp_fusion=FP_FUSION, **cfg,
         )
-        return dw.sum(0), (db.sum(0) if with_bias else None)
+        # fixed-order sums of the partials: bit-identical run to run
+        total = dw.sum(0)
+        if bias_row:  # separate tensors: autograd's outputs may not alias each other
+            return total[:K], total[K].clone()
+        return total, (db.sum((0, 1)) if bias_sums else None)
 
     key = (tuning.bucket(R), F, C, geom.kernel_size, geom.strides, geom.dilation,
            _dtype_name(dgates), precision, with_bias, smask is not None)
-    configs = _prune(weight_grad_kernels.CONFIGS, BLOCK_K=K, BLOCK_N=F)
+    configs = weight_grad_configs(F, C, taps, gate_tiles, k_tap_major, src.element_size(),
+                                  smask is not None)
     # each trial allocates its own partial sums: nothing of the caller's is written
     return _tuned_launch("weight_grad", key, configs, launch, [], src.device,
                          flop=2.0 * R * K * 4 * F)
 
 
+def weight_grad_configs(F, C, taps, gate_tiles, k_tap_major, element_size, dropout):
+    """The weight-gradient kernel's candidate configs: column tiles no wider than the columns
+    a program can own (one gate's F with per-gate masks, all 4F otherwise), K blocks no taller
+    than a tap's channels (tap-major) or all of K (but 64, wgmma's minimum), a second K block
+    only where there is a second K step, pipelines whose shared memory fits a CTA (the stages
+    of the A and dgates tiles, with dropout one more A buffer for the masked tile), and 32-row
+    tiles only for the flattened K layout (its per-element gather of 64-row tiles reaches 255
+    registers and spills on sm_90) and for fp32 with dropout masks (the masked fp32 A tile of
+    64 rows spills at F = 128 with the bias sums on Triton 3.9)."""
+    kept = []
+    for cfg in weight_grad_kernels.CONFIGS:
+        block_r, block_k, k_blocks = cfg["BLOCK_R"], cfg["BLOCK_K"], cfg["K_BLOCKS"]
+        steps = taps * triton.cdiv(C, block_k) if k_tap_major else triton.cdiv(taps * C, block_k)
+        smem = (cfg["num_stages"] * block_r * (k_blocks * block_k + cfg["BLOCK_N"])
+                + (block_r * k_blocks * block_k if dropout else 0)) * element_size
+        # registers: 32-row tiles for the flattened K layout and for fp32 with dropout
+        small_tiles = not k_tap_major or (dropout and element_size == 4)
+        if (k_blocks <= steps and smem <= WEIGHT_GRAD_SMEM_BYTES
+                and (block_r == 32 or not small_tiles)):
+            kept.append(cfg)
+    n_limit = max(16, triton.next_power_of_2(F if gate_tiles else 4 * F))
+    k_limit = max(64, triton.next_power_of_2(C if k_tap_major else taps * C))
+    fit = [cfg for cfg in kept if cfg["BLOCK_N"] <= n_limit and cfg["BLOCK_K"] <= k_limit]
+    # none fits: the narrowest of the usable ones (most of its columns masked, but right)
+    return fit or sorted(kept or weight_grad_kernels.CONFIGS[:1],
+                         key=lambda cfg: (cfg["BLOCK_N"], cfg["BLOCK_K"]))[:1]
+
+
+# Shared memory per CTA on sm_90 (227 KiB); the weight-gradient pruner's budget.
+WEIGHT_GRAD_SMEM_BYTES = 227 * 1024
+
+
+# Input gradient: a tensor-core GEMM (N = C_in columns) from this many input channels on;
+# below, a reduction on CUDA cores (the narrowest MMA has 16 columns, of which C_in = 1 would
+# use one). Tests move it to run every shape through both kernels.
+INPUT_GRAD_GEMM_MIN_CHANNELS = 16
+
+
 def input_grad(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision):
-    """dgates (B, T, Po, 4F) contiguous, kernel2d (K, 4F), xmask (4, B, D, H, W, C_in) or None
-    -> dx (B, T, D, H, W, C_in)."""
+    """dgates (B, T, Po, 4F) contiguous, kernel2d (K, 4F) gate-major, xmask (4, B, D, H, W, C_in)
+    or None -> dx (B, T, D, H, W, C_in). One launch of prod(strides) sub-pixel phases (grid
+    axis 2), each a dense conv over its own taps (see kernels/input_grad.py)."""
+    assert dgates.is_contiguous()
     B, T, Po, N = dgates.shape
-    P_in = geom.in_pixels
-    M = B * T * P_in
+    F = N // 4
+    if any(s > 1 and d > 1 for s, d in zip(geom.strides, geom.dilation)):
+        # validation rejects it; the phases' tap lists (taps S apart) rely on it
+        raise ValueError("input_grad: strides > 1 with dilation > 1 in one dim")
+    # phase 0's input sub-grid (the largest): ceil(size / stride) per dim
+    phase_grid = tuple(triton.cdiv(n, s) for n, s in zip(geom.in_spatial, geom.strides))
+    phases = geom.strides[0] * geom.strides[1] * geom.strides[2]
+    rows = B * T * phase_grid[0] * phase_grid[1] * phase_grid[2]  # per phase
+    taps = geom.kernel_size[0] * geom.kernel_size[1] * geom.kernel_size[2]
+    gemm = c_in >= INPUT_GRAD_GEMM_MIN_CHANNELS
+    # row-major (K, 4F); the reduction multiplies in fp32: its weight converted once here, not
+    # at every K step
+    weights = (kernel2d if gemm else kernel2d.to(torch.float32)).contiguous()
     dx = new_buffer((B, T, *geom.in_spatial, c_in), dgates.device, dgates.dtype)
 
     def launch(cfg, dx):
-        grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(c_in, cfg["BLOCK_C"]))
-        input_grad_kernels.input_grad_kernel[grid](
-            dgates, kernel2d, _ptr(xmask, dgates), _stride0(xmask), dx,
-            M, T, c_in, *geom.in_spatial, P_in, N // 4, *geom.out_spatial, Po,
+        tile_h, tile_w, frame_tiles, spatial = spatial_tiling(phase_grid, cfg["BLOCK_M"])
+        m_tiles = B * T * frame_tiles if spatial else triton.cdiv(rows, cfg["BLOCK_M"])
+        if gemm:
+            kernel = input_grad_kernels.input_grad_kernel
+            grid = (m_tiles, triton.cdiv(c_in, cfg["BLOCK_C"]), phases)
+            extra = dict(DOT_PRECISION=precision)
+        else:
+            kernel = input_grad_kernels.input_grad_reduce_kernel
+            grid = (m_tiles, c_in, phases)
+            extra = {}
+        kernel[grid](
+            dgates, weights, _ptr(xmask, dgates), _stride0(xmask), dx,
+            T, B * T, *geom.in_spatial, *geom.out_spatial, C=c_in, F=F,
             **geom.input_conv_constexprs(), HAS_DROPOUT=xmask is not None,
-            DOT_PRECISION=precision, enable_fp_fusion=FP_FUSION, **cfg,
+            SPATIAL_TILES=spatial, TILE_H=tile_h, TILE_W=tile_w,
+            enable_fp_fusion=FP_FUSION, **extra, **cfg,
         )
 
-    key = (tuning.bucket(M), N // 4, c_in, geom.kernel_size, geom.strides, geom.dilation,
+    key = (tuning.bucket(rows * phases), F, c_in, geom.kernel_size, geom.strides, geom.dilation,
            _dtype_name(dgates), precision, xmask is not None)
-    configs = _prune(input_grad_kernels.CONFIGS, BLOCK_M=M, BLOCK_C=c_in,
-                     BLOCK_K=kernel2d.shape[0] // c_in * (N // 4))
-    _tuned_launch("input_grad", key, configs, launch, [dx], dgates.device,
-                  flop=2.0 * M * c_in * kernel2d.shape[0] * 4)
+    # K blocks run over one gate's F channels with dropout masks, all 4F otherwise
+    k_channels = F if xmask is not None else N
+    if gemm:
+        name = "input_grad"
+        configs = input_grad_kernels.CONFIGS
+        if xmask is not None:
+            # two accumulators live (the gate's partial sum, the total): at most 32 fp32
+            # elements each per thread, or the epilogue's mask tile spills
+            configs = [cfg for cfg in configs
+                       if cfg["BLOCK_M"] * cfg["BLOCK_C"] <= 32 * 32 * cfg["num_warps"]]
+        configs = _prune(configs, BLOCK_M=rows, BLOCK_C=c_in, BLOCK_K=k_channels)
+    else:
+        name = "input_grad_reduce"
+        configs = _prune(input_grad_kernels.REDUCE_CONFIGS, BLOCK_M=rows, BLOCK_K=k_channels)
+    # useful FLOP: every (output pixel, tap) pair reaches one input pixel (or the padding)
+    _tuned_launch(name, key, configs, launch, [dx], dgates.device,
+                  flop=2.0 * B * T * Po * taps * N * c_in)
     return dx
 
 

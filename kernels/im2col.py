@@ -121,54 +121,6 @@ def conv_tap_offsets(
 
 
 @triton.jit
-def _tconv_source(q, tap, PAD: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr, SIZE):
-    """Source coordinate of a transposed conv along one dim, and whether it exists."""
-    num = q[:, None] + PAD - tap[None, :] * DIL
-    num_c = tl.where(num >= 0, num, 0)  # keep // and % away from negative operands
-    src = num_c // STRIDE
-    ok = (num >= 0) & (num_c - src * STRIDE == 0) & (src < SIZE)
-    return src, ok
-
-
-@triton.jit
-def tconv_gather(
-    src_ptr, row_base, qd, qh, qw, row_mask, ks, K_TOTAL, NG, N0, N, Do, Ho, Wo,
-    KH: tl.constexpr, KW: tl.constexpr,
-    SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-    PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    LD: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
-):
-    """Tile [rows, ks] for the data gradient of a conv (a transposed conv), one gate at a time.
-
-    Rows are pixels q of the conv's *input*; src is the conv's output gradient (Do, Ho, Wo, N);
-    k = tap * NG + j reads channel N0 + j (one gate's NG = F channels starting at N0).
-    Output pixel p feeds q through tap when q = p * stride - pad + tap * dil.
-    """
-    tap = ks // NG
-    n = N0 + ks % NG
-    kd = tap // (KH * KW)
-    kh = (tap // KW) % KH
-    kw = tap % KW
-    pd, ok_d = _tconv_source(qd, kd, PD, LD, SD, Do)
-    ph, ok_h = _tconv_source(qh, kh, PH, LH, SH, Ho)
-    pw, ok_w = _tconv_source(qw, kw, PW, LW, SW, Wo)
-    valid = row_mask[:, None] & (ks < K_TOTAL)[None, :] & ok_d & ok_h & ok_w
-    offs = row_base[:, None] + ((pd * Ho + ph) * Wo + pw) * N + n[None, :]
-    return tl.load(src_ptr + offs, mask=valid, other=0.0)
-
-
-@triton.jit
-def tconv_weight_tile(w_ptr, ks, cs, K_TOTAL, C, NG, N0, N):
-    """Tile [ks, cs] of a Keras kernel (taps, C, N) read as the transposed conv's B matrix,
-    for the gate whose NG output channels start at N0 (k = tap * NG + j)."""
-    tap = ks // NG
-    n = N0 + ks % NG
-    offs = (tap[:, None] * C + cs[None, :]) * N + n[:, None]
-    mask = (ks < K_TOTAL)[:, None] & (cs < C)[None, :]
-    return tl.load(w_ptr + offs, mask=mask, other=0.0)
-
-
-@triton.jit
 def gate_columns(pid_n, F, BLOCK_N: tl.constexpr):
     """Column tile of a (., 4F) gate matrix that stays inside one gate: (gate, cols, col_mask).
 

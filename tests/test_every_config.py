@@ -32,6 +32,7 @@ KERNEL_CONFIGS = {
     "step_backward": step_backward.CONFIGS,
     "weight_grad": weight_grad.CONFIGS,
     "input_grad": input_grad.CONFIGS,
+    "input_grad_reduce": input_grad.REDUCE_CONFIGS,
 }
 
 # Small enough for the interpreter, with a partial tile along every blocked dim.
@@ -39,6 +40,10 @@ WIDE = dict(spatial=(4, 5), C=18, F=20, k=(3, 3), padding="same", B=1, T=2,
             initial_state=True)
 MASKED = dict(spatial=(4, 3), C=3, F=20, k=(3, 2), padding="same", B=2, T=2, dropout=True,
               mask=True, peephole=True, initial_state=True)
+# The input gradient's GEMM runs from 16 input channels on (below, its CUDA-core reduction):
+# strided sub-pixel phases with per-gate dropout masks, C_in = 17 against BLOCK_C.
+STRIDED_MASKED = dict(spatial=(5, 7), C=17, F=20, k=(3, 3), padding="same", strides=2, B=1,
+                      T=2, dropout=True)
 # (case, forward variant) per kernel: the paths its config reaches
 PATHS = {
     "step_forward": [("wide", WIDE, "hoisted"), ("masked_fused", MASKED, "fused_input"),
@@ -46,7 +51,9 @@ PATHS = {
     "input_projection": [("all_gates", WIDE, "hoisted"), ("gate_tiles", MASKED, "hoisted")],
     "step_backward": [("wide", WIDE, "hoisted"), ("masked", MASKED, "hoisted")],
     "weight_grad": [("wide", WIDE, "hoisted"), ("masked", MASKED, "hoisted")],
-    "input_grad": [("wide", WIDE, "hoisted"), ("masked", MASKED, "hoisted")],
+    "input_grad": [("wide", WIDE, "hoisted"), ("strided_masked", STRIDED_MASKED, "hoisted")],
+    "input_grad_reduce": [("all_gates", dict(WIDE, C=3), "hoisted"),
+                          ("masked", MASKED, "hoisted")],
 }
 
 PARAMS = [

@@ -76,7 +76,15 @@ CASES = [
     *[pytest.param(dict(spatial=(5, 4), C=2, F=3, k=(3, 3), padding="same", activation=act,
                         recurrent_activation=ract, initial_state=True), id=f"2d_{act}_{ract}")
       for act, ract in [("relu6", "elu"), ("selu", "silu"), ("gelu", "softsign"),
-                        ("softplus", "swish"), ("hard_sigmoid_legacy", "sigmoid")]]
+                        ("softplus", "swish"), ("hard_sigmoid_legacy", "sigmoid")]],
+    # C_in >= 16: the input gradient's tensor-core GEMM through strided sub-pixel phases (k = 2
+    # < s = 3: a phase that no tap reaches, all zeros) and through dilation
+    pytest.param(dict(spatial=(9, 10), C=17, F=3, k=(3, 3), padding="valid", strides=(2, 3)),
+                 id="2d_c17_k3_valid_s2x3"),
+    pytest.param(dict(spatial=(7, 5), C=16, F=3, k=(2, 3), padding="same", strides=(3, 2),
+                      dropout=True, B=1), id="2d_c16_k2x3_same_s3x2_dropout"),
+    pytest.param(dict(spatial=(8, 7), C=18, F=3, k=(3, 2), padding="same",
+                      dilation_rate=(2, 3), B=1), id="2d_c18_k3x2_same_dil2x3"),
 # "exponential" explodes over time steps with random weights: checked in test_cell_kernels.py,
 ]
 
@@ -204,7 +212,7 @@ FOUR_DOTS_CASES = ["2d_k4x3_same_s2x3", "2d_cin1_f37_multiblock",
     *(pytest.param(v, VARIANT_CASES[i], id=f"{v}-{i}") for i in FOUR_DOTS_CASES
       for v in ("hoisted_four_dots", "fused_input_four_dots")),
 ])
-def test_forward_variants_match_reference(variant, case, poison_buffers):
+def test_forward_variants_match_reference(variant, case, poison_buffers, recompute_gates=False):
     """The other forward variants (the input conv inside the step; the cell as its own kernel)
     give the same outputs and, through the shared backward, the same gradients."""
     device = kernel_device()
@@ -217,7 +225,8 @@ def test_forward_variants_match_reference(variant, case, poison_buffers):
         return cot["v"]
 
     out, grads = run_with_grads("triton", x, kernel, rkernel, bias, initial_state, mask,
-                                dict(options, forward_variant=variant), cotangents)
+                                dict(options, forward_variant=variant,
+                                     recompute_gates=recompute_gates), cotangents)
     ref, rgrads = run_with_grads("reference", x, kernel, rkernel, bias, initial_state, mask,
                                  options, cotangents)
     tol = tolerance(torch.float32, device)
@@ -358,7 +367,7 @@ def test_tuning_trials_do_not_disturb_results(poison_buffers, monkeypatch, tmp_p
     finally:
         tuning._reset_state()
     assert {"input_projection", "step_forward", "step_backward", "weight_grad",
-            "input_grad", "forward_variant"} <= kernels
+            "input_grad_reduce", "forward_variant"} <= kernels  # C_in = 2: the reduction
     assert len(trials) > len(kernels)
 
 
@@ -400,7 +409,8 @@ def test_tensor_descriptor_path_matches_reference(case, poison_buffers, monkeypa
 
 
 SPATIAL_TILE_CASES = ["2d_k3_same", "1d_k4_valid_s2", "3d_k2x2x3_valid_s1x2x2",
-                      "2d_dropout_s2_mask_go_backwards", "2d_cin1_f37_multiblock"]
+                      "2d_dropout_s2_mask_go_backwards", "2d_cin1_f37_multiblock",
+                      "2d_c17_k3_valid_s2x3", "2d_c16_k2x3_same_s3x2_dropout"]
 
 
 @pytest.mark.parametrize("variant", ["hoisted", "fused_input"])
@@ -413,3 +423,54 @@ def test_spatial_tiles_match_reference(case_id, variant, poison_buffers, monkeyp
 
     monkeypatch.setattr(launchers, "SPATIAL_TILE_WASTE", float("inf"))
     test_forward_variants_match_reference(variant, VARIANT_CASES[case_id], None)
+
+
+TIME_CHUNK_CASES = ["2d_mask_initial_state", "2d_dropout_s2_mask_go_backwards",
+                    "1d_peephole_mask_dropout_go_backwards"]
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["saved", "recompute"])
+@pytest.mark.parametrize("case_id", TIME_CHUNK_CASES)
+def test_time_chunks_match_reference(case_id, recompute, poison_buffers, monkeypatch):
+    """Time chunks of one step (and of two: a partial last chunk, with spatial M tiles): the
+    hoisted projection and backward's gate gradients chunk by chunk, in forward, in backward's
+    recomputation and across chunk boundaries of the backward recurrence, forward and every
+    gradient. A chunk of x is a (B, Tc) view with its own sample stride."""
+    from convlstm_triton import launchers
+
+    case = VARIANT_CASES[case_id]
+    for chunk, waste in ((1, launchers.SPATIAL_TILE_WASTE), (2, float("inf"))):
+        monkeypatch.setattr(launchers, "time_chunk", lambda B, T, P, chunk=chunk: min(chunk, T))
+        monkeypatch.setattr(launchers, "SPATIAL_TILE_WASTE", waste)
+        test_forward_variants_match_reference(
+            "hoisted", case, None, recompute_gates=recompute)
+
+
+INPUT_GRAD_CASES = ["1d_k4_valid_s2", "2d_k3_valid_s2", "2d_k4x3_same_s2x3",
+                    "3d_k2x2x3_valid_s1x2x2", "2d_dropout_s2_mask_go_backwards",
+                    "2d_k3_same_dil2", "2d_k2x3_valid_dil2x1", "1d_dropout_dil2_gelu",
+                    "2d_cin1_f37_multiblock", "3d_k3_same", "3d_dropout_even_same",
+                    "2d_c17_k3_valid_s2x3", "2d_c16_k2x3_same_s3x2_dropout",
+                    "2d_c18_k3x2_same_dil2x3"]
+
+
+@pytest.mark.parametrize("kernel", ["input_grad", "input_grad_reduce"])
+@pytest.mark.parametrize("case_id", INPUT_GRAD_CASES)
+def test_both_input_grad_kernels_match_reference(case_id, kernel, poison_buffers, monkeypatch):
+    """dx through the tensor-core GEMM (normally from launchers.INPUT_GRAD_GEMM_MIN_CHANNELS
+    input channels on) and through the CUDA-core reduction (normally below) on every shape:
+    strided sub-pixel phases (one without taps), dilation, C_in = 1, 3D, dropout masks."""
+    from convlstm_triton import launchers, tuning
+
+    gemm = kernel == "input_grad"
+    monkeypatch.setattr(launchers, "INPUT_GRAD_GEMM_MIN_CHANNELS", 1 if gemm else 1 << 30)
+    launched = []
+    pick = tuning.pick_config
+
+    def spy(kernel_name, *args, **kwargs):
+        launched.append(kernel_name)
+        return pick(kernel_name, *args, **kwargs)
+
+    monkeypatch.setattr(tuning, "pick_config", spy)
+    test_forward_variants_match_reference("hoisted", VARIANT_CASES[case_id], None)
+    assert kernel in launched, f"{kernel} was not launched"

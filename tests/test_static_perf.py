@@ -47,6 +47,16 @@ GATE_CASES = tuple((variant, c_in, k, mode) for variant in ("hoisted", "fused_in
 # benchmark's) and H, W multiples of 16 as the benchmark's: the same specializations.
 SYNTHETIC = dict(batch=2, steps=3, spatial=[16, 16])
 SEQUENCE_LIMIT_MS = {"mnist_l1": 2.15, "mnist_l2": 1.43, "nowcast": 3.3}
+# training (forward + backward of the default configuration, bf16): the issue's targets, 2x
+# ahead of torch.compile's measured 20.1 / 11.35 / 26.4 ms
+TRAIN_LIMIT_MS = {"mnist_l1": 10.0, "mnist_l2": 5.7, "nowcast": 13.2}
+# (C_in, k) of the backward compile gates (train mode, the synthetic shape)
+TRAIN_GATE_CASES = ((1, 5), (64, 3))
+FORWARD_TUNED = ("step_forward", "input_projection", "forward_variant")
+# backward GEMMs whose main loop must be wgmma without runtime-division calls, issue bound >=
+# 50 % at F = 64 (the configs tuning by forecast picks, bf16, benchmark shapes)
+BACKWARD_GEMMS = ("weight_grad_kernel", "input_grad_kernel")
+BACKWARD_ISSUE_BOUND_MIN = 0.50
 ISSUE_BOUND_MIN = {"step_forward_kernel": 0.70, "input_projection_kernel": 0.60}
 ISSUE_BOUND_GATED = {"mnist_l1": ("step_forward_kernel",),  # see the module docstring
                      "mnist_l2": ("step_forward_kernel", "input_projection_kernel")}
@@ -83,10 +93,14 @@ def analyze_group(filters, dtype):
     problems = [dict(shape="mnist_l2", dtype=dtype, variant=variant, mode=mode,
                      overrides=dict(SYNTHETIC, filters=filters, in_channels=c_in, kernel=k))
                 for variant, c_in, k, mode in GATE_CASES]
+    problems += [dict(shape="mnist_l2", dtype=dtype, variant="hoisted", mode="train",
+                      overrides=dict(SYNTHETIC, filters=filters, in_channels=c_in, kernel=k))
+                 for c_in, k in TRAIN_GATE_CASES]
     if dtype == "bf16":
-        problems += [dict(shape=name, dtype=dtype, variant=DEFAULT_VARIANT)
+        problems += [dict(shape=name, dtype=dtype, variant=DEFAULT_VARIANT, mode=mode)
                      for name, shape in sp.SHAPES.items()
-                     if name in SEQUENCE_LIMIT_MS and shape.filters == filters]
+                     if name in SEQUENCE_LIMIT_MS and shape.filters == filters
+                     for mode in ("fwd", "train")]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"  # silence Triton 3.9's notice; fusion is its default
     run = subprocess.run([sys.executable, "-c", WORKER, str(BENCH), json.dumps(problems)],
@@ -147,7 +161,8 @@ def test_forward_configs_have_no_spills_and_wide_wgmma(filters, dtype):
 def _real(shape):
     filters = sp.SHAPES[shape].filters
     return next(r for r in analyze_group(filters, "bf16")
-                if r["problem"]["shape"] == shape and not r["problem"].get("overrides"))
+                if r["problem"]["shape"] == shape and not r["problem"].get("overrides")
+                and r["problem"].get("mode", "fwd") == "fwd")
 
 
 @pytest.mark.parametrize("shape", ["mnist_l1", "mnist_l2"])
@@ -174,6 +189,70 @@ def test_forecast_per_sequence(shape):
     assert fc["sequence_ms"] <= SEQUENCE_LIMIT_MS[shape], (
         f"FORECAST {shape} bf16 {DEFAULT_VARIANT}: {fc['sequence_ms']:.3f} ms per sequence > "
         f"{SEQUENCE_LIMIT_MS[shape]} ms ({fc['kernels']})")
+
+
+# ---------------------------------------------------------------------------------------------
+# backward gates
+
+
+@pytest.mark.parametrize("filters, dtype", [
+    pytest.param(f, d, id=f"F{f}-{d}") for f in (32, 64, 128) for d in ("bf16", "fp32")])
+def test_backward_configs_have_no_spills(filters, dtype):
+    """Every config the pruners keep for every backward kernel, C_in 1 (k 5) and 64 (k 3)."""
+    failed, spills, seen = [], [], 0
+    for result in analyze_group(filters, dtype):
+        problem = result["problem"]
+        if problem.get("mode") != "train" or not problem.get("overrides"):
+            continue
+        for r in result["records"]:
+            if r.get("tuned_as") in FORWARD_TUNED or r.get("tuned_as") is None:
+                continue
+            label = _label(problem, r)
+            if r.get("error") or "spill_bytes" not in r:
+                failed.append(f"{label}: {r.get('error')}")
+                continue
+            seen += 1
+            if r["spill_bytes"]:
+                spills.append(f"{label}: {r['spill_bytes']} B spilled, {r['regs']} registers")
+    assert seen, "no backward kernel config was analyzed"
+    assert not failed, "configs that did not compile for sm_90:\n" + "\n".join(failed)
+    assert not spills, "spilling configs:\n" + "\n".join(spills)
+
+
+def _real_train(shape):
+    filters = sp.SHAPES[shape].filters
+    return next(r for r in analyze_group(filters, "bf16")
+                if r["problem"]["shape"] == shape and not r["problem"].get("overrides")
+                and r["problem"].get("mode") == "train")
+
+
+@pytest.mark.parametrize("shape", ["mnist_l1", "mnist_l2"])
+def test_backward_gemms_on_wgmma_at_f64(shape):
+    result = _real_train(shape)
+    chosen = [r for r in result["records"] if r.get("chosen") and r["kernel"] in BACKWARD_GEMMS]
+    assert {r["kernel"] for r in chosen} >= {"weight_grad_kernel"}, sorted(
+        {r["kernel"] for r in chosen})
+    bad = []
+    for r in chosen:
+        loop = r["main_loop"]
+        if not loop.get("found") or not loop.get("wgmma") or loop.get("calls"):
+            bad.append(f"{_label(result['problem'], r)}: main loop {loop.get('mma_shapes')}, "
+                       f"{loop.get('calls')} calls")
+        elif (r["issue_bound"] or 0) < BACKWARD_ISSUE_BOUND_MIN:
+            bad.append(f"{_label(result['problem'], r)}: issue bound "
+                       f"{100 * (r['issue_bound'] or 0):.0f} % < "
+                       f"{100 * BACKWARD_ISSUE_BOUND_MIN:.0f} % (FORECAST; "
+                       f"{r['instr_per_k_step_total']} instructions per k-step)")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("shape", list(TRAIN_LIMIT_MS))
+def test_training_forecast(shape):
+    fc = _real_train(shape)["forecast"]
+    assert fc["label"] == sp.FORECAST_LABEL
+    assert fc["sequence_ms"] <= TRAIN_LIMIT_MS[shape], (
+        f"FORECAST {shape} bf16 {DEFAULT_VARIANT} train: {fc['sequence_ms']:.3f} ms > "
+        f"{TRAIN_LIMIT_MS[shape]} ms ({fc['kernels']})")
 
 
 # ---------------------------------------------------------------------------------------------
