@@ -177,6 +177,8 @@ def sequence_backward(d_states, d_h, d_c, x, kernel2d, recurrent_kernel2d, bias,
                 dh_carry, dc_carry, preact_s, c_all[:, s + 1], c_all[:, s],
                 mask[:, s] if mask is not None else None, hmask, peephole,
                 dgates[:, s - start], geom, spec.act, spec.ract, spec.precision,
+                # without masks every step leaves the dh carry zero: only d_h enters it
+                dh_live=mask is not None or (s == T - 1 and d_h is not None),
             )
             dg_next = dgates[:, s - start]
         grads.add_chunk(dgates, start, stop)
@@ -185,7 +187,7 @@ def sequence_backward(d_states, d_h, d_c, x, kernel2d, recurrent_kernel2d, bias,
     if need_h0:
         launchers.step_backward(dg_next, rk_dgrad, None, dh_carry, dc_carry,
                                 None, None, None, None, hmask, None, None, geom, spec.act,
-                                spec.ract, spec.precision, cell=False)
+                                spec.ract, spec.precision, cell=False, dh_live=mask is not None)
         dh0 = dh_carry
     if need_c0:
         dc0 = dc_carry

@@ -468,14 +468,14 @@ def _sm_count(device):
 
 def weight_grad_split(tiles, row_tiles, sm_count, block_r):
     """How many splits of the reduction (contiguous ranges of row tiles) for ``tiles`` (K x
-    column) output tiles: the count whose busiest SM has the least to do, with one or with two
-    CTAs per SM (the config's occupancy is not known here: the worse of the two), the last wave
-    included (9 tiles x 29 splits = 261 programs fill 132 SMs twice, 9 x 44 = 396 three times
-    with one CTA per SM but two and a half waves with two). A program costs its row tiles plus
-    a fixed overhead in row tiles: its prologue and epilogue, and mostly its fp32 partial tile,
-    written and summed once more, at an SM's share of HBM bandwidth (~30 GB/s) about as long
-    as 768 / BLOCK_R row tiles take on the tensor cores. Returns (splits, row tiles per
-    split)."""
+    column) output tiles: the count whose busiest SM has the least to do, the last wave
+    included (the busiest SM runs ceil(programs / SMs) programs whatever the occupancy:
+    co-resident CTAs share its tensor cores; 9 tiles x 29 splits = 261 programs fill 132 SMs
+    twice). A program costs its row tiles plus a fixed overhead in row tiles: its prologue and
+    epilogue, and mostly its fp32 partial tile, written and summed once more at an SM's share
+    of HBM bandwidth (~30 GB/s), about as long as 768 / BLOCK_R row tiles take on the tensor
+    cores: small launches (a time chunk of frames) get fewer splits. Ties go to fewer splits.
+    Returns (splits, row tiles per split)."""
     if row_tiles == 0:  # nothing to reduce: one split that writes zeros
         return 1, 0
     overhead = 2 + 768 // block_r
@@ -483,9 +483,7 @@ def weight_grad_split(tiles, row_tiles, sm_count, block_r):
     for want in range(1, min(row_tiles, max(1, triton.cdiv(8 * sm_count, tiles))) + 1):
         per_split = triton.cdiv(row_tiles, want)
         split = triton.cdiv(row_tiles, per_split)
-        programs = tiles * split
-        busiest = max(triton.cdiv(programs, sm_count),
-                      2 * triton.cdiv(programs, 2 * sm_count)) * (per_split + overhead)
+        busiest = triton.cdiv(tiles * split, sm_count) * (per_split + overhead)
         if best is None or busiest < best[0]:
             best = (busiest, split, per_split)
     return best[1], best[2]

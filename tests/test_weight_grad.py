@@ -1,5 +1,5 @@
 """The weight-gradient launcher against torch's conv weight gradient, with the reduction split
-many ways, as on a GPU (under the interpreter one "SM" gives one or two splits): the partial
+many ways, as on a GPU (under the interpreter, one "SM", the launcher picks one split): the partial
 sums of every split, the bias partials that a split's K tiles share, strided (B, T') views of
 src and dgates (as the recurrent kernel's states[:, :T-1] with dgates[:, 1:]), spatial and
 flat row tiles, both K layouts (the flattened one with the bias as a row of the MMA),
