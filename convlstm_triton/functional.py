@@ -109,7 +109,8 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
             in Keras): i and f see ``+ w_ci * c_prev``, ``+ w_cf * c_prev``, o ``+ w_co * c``.
         allow_tf32: fp32 dots in TF32; default ``torch.backends.cudnn.allow_tf32``.
         forward_variant: how the Triton forward is built (backward is the same for all):
-            "hoisted" (the input conv of all frames as one GEMM, then the fused step kernel),
+            "hoisted" (the input conv of a time chunk's frames as one GEMM, then the fused
+            step kernel),
             "fused_input" (the input conv inside the step kernel's K loop: no xg tensor),
             "unfused" (hoisted, and the cell update as a separate elementwise kernel: the
             baseline that shows what fusion buys; no mask or peephole), "hoisted_four_dots" /
