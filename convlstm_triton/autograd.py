@@ -31,8 +31,9 @@ GRAD_INPUTS = ("x", "kernel2d", "recurrent_kernel2d", "bias", "h0", "c0", "peeph
 @dataclass(frozen=True)
 class StepSpec:
     """Everything non-tensor the kernels need: geometry, activation codes, dot precision, and
-    the forward variant: ``input_variant`` "hoisted" (one input-projection GEMM per time chunk of
-    frames, then xg is added in each step) or "fused_input" (the input conv inside each step's K loop);
+    the forward variant: ``input_variant`` "hoisted" (one input-projection GEMM per time chunk
+    of frames, then xg is added in each step) or "fused_input" (the input conv inside each
+    step's K loop);
     ``fused_cell`` False runs the cell update as a separate kernel (the unfused baseline);
     ``four_dots`` True runs the first kernel design (four gate dots of N = BLOCK_F, a K loop per
     tap, per-gate input-projection tiles) instead of the wide-MMA one, for comparisons."""
