@@ -17,6 +17,13 @@ the interpreter, see conftest.py); it prints the analyses as JSON. Gates:
 * the FORECAST per sequence of the default forward (bf16, best config per kernel) stays within
   mnist_l1 2.15 ms, mnist_l2 1.43 ms, nowcast 3.3 ms.
 
+Backward (mode "train", issue 10): every config the pruners keep for the backward kernels
+compiles with 0 spill bytes (same F, dtypes; C_in 1 with k 5 and 64 with k 3); the weight- and
+input-gradient GEMMs that tuning by forecast picks at F = 64 (mnist_l1, mnist_l2) run their main
+loop on wgmma with no calls (runtime division routines) and, where the launch is compute-bound,
+an issue bound >= 50 %; the FORECAST of a training step (forward + backward, bf16) stays within
+mnist_l1 10 ms, mnist_l2 5.7 ms, nowcast 13.2 ms.
+
 Registers, spills and SASS depend on F, C_in, k, dtype and config, not on B·T·pixels, so the
 compile gates use a small synthetic shape; the forecasts use the benchmark's real sizes. Plus a
 unit test of the SASS parser on a canned snippet (in this process: no compile).
@@ -232,18 +239,27 @@ def test_backward_gemms_on_wgmma_at_f64(shape):
     chosen = [r for r in result["records"] if r.get("chosen") and r["kernel"] in BACKWARD_GEMMS]
     assert {r["kernel"] for r in chosen} >= {"weight_grad_kernel"}, sorted(
         {r["kernel"] for r in chosen})
-    bad = []
+    bad, gated = [], 0
     for r in chosen:
         loop = r["main_loop"]
         if not loop.get("found") or not loop.get("wgmma") or loop.get("calls"):
             bad.append(f"{_label(result['problem'], r)}: main loop {loop.get('mma_shapes')}, "
                        f"{loop.get('calls')} calls")
-        elif (r["issue_bound"] or 0) < BACKWARD_ISSUE_BOUND_MIN:
+            continue
+        # The issue bound caps a compute-bound loop; a launch whose HBM bytes take longer than
+        # its MMAs would at a 100 % issue bound (mnist_l1's input weight: C_in = 1, K = 25 in
+        # one tile, reading all of dgates for 16 GFLOP) is not limited by it, as the forward's
+        # C_in = 1 projection.
+        if (r["hbm_ms"] or 0) >= (r["compute_ms"] or 0) * (r["issue_bound"] or 0):
+            continue
+        gated += 1
+        if (r["issue_bound"] or 0) < BACKWARD_ISSUE_BOUND_MIN:
             bad.append(f"{_label(result['problem'], r)}: issue bound "
                        f"{100 * (r['issue_bound'] or 0):.0f} % < "
                        f"{100 * BACKWARD_ISSUE_BOUND_MIN:.0f} % (FORECAST; "
                        f"{r['instr_per_k_step_total']} instructions per k-step)")
     assert not bad, "\n".join(bad)
+    assert gated, "no compute-bound backward GEMM launch to gate"
 
 
 @pytest.mark.parametrize("shape", list(TRAIN_LIMIT_MS))
