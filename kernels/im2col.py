@@ -36,6 +36,22 @@ def state_tile(M, P, H, W, F, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
 
 
 @triton.jit
+def step_tile(M, P, B, D, H, W, F, SPATIAL_TILES: tl.constexpr, TILE_H: tl.constexpr,
+              TILE_W: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
+    """A step kernel's tile of a (B, P, F) state: a TILE_H x TILE_W block of one sample's (d)
+    slice (SPATIAL_TILES: row coordinates by constant shifts) or BLOCK_M flattened rows, and a
+    channel block. Returns the block's scalars (b, d, h0, w0; zeros for flattened rows), then
+    b (int64), p, d, h, w, row_mask per row and the channels fs, f_mask."""
+    if SPATIAL_TILES:
+        b_s, d_s, h0, w0, b, d, h, w, row_mask = spatial_block(B, D, H, W, TILE_H, TILE_W)
+        fs = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+        return (b_s, d_s, h0, w0, b, (d * H + h) * W + w, d, h, w, row_mask, fs, fs < F)
+    else:
+        _, row_mask, b, p, d, h, w, fs, f_mask = state_tile(M, P, H, W, F, BLOCK_M, BLOCK_F)
+        return 0, 0, 0, 0, b, p, d, h, w, row_mask, fs, f_mask
+
+
+@triton.jit
 def spatial_block(N, D, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
     """This program's TILE_H x TILE_W block of an (N, D, H, W) tensor of frames (samples), program
     ids w-tile fastest. Returns the scalars (n, d, h0, w0) and the rows of the block: n (int64),

@@ -41,7 +41,7 @@ import triton.language as tl
 
 from .cell import load_peephole, lstm_cell_grad
 from .conv_k_loop import conv_k_loop
-from .im2col import conv_tap_offsets, spatial_block, state_tile
+from .im2col import conv_tap_offsets, step_tile
 
 # Autotuning candidates (convlstm_triton.tuning picks one per shape), widest first: the launcher
 # (launchers.step_backward_configs) drops the blocks wider than the problem, and the first left is
@@ -140,14 +140,8 @@ def step_backward_kernel(
 ):
     """PD, PH, PW: padding before of the dgrad conv, k - 1 - the forward's (see the module
     docstring); TAP_MAJOR: the K layout of the dgrad loop(s)."""
-    if SPATIAL_TILES:
-        _, _, _, _, b, d, hh, ww, row_mask = spatial_block(B, D, H, W, TILE_H, TILE_W)
-        p = (d * H + hh) * W + ww
-        fs = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
-        f_mask = fs < F
-    else:
-        rows, row_mask, b, p, d, hh, ww, fs, f_mask = state_tile(M, P, H, W, F, BLOCK_M,
-                                                                 BLOCK_F)
+    _, _, _, _, b, p, d, hh, ww, row_mask, fs, f_mask = step_tile(
+        M, P, B, D, H, W, F, SPATIAL_TILES, TILE_H, TILE_W, BLOCK_M, BLOCK_F)
     N: tl.constexpr = 4 * F
 
     acc = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)

@@ -49,7 +49,7 @@ from .conv_k_loop import (
     four_gate_dots,
     split_gates,
 )
-from .im2col import conv_gather_offsets, conv_tap_offsets, spatial_block, state_tile
+from .im2col import conv_gather_offsets, conv_tap_offsets, step_tile
 
 # Autotuning candidates (convlstm_triton.tuning picks one per shape); the first is the default,
 # used untuned and under the interpreter. Every block dim >= 16, as tl.dot needs on a GPU.
@@ -155,16 +155,10 @@ def step_forward_kernel(
     TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    if SPATIAL_TILES:
-        # M tile = a TILE_H x TILE_W block of one sample's (d) slice: row coordinates by
-        # constant shifts (no runtime division per row), and the box of a tensor descriptor
-        b_s, d_s, h0, w0, b, d, hh, ww, row_mask = spatial_block(B, D, H, W, TILE_H, TILE_W)
-        p = (d * H + hh) * W + ww
-        fs = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
-        f_mask = fs < F
-    else:
-        rows, row_mask, b, p, d, hh, ww, fs, f_mask = state_tile(M, P, H, W, F, BLOCK_M,
-                                                                 BLOCK_F)
+    # M tile = a TILE_H x TILE_W block of one sample's (d) slice where SPATIAL_TILES (row
+    # coordinates by constant shifts, and the box of a tensor descriptor), else flat rows
+    b_s, d_s, h0, w0, b, p, d, hh, ww, row_mask, fs, f_mask = step_tile(
+        M, P, B, D, H, W, F, SPATIAL_TILES, TILE_H, TILE_W, BLOCK_M, BLOCK_F)
     N: tl.constexpr = 4 * F
 
     if FOUR_DOTS:
