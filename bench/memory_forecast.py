@@ -118,9 +118,10 @@ def _kernels_not_run():
             setattr(owner, name, value)
 
 
-def ours_peak(shape, dtype_name="bf16", variant="hoisted", recompute_gates=False):
+def ours_peak(shape, dtype_name="bf16", variant="hoisted", recompute_gates="auto"):
     """{"fwd": peak bytes during the forward, "train": during forward + backward} of
-    ``conv_lstm(..., backend="triton")``."""
+    ``conv_lstm(..., backend="triton")`` (``recompute_gates`` as conv_lstm's: "auto" is the
+    library's default)."""
     from convlstm_triton import functional
 
     dtype = DTYPES[dtype_name]
@@ -173,7 +174,10 @@ def eager_peak(shape, dtype_name="bf16", peer="eager_cat"):
 
 def table(shapes, dtypes, configs):
     """Markdown rows: per shape and dtype, each peer's forward and training peak (MB) and the
-    training peak as a fraction of eager_cat's."""
+    training peak as a fraction of eager_cat's; "(default)" marks what recompute_gates="auto"
+    picks for the shape."""
+    from convlstm_triton.autograd import recompute_by_default
+
     rows = [f"**{FORECAST_LABEL}: peak memory of one training step, counted allocations "
             "(bench/memory_forecast.py); MB = 1e6 bytes; inputs, weights and the output "
             "gradient not counted**", "",
@@ -184,8 +188,12 @@ def table(shapes, dtypes, configs):
         for dtype in dtypes:
             results = {peer: eager_peak(shape, dtype, peer)
                        for peer in ("eager_cat", "eager_hoisted")}
+            default = recompute_by_default(
+                shape.batch, shape.steps, shape.spatial[0] * shape.spatial[1], shape.filters,
+                DTYPES[dtype].itemsize)
             for variant, recompute in configs:
-                label = f"triton {variant}" + (" recompute_gates" if recompute else "")
+                label = (f"triton {variant} " + ("recompute_gates" if recompute else "saved")
+                         + (" (default)" if recompute == default else ""))
                 results[label] = ours_peak(shape, dtype, variant, recompute)
             base = results["eager_cat"]["train"]
             for peer, r in results.items():

@@ -12,8 +12,8 @@ pre-activations, and the cell states c in fp32; backward re-reads them instead o
 the recurrent convs (a recompute would redo the forward's recurrent GEMMs once more per step),
 and recomputes the gates from the pre-activations (cheap elementwise work inside a GEMM kernel,
 and it gives every activation, silu and gelu included, an exact derivative). With
-``save_preact=False`` (``conv_lstm(recompute_gates=True)``) backward recomputes the
-pre-activations instead.
+``save_preact=False`` (``conv_lstm(recompute_gates=True)``, and "auto" where they are large:
+``recompute_by_default``) backward recomputes the pre-activations instead.
 Time runs in processing order here: ``go_backwards`` is handled by the caller flipping x.
 """
 
@@ -50,6 +50,20 @@ class StepSpec:
     # False: backward recomputes the pre-activations step by step (one more recurrent GEMM per
     # step, and the input projection again) instead of keeping B*T*P*4F of them from forward.
     save_preact: bool = True
+
+
+# recompute_gates="auto": recompute the pre-activations in backward where keeping them would
+# take at least this many bytes. Read off the compiled code (bench/static_perf.py, FORECAST),
+# recomputing costs +25-33 % of a training step at the benchmark shapes, whose pre-activations
+# (0.6-1.1 GB in bf16) are the largest saved tensor: without them a training step peaks at under
+# half the eager PyTorch loop's memory (bench/memory_forecast.py). Below this size the memory
+# saved is small and the extra launches per step are not worth it.
+RECOMPUTE_MIN_BYTES = 256 << 20
+
+
+def recompute_by_default(B, T, P, F, itemsize):
+    """recompute_gates="auto" for a (B, T, P, F) sequence of ``itemsize``-byte elements."""
+    return B * T * P * 4 * F * itemsize >= RECOMPUTE_MIN_BYTES
 
 
 # conv_lstm's forward_variant -> StepSpec's (input_variant, fused_cell, four_dots, tma); "auto"
@@ -298,8 +312,10 @@ class _InputProjection:
 
 class _Recompute:
     """Backward's source of pre-activations when forward did not keep them: step s reruns the
-    forward step kernel from the saved h_{s-1} and c_{s-1} (same variant, masks and peepholes,
-    so the numbers are forward's own) into one step's scratch."""
+    forward step kernel from the saved h_{s-1} and c_{s-1} (same variant, config, masks and
+    peepholes, so the numbers are forward's own), storing only the pre-activations (forward
+    saved h and c): over the step's slice of the hoisted xg, in place (read once, last
+    needed there), or into one step's scratch with the fused input."""
 
     def __init__(self, spec, x, kernel2d, recurrent_kernel2d, bias, h0, states, c_all, mask,
                  xmask, hmask, peephole):
@@ -312,24 +328,27 @@ class _Recompute:
         self.mask, self.hmask, self.peephole = mask, hmask, peephole
         self.xg = (_InputProjection(spec, x, kernel2d, bias, xmask)
                    if spec.input_variant == "hoisted" else None)
-        self.preact_buf = launchers.new_buffer((B, P, 4 * F), x.device, x.dtype)
-        self.h_scratch = launchers.new_buffer((B, P, F), x.device, x.dtype)
-        self.c_scratch = launchers.new_buffer((B, P, F), x.device, torch.float32)
+        self.preact_buf = (launchers.new_buffer((B, P, 4 * F), x.device, x.dtype)
+                           if self.xg is None else None)
 
     def preact(self, s):
         spec = self.spec
-        inputs = (dict(xg_t=self.xg.step(s)) if self.xg is not None else
-                  dict(xg_t=None, x_t=self.x[:, s], kernel2d=self.kernel2d, bias=self.bias,
-                       xmask=self.xmask))
+        if self.xg is not None:
+            xg_t = preact_t = self.xg.step(s)
+            inputs = dict(xg_t=xg_t)
+        else:
+            preact_t = self.preact_buf
+            inputs = dict(xg_t=None, x_t=self.x[:, s], kernel2d=self.kernel2d, bias=self.bias,
+                          xmask=self.xmask)
         launchers.step_forward(
             h_prev=self.h0 if s == 0 else self.states[:, s - 1], c_prev=self.c_all[:, s],
-            rk2d=self.recurrent_kernel2d, h_out=self.h_scratch, c_out=self.c_scratch,
-            preact_t=self.preact_buf, mask_t=self.mask[:, s] if self.mask is not None else None,
+            rk2d=self.recurrent_kernel2d, h_out=None, c_out=None, preact_t=preact_t,
+            mask_t=self.mask[:, s] if self.mask is not None else None,
             hmask=self.hmask, peephole=self.peephole, geom=spec.geometry, act=spec.act,
             ract=spec.ract, precision=spec.precision, cell=True, four_dots=spec.four_dots,
             tma=spec.tma, **inputs,
         )
-        return self.preact_buf
+        return preact_t
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import warnings
 
 import torch
 
-from . import ops
+from . import autograd, ops
 from .activations import KERNEL_ACTIVATION_CODES
 from .launchers import KernelGeometry, dot_precision
 from .reference import conv_lstm_reference
@@ -87,7 +87,7 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
               padding="valid", dilation_rate=1, activation="tanh",
               recurrent_activation="sigmoid", go_backwards=False, mask=None, backend="auto",
               input_dropout_mask=None, recurrent_dropout_mask=None, peephole=None,
-              allow_tf32=None, forward_variant="auto", recompute_gates=False):
+              allow_tf32=None, forward_variant="auto", recompute_gates="auto"):
     """ConvLSTM over a whole sequence with Keras 3 semantics.
 
     Args:
@@ -122,7 +122,8 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
         recompute_gates: training memory for time: backward recomputes the gate
             pre-activations step by step instead of keeping them from forward (saves
             B*T*P*4F elements, the largest saved tensor; costs one more recurrent GEMM per step
-            and the input projection again).
+            and the input projection again). "auto": recompute where those pre-activations
+            would take at least ``autograd.RECOMPUTE_MIN_BYTES`` (256 MiB), keep them below.
 
     Returns:
         seq (B, T, *out_spatial, F), h (B, *out_spatial, F), c (B, *out_spatial, F); in the
@@ -142,7 +143,8 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
     args = validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, strides,
                                    padding, dilation_rate, activation, recurrent_activation,
                                    go_backwards, mask, backend, input_dropout_mask,
-                                   recurrent_dropout_mask, peephole, forward_variant)
+                                   recurrent_dropout_mask, peephole, forward_variant,
+                                   recompute_gates)
     reason = _fallback_reason(x, args.activation, args.recurrent_activation)
     if _resolve_backend(backend, x, reason) == "reference":
         if autocast_dtype is None:
@@ -200,6 +202,8 @@ def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go
         xmask = input_dropout_mask.reshape(4, B, *geom.in_spatial, C).contiguous()
     if recurrent_dropout_mask is not None:
         hmask = recurrent_dropout_mask.reshape(4, B, P, F).contiguous()
+    if recompute_gates == "auto":
+        recompute_gates = autograd.recompute_by_default(B, T, P, F, x.element_size())
     tensors = (frames, kernel.reshape(-1, 4 * F).contiguous(),
                recurrent_kernel.reshape(-1, 4 * F).contiguous(),
                bias.contiguous() if bias is not None else None, h0, c0,

@@ -261,11 +261,13 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     slice of x), the input conv runs inside the step ("fused input") with kernel2d, bias and
     xmask (4, B, D, H, W, C_in). cell=False stores only the pre-activations into preact_t
     (the unfused variant; ``cell_forward`` then applies the cell). four_dots: the first
-    kernel design (four gate dots, a K loop per tap), kept for comparisons. tma: the recurrent
+    kernel design (four gate dots, a K loop per tap), kept for comparisons. h_out and c_out
+    None (with cell): only the pre-activations are stored (backward's recomputation); preact_t
+    may then be xg_t itself, overwritten in place. tma: the recurrent
     conv's tiles through tensor descriptors (TMA on Hopper) where ``tma_eligible``; otherwise
     the gather path.
     """
-    B, P, F = h_out.shape
+    B, P, F = h_prev.shape
     M = B * P
     rc = geom.recurrent_conv_constexprs()
     ic = geom.input_conv_constexprs()
@@ -276,7 +278,7 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     tma = tma and not four_dots and tma_eligible(h_prev, hmask)
     if tma:
         _ensure_allocator(h_prev.device)
-    d = c_out
+    d = preact_t if c_out is None else c_out
 
     def launch(cfg, h_out, c_out, preact_t):
         block_k, block_f = cfg["BLOCK_K"], cfg["BLOCK_F"]
@@ -292,7 +294,7 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
             h_prev, h_prev.stride(0), c_prev, c_prev.stride(0), _ptr(xg_t, d), _stride0(xg_t),
             r_w, _ptr(x_t, d), _stride0(x_t), _ptr(in_w, d), _ptr(bias, d), _ptr(xmask, d),
             _stride0(xmask),
-            h_out, h_out.stride(0), c_out, c_out.stride(0),
+            _ptr(h_out, d), _stride0(h_out), _ptr(c_out, d), _stride0(c_out),
             _ptr(preact_t, d), _stride0(preact_t), _ptr(mask_t, d), _stride0(mask_t),
             _ptr(hmask, d), _stride0(hmask), _ptr(peephole, d),
             M, P, B, *geom.out_spatial, *geom.in_spatial, F=F, C_IN=c_in,
@@ -305,7 +307,8 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
             # constexpr): elsewhere they would only compile identical kernels twice
             REC_ALIGNED=four_dots and rows_aligned(F, block_k, h_prev.stride(0)),
             IN_ALIGNED=four_dots and fused_input and rows_aligned(c_in, block_k, x_t.stride(0)),
-            HAS_XDROP=xmask is not None, CELL=cell, HAS_MASK=mask_t is not None,
+            HAS_XDROP=xmask is not None, CELL=cell, STORE_STATE=cell and h_out is not None,
+            HAS_MASK=mask_t is not None,
             HAS_RDROP=hmask is not None, HAS_PEEPHOLE=peephole is not None,
             SAVE_PREACT=preact_t is not None, DOT_PRECISION=precision, FOUR_DOTS=four_dots,
             TMA=tma, SPATIAL_TILES=spatial, TILE_H=tile_h, TILE_W=tile_w,
@@ -313,13 +316,15 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
         )
 
     key = (tuning.bucket(M), F, c_in, geom.kernel_size, geom.strides, geom.dilation,
-           _dtype_name(h_out), precision, act, ract, fused_input, cell, bias is not None,
+           _dtype_name(h_prev), precision, act, ract, fused_input, cell, bias is not None,
            xmask is not None, mask_t is not None, hmask is not None, peephole is not None,
            preact_t is not None, four_dots, tma)
     k_total = rec_weights.gate_major.shape[0] + (
         in_weights.gate_major.shape[0] if fused_input else 0)
     configs = step_forward_configs(F, M, k_total, four_dots, fused_input)
-    _tuned_launch("step_forward", key, configs, launch, [h_out, c_out, preact_t], h_out.device,
+    # The key leaves out whether h and c are stored: backward's recomputation (h_out, c_out
+    # None) runs forward's config, so its pre-activations are bit-identical to the saved ones.
+    _tuned_launch("step_forward", key, configs, launch, [h_out, c_out, preact_t], h_prev.device,
                   flop=2.0 * M * 4 * F * k_total, warm_l2=True)
 
 

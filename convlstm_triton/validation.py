@@ -50,7 +50,7 @@ def _expect_like(tensor, x, name):
 def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, strides, padding,
                             dilation_rate, activation, recurrent_activation, go_backwards, mask,
                             backend, input_dropout_mask, recurrent_dropout_mask, peephole=None,
-                            forward_variant="auto"):
+                            forward_variant="auto", recompute_gates="auto"):
     _check_tensor(x, "x")
     _check_tensor(kernel, "kernel")
     _check_tensor(recurrent_kernel, "recurrent_kernel")
@@ -162,6 +162,8 @@ def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, st
     if forward_variant == "unfused" and (mask is not None or peephole is not None):
         raise ValueError("forward_variant='unfused' (the separate-cell-kernel baseline) supports "
                          "neither mask nor peephole; use 'hoisted' or 'fused_input'")
+    if not (isinstance(recompute_gates, bool) or recompute_gates == "auto"):
+        raise TypeError(f"recompute_gates must be True, False or 'auto', got {recompute_gates!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return ConvLSTMArgs(

@@ -24,7 +24,10 @@ Input variants (constexpr FUSED_INPUT):
            input kernel W (input conv geometry S*, IP*, L*), and the bias is added here: no xg
            tensor at all (best when C_in is small).
 Epilogue variants (constexpr CELL): True applies the cell update; False only stores the
-pre-activations a_* (the "unfused" variant: a separate cell kernel follows).
+pre-activations a_* (the "unfused" variant: a separate cell kernel follows). STORE_STATE False
+(with CELL) stores only the pre-activations, peephole terms included: backward's recomputation,
+whose h and c forward already saved. preact may alias xg (backward's recomputation writes a
+step's pre-activations over its xg): every stored element depends on the loaded one.
 Channel counts F and C_IN are constexpr (one compile per channel count, like the kernel size):
 the im2col index math then divides by constants only.
 
@@ -149,7 +152,8 @@ def step_forward_kernel(
     FUSED_INPUT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_XDROP: tl.constexpr,
     REC_TAP_MAJOR: tl.constexpr, IN_TAP_MAJOR: tl.constexpr,
     REC_ALIGNED: tl.constexpr, IN_ALIGNED: tl.constexpr,
-    CELL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_RDROP: tl.constexpr,
+    CELL: tl.constexpr, STORE_STATE: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_RDROP: tl.constexpr,
     HAS_PEEPHOLE: tl.constexpr, SAVE_PREACT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     FOUR_DOTS: tl.constexpr, TMA: tl.constexpr, SPATIAL_TILES: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr,
@@ -254,9 +258,10 @@ def step_forward_kernel(
                              other=0.0).to(tl.float32)
             h_new = tl.where(keep[:, None], h_new, h_prev)
             c_new = tl.where(keep[:, None], c_new, c_prev)
-        tl.store(h_ptr + (b * stride_h)[:, None] + state_offs, h_new.to(h_ptr.dtype.element_ty),
-                 mask=tile_mask)
-        tl.store(c_ptr + (b * stride_c)[:, None] + state_offs, c_new, mask=tile_mask)
+        if STORE_STATE:
+            tl.store(h_ptr + (b * stride_h)[:, None] + state_offs,
+                     h_new.to(h_ptr.dtype.element_ty), mask=tile_mask)
+            tl.store(c_ptr + (b * stride_c)[:, None] + state_offs, c_new, mask=tile_mask)
     if SAVE_PREACT:
         pa_ptrs = preact_ptr + (b * stride_pa + p * N)[:, None] + fs[None, :]
         pdt = preact_ptr.dtype.element_ty

@@ -1,11 +1,18 @@
 """Training-path options: recomputed vs saved pre-activations (same gradients, less memory),
 determinism (bit-identical gradients run to run), and a CUDA-graph-captured training step."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from helpers import assert_close, kernel_device, requires_gpu, triton_available_here
+from helpers import kernel_device, requires_gpu, triton_available_here
 
+from convlstm_triton import autograd
 from convlstm_triton.functional import conv_lstm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench_convlstm import SHAPES  # noqa: E402
 
 pytestmark = [pytest.mark.kernels,
               pytest.mark.skipif(not triton_available_here(),
@@ -13,6 +20,8 @@ pytestmark = [pytest.mark.kernels,
 
 CASES = [
     pytest.param("hoisted", dict(padding="same"), id="hoisted_same"),
+    pytest.param("hoisted", dict(padding="same", mask=True, peephole=True, dropout=True),
+                 id="hoisted_mask_peephole_dropout"),
     pytest.param("fused_input", dict(padding="valid", strides=2, mask=True, peephole=True,
                                      dropout=True), id="fused_input_s2_mask_peephole_dropout"),
     pytest.param("unfused", dict(padding="same", go_backwards=True, dropout=True),
@@ -75,11 +84,31 @@ def test_recomputed_preactivations_give_the_same_gradients_with_less_memory(vari
     out, grads, saved = train_step(tensors, kwargs, cot, forward_variant=variant)
     out_rc, grads_rc, saved_rc = train_step(tensors, kwargs, cot, forward_variant=variant,
                                             recompute_gates=True)
-    # the recomputation runs forward's own kernel on forward's own inputs: the same numbers
+    # the recomputation runs forward's own kernel and config on forward's own inputs: the
+    # same numbers, bit for bit
     for a, b in zip(list(out) + list(grads), list(out_rc) + list(grads_rc)):
-        assert_close(b, a, torch.float32, "recomputed vs saved", tol=1e-6)
+        assert torch.equal(b, a)
     B, T, P, F = 2, 4, out[1][0, ..., 0].numel(), 5
     assert saved - saved_rc == B * T * P * 4 * F * 4  # exactly the fp32 pre-activations
+
+
+def test_auto_recomputes_where_the_preactivations_are_large(monkeypatch):
+    """recompute_gates="auto" (the default) keeps the pre-activations below
+    RECOMPUTE_MIN_BYTES and recomputes them from there on: at every benchmark shape but small."""
+    device = kernel_device()
+    tensors, kwargs, cot = make_problem(dict(padding="same"), device)
+    kept = train_step(tensors, kwargs, cot, recompute_gates=False)[2]
+    assert train_step(tensors, kwargs, cot, recompute_gates="auto")[2] == kept
+    monkeypatch.setattr(autograd, "RECOMPUTE_MIN_BYTES", 0)
+    B, T, P, F = 2, 4, 7 * 6, 5
+    preact = B * T * P * 4 * F * 4
+    assert train_step(tensors, kwargs, cot, recompute_gates="auto")[2] == kept - preact
+    monkeypatch.undo()
+    for shape, recompute in (("mnist_l1", True), ("mnist_l2", True), ("nowcast", True),
+                             ("small", False)):
+        s = SHAPES[shape]
+        P = s.spatial[0] * s.spatial[1]
+        assert autograd.recompute_by_default(s.batch, s.steps, P, s.filters, 2) == recompute
 
 
 @pytest.mark.parametrize("variant,options", CASES)
