@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import launchers
+from . import launch_plans, launchers
+from .launch_plans import Frames
 from .launchers import KernelGeometry
 
 # Differentiable inputs of the forward op, in order (the rest are masks and config).
@@ -115,22 +116,23 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
     if keep_preact or not spec.fused_cell:
         preact = launchers.new_buffer((B, T if keep_preact else 1, P, 4 * F), x.device,
                                       x.dtype)
+    step = _forward_steps(spec, kernel2d, recurrent_kernel2d, bias, xmask, hmask, peephole)
+    h0_f, states_f, c_f = Frames.of_state(h0), Frames(states), Frames(c_all)
+    preact_f = Frames(preact) if preact is not None else None
+    x_f = Frames(x) if xg is None else None
+    mask_f = Frames(mask) if mask is not None else None
     for s in range(T):
-        h_prev = h0 if s == 0 else states[:, s - 1]
         c_in, c_out = (s, s + 1) if training else (s % 2, (s + 1) % 2)
-        preact_s = preact[:, s if keep_preact else 0] if preact is not None else None
-        inputs = (dict(xg_t=xg.step(s)) if xg is not None else
-                  dict(xg_t=None, x_t=x[:, s], kernel2d=kernel2d, bias=bias, xmask=xmask))
-        launchers.step_forward(
-            h_prev=h_prev, c_prev=c_all[:, c_in], rk2d=recurrent_kernel2d,
-            h_out=states[:, s], c_out=c_all[:, c_out], preact_t=preact_s,
-            mask_t=mask[:, s] if mask is not None else None, hmask=hmask,
-            peephole=peephole, geom=geom, act=spec.act, ract=spec.ract,
-            precision=spec.precision, cell=spec.fused_cell, four_dots=spec.four_dots,
-            tma=spec.tma, **inputs,
-        )
+        xg_t = xg.frame(s) if xg is not None else None
+        preact_t = (preact_f, s if keep_preact else 0) if preact_f is not None else None
+        # plans: step 0 reads h0 (another sample stride), a shorter last chunk of xg too
+        step((s == 0, xg_t[0].stride0 if xg_t is not None else None),
+             (h0_f, 0) if s == 0 else (states_f, s - 1), (c_f, c_in), xg_t,
+             (x_f, s) if x_f is not None else None, (states_f, s), (c_f, c_out), preact_t,
+             (mask_f, s) if mask_f is not None else None)
         if not spec.fused_cell:
-            launchers.cell_forward(preact_s, c_all[:, c_in], spec.act, spec.ract,
+            launchers.cell_forward(preact_f.view(preact_t[1]), c_all[:, c_in], spec.act,
+                                   spec.ract,
                                    h_out=states[:, s], c_out=c_all[:, c_out])
     del xg
     # Fresh contiguous outputs: a custom op's outputs may not alias each other.
@@ -141,6 +143,34 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
     if not keep_preact:
         preact = x.new_empty((0,))
     return states, h_final, c_final, c_all, preact
+
+
+# The step kernels' pointer parameters that move with the time step, in the order the
+# sequence loops pass them (launch_plans.StepLaunch replays the rest from the first launch).
+STEP_FORWARD_SLOTS = ("h_prev_ptr", "c_prev_ptr", "xg_ptr", "x_ptr", "h_ptr", "c_ptr",
+                      "preact_ptr", "mask_ptr")
+STEP_BACKWARD_SLOTS = ("dg_next_ptr", "dy_ptr", "preact_ptr", "c_ptr", "c_prev_ptr", "mask_ptr",
+                       "dg_ptr")
+
+
+def _forward_steps(spec, kernel2d, recurrent_kernel2d, bias, xmask, hmask, peephole,
+                   store_state=True):
+    """The forward step launches of one sequence as plans (``launch_plans.Planned``), called
+    with a plan key and one (Frames, index) or None per ``STEP_FORWARD_SLOTS``.
+    ``store_state`` False: only the pre-activations are stored (backward's recomputation)."""
+
+    def jit_launch(h_prev, c_prev, xg_t, x_t, h_out, c_out, preact_t, mask_t):
+        inputs = (dict(xg_t=xg_t) if xg_t is not None else
+                  dict(xg_t=None, x_t=x_t, kernel2d=kernel2d, bias=bias, xmask=xmask))
+        return launchers.step_forward(
+            h_prev=h_prev, c_prev=c_prev, rk2d=recurrent_kernel2d,
+            h_out=h_out if store_state else None, c_out=c_out if store_state else None,
+            preact_t=preact_t, mask_t=mask_t, hmask=hmask, peephole=peephole,
+            geom=spec.geometry, act=spec.act, ract=spec.ract, precision=spec.precision,
+            cell=spec.fused_cell or not store_state, four_dots=spec.four_dots, tma=spec.tma,
+            **inputs)
+
+    return launch_plans.Planned(jit_launch, STEP_FORWARD_SLOTS)
 
 
 def sequence_backward(d_states, d_h, d_c, x, kernel2d, recurrent_kernel2d, bias, h0, states,
@@ -181,25 +211,41 @@ def sequence_backward(d_states, d_h, d_c, x, kernel2d, recurrent_kernel2d, bias,
     rk_dgrad = launchers.DgradWeights(recurrent_kernel2d)
     grads = _ChunkGradients(x, kernel2d, h0, states, c_all, xmask, hmask, spec,
                             need_x, need_k, need_b, need_rk, need_peep)
+    preact_f = Frames(preact) if preact is not None else None
+    dy_f = Frames(d_states) if d_states is not None else None
+    c_f = Frames(c_all)
+    mask_f = Frames(mask) if mask is not None else None
+    steps = {}  # plans per dh_live: without masks only the last step can have a live dh
+
+    def step_launches(dh_live):
+        def jit_launch(dg_next, dy, preact_t, c_t, c_prev, mask_t, dg_out):
+            return launchers.step_backward(
+                dg_next, rk_dgrad, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, mask_t,
+                hmask, peephole, dg_out, geom, spec.act, spec.ract, spec.precision,
+                dh_live=dh_live)
+        return launch_plans.Planned(jit_launch, STEP_BACKWARD_SLOTS)
+
     dg_next = None
     for i, start in enumerate(reversed(range(0, T, chunk))):
         stop = min(start + chunk, T)
         dgates = launchers.chunk_buffer(buffers[i % len(buffers)], stop - start)
+        dgates_f = Frames(dgates)
         for s in reversed(range(start, stop)):
-            preact_s = recompute.preact(s) if recompute is not None else preact[:, s]
-            launchers.step_backward(
-                dg_next, rk_dgrad, d_states[:, s] if d_states is not None else None,
-                dh_carry, dc_carry, preact_s, c_all[:, s + 1], c_all[:, s],
-                mask[:, s] if mask is not None else None, hmask, peephole,
-                dgates[:, s - start], geom, spec.act, spec.ract, spec.precision,
-                # without masks every step leaves the dh carry zero: only d_h enters it
-                dh_live=mask is not None or (s == T - 1 and d_h is not None),
-            )
-            dg_next = dgates[:, s - start]
+            preact_s = recompute.preact(s) if recompute is not None else (preact_f, s)
+            # without masks every step leaves the dh carry zero: only d_h enters it
+            dh_live = mask is not None or (s == T - 1 and d_h is not None)
+            step = steps.get(dh_live) or steps.setdefault(dh_live, step_launches(dh_live))
+            # plans: the last step has no dg_next; a shorter chunk has other sample strides
+            step((dg_next is None, dgates_f.stride0, preact_s[0].stride0,
+                  dg_next[0].stride0 if dg_next is not None else None),
+                 dg_next, (dy_f, s) if dy_f is not None else None, preact_s, (c_f, s + 1),
+                 (c_f, s), (mask_f, s) if mask_f is not None else None, (dgates_f, s - start))
+            dg_next = (dgates_f, s - start)
         grads.add_chunk(dgates, start, stop)
 
     dh0 = dc0 = None
     if need_h0:
+        dg_next = dg_next[0].view(dg_next[1])
         launchers.step_backward(dg_next, rk_dgrad, None, dh_carry, dc_carry,
                                 None, None, None, None, hmask, None, None, geom, spec.act,
                                 spec.ract, spec.precision, cell=False, dh_live=mask is not None)
@@ -296,18 +342,20 @@ class _InputProjection:
         N = launchers.GateWeights.of(kernel2d).gate_major.shape[1]
         self.buffer = launchers.new_buffer((B, self.chunk, P, N), x.device, x.dtype)
         self.start = None  # first step of the chunk in the buffer
+        self.frames = None  # the chunk in the buffer, as Frames
 
-    def step(self, s):
+    def frame(self, s):
+        """Step s's (B, P, 4F) slice as (Frames, index)."""
         start = s - s % self.chunk
         if start != self.start:
             stop = min(start + self.chunk, self.x.shape[1])
+            out = launchers.chunk_buffer(self.buffer, stop - start)
             launchers.input_projection(
                 self.x[:, start:stop], self.kernel2d, self.bias, self.xmask,
                 self.spec.geometry, self.spec.precision, four_dots=self.spec.four_dots,
-                out=launchers.chunk_buffer(self.buffer, stop - start))
-            self.start = start
-        return launchers.chunk_buffer(self.buffer, min(start + self.chunk, self.x.shape[1])
-                                      - start)[:, s - start]
+                out=out)
+            self.start, self.frames = start, Frames(out)
+        return self.frames, s - start
 
 
 class _Recompute:
@@ -319,35 +367,29 @@ class _Recompute:
 
     def __init__(self, spec, x, kernel2d, recurrent_kernel2d, bias, h0, states, c_all, mask,
                  xmask, hmask, peephole):
-        B, T = x.shape[:2]
+        B = x.shape[0]
         P, F = states.shape[2:]
-        self.spec, self.x, self.bias, self.xmask = spec, x, bias, xmask
-        self.kernel2d = launchers.GateWeights(kernel2d)
-        self.recurrent_kernel2d = launchers.GateWeights(recurrent_kernel2d)
-        self.h0, self.states, self.c_all = h0, states, c_all
-        self.mask, self.hmask, self.peephole = mask, hmask, peephole
         self.xg = (_InputProjection(spec, x, kernel2d, bias, xmask)
                    if spec.input_variant == "hoisted" else None)
-        self.preact_buf = (launchers.new_buffer((B, P, 4 * F), x.device, x.dtype)
-                           if self.xg is None else None)
+        self.preact_buf = (None if self.xg is not None else Frames.of_state(
+            launchers.new_buffer((B, P, 4 * F), x.device, x.dtype)))
+        self.h0_f, self.states_f, self.c_f = Frames.of_state(h0), Frames(states), Frames(c_all)
+        self.x_f = Frames(x) if self.xg is None else None
+        self.mask_f = Frames(mask) if mask is not None else None
+        self.step = _forward_steps(spec, launchers.GateWeights(kernel2d),
+                                   launchers.GateWeights(recurrent_kernel2d), bias, xmask,
+                                   hmask, peephole, store_state=False)
 
     def preact(self, s):
-        spec = self.spec
+        """Step s's pre-activations as (Frames, index)."""
         if self.xg is not None:
-            xg_t = preact_t = self.xg.step(s)
-            inputs = dict(xg_t=xg_t)
+            xg_t = preact_t = self.xg.frame(s)
         else:
-            preact_t = self.preact_buf
-            inputs = dict(xg_t=None, x_t=self.x[:, s], kernel2d=self.kernel2d, bias=self.bias,
-                          xmask=self.xmask)
-        launchers.step_forward(
-            h_prev=self.h0 if s == 0 else self.states[:, s - 1], c_prev=self.c_all[:, s],
-            rk2d=self.recurrent_kernel2d, h_out=None, c_out=None, preact_t=preact_t,
-            mask_t=self.mask[:, s] if self.mask is not None else None,
-            hmask=self.hmask, peephole=self.peephole, geom=spec.geometry, act=spec.act,
-            ract=spec.ract, precision=spec.precision, cell=True, four_dots=spec.four_dots,
-            tma=spec.tma, **inputs,
-        )
+            xg_t, preact_t = None, (self.preact_buf, 0)
+        self.step((s == 0, xg_t[0].stride0 if xg_t is not None else None),
+                  (self.h0_f, 0) if s == 0 else (self.states_f, s - 1), (self.c_f, s), xg_t,
+                  (self.x_f, s) if self.x_f is not None else None, None, None, preact_t,
+                  (self.mask_f, s) if self.mask_f is not None else None)
         return preact_t
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from . import tuning
+from . import launch_plans, tuning
 from .geometry import ConvGeometry
 from .kernels import cell as cell_kernels
 from .kernels import input_grad as input_grad_kernels
@@ -290,14 +290,14 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
             in_w = in_weights.gate_major if four_dots else in_weights.interleaved(block_f)
         m_tiles = B * frame_tiles if spatial else triton.cdiv(M, cfg["BLOCK_M"])
         grid = (m_tiles, triton.cdiv(F, block_f))
-        step_forward_kernels.step_forward_kernel[grid](
+        return launch_plans.launch(step_forward_kernels.step_forward_kernel, grid, (
             h_prev, h_prev.stride(0), c_prev, c_prev.stride(0), _ptr(xg_t, d), _stride0(xg_t),
             r_w, _ptr(x_t, d), _stride0(x_t), _ptr(in_w, d), _ptr(bias, d), _ptr(xmask, d),
             _stride0(xmask),
             _ptr(h_out, d), _stride0(h_out), _ptr(c_out, d), _stride0(c_out),
             _ptr(preact_t, d), _stride0(preact_t), _ptr(mask_t, d), _stride0(mask_t),
             _ptr(hmask, d), _stride0(hmask), _ptr(peephole, d),
-            M, P, B, *geom.out_spatial, *geom.in_spatial, F=F, C_IN=c_in,
+            M, P, B, *geom.out_spatial, *geom.in_spatial), F=F, C_IN=c_in,
             KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
             SD=ic["SD"], SH=ic["SH"], SW=ic["SW"], IPD=ic["PD"], IPH=ic["PH"], IPW=ic["PW"],
             LD=ic["LD"], LH=ic["LH"], LW=ic["LW"],
@@ -324,8 +324,8 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     configs = step_forward_configs(F, M, k_total, four_dots, fused_input)
     # The key leaves out whether h and c are stored: backward's recomputation (h_out, c_out
     # None) runs forward's config, so its pre-activations are bit-identical to the saved ones.
-    _tuned_launch("step_forward", key, configs, launch, [h_out, c_out, preact_t], h_prev.device,
-                  flop=2.0 * M * 4 * F * k_total, warm_l2=True)
+    return _tuned_launch("step_forward", key, configs, launch, [h_out, c_out, preact_t],
+                         h_prev.device, flop=2.0 * M * 4 * F * k_total, warm_l2=True)
 
 
 # Spatial M tiles (a TILE_H x TILE_W block of one frame per program: row coordinates by
@@ -439,12 +439,12 @@ def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, 
         tile_h, tile_w, frame_tiles, spatial = spatial_tiling(geom.out_spatial, cfg["BLOCK_M"])
         m_tiles = B * frame_tiles if spatial else triton.cdiv(M, cfg["BLOCK_M"])
         grid = (m_tiles, triton.cdiv(F, cfg["BLOCK_F"]))
-        step_backward_kernels.step_backward_kernel[grid](
+        return launch_plans.launch(step_backward_kernels.step_backward_kernel, grid, (
             _ptr(dg_next, d), _stride0(dg_next), weights.transposed, _ptr(dy, d), _stride0(dy),
             dh_carry if dh_touched else d, dc_carry, _ptr(preact_t, d), _stride0(preact_t),
             _ptr(c_t, d), _stride0(c_t), _ptr(c_prev, d), _stride0(c_prev), _ptr(mask_t, d),
             _stride0(mask_t), _ptr(hmask, d), _stride0(hmask), _ptr(peephole, d),
-            _ptr(dg_out, d), _stride0(dg_out), M, P, B, *geom.out_spatial, F=F,
+            _ptr(dg_out, d), _stride0(dg_out), M, P, B, *geom.out_spatial), F=F,
             KD=rc["KD"], KH=rc["KH"], KW=rc["KW"],
             PD=dgrad_pads[0], PH=dgrad_pads[1], PW=dgrad_pads[2],
             ACT=act, RACT=ract, HAS_NEXT=dg_next is not None, HAS_DY=dy is not None,
@@ -461,7 +461,7 @@ def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, 
     configs = step_backward_configs(
         F, M, k_channels if tap_major(k_channels) else k_rows // F * k_channels,
         rdrop=hmask is not None)
-    _tuned_launch("step_backward", key, configs, launch, [dh_carry, dc_carry, dg_out],
+    return _tuned_launch("step_backward", key, configs, launch, [dh_carry, dc_carry, dg_out],
                   dh_carry.device, flop=2.0 * M * F * k_rows * 4, warm_l2=True)
 
 

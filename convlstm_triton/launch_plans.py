@@ -1,0 +1,183 @@
+"""Launch plans: a kernel launch repeated at every time step, bound once and replayed cheaply.
+
+A step kernel is launched T times per sequence with the same grid, config, integers and
+constexprs; only some pointers move (the step's slice of h, c, xg, the pre-activations...).
+Going through ``kernel[grid](...)`` every time costs ~20-25 µs of Python in Triton's
+``JITFunction.run`` (binding ~70 arguments, specializing them, hashing the key), on top of the
+launcher's own work (config pruning, tuning key, grid, constexprs). A ``StepLaunch`` does that
+once: the first launch goes through the launcher and Triton's JIT as always (tuning, compiling),
+and is recorded; every later launch replaces the moving pointers by integers (base pointer +
+index x step bytes, no tensor views) and calls the compiled kernel's launcher directly, as
+``JITFunction.run`` itself does after its cache lookup.
+
+Safe because everything Triton specializes a compiled kernel on is fixed for the plan (dtypes,
+integers, constexprs, options) except the 16-byte alignment of the moving pointers, which is
+checked at every launch: a new alignment pattern takes the JIT path again (and compiles the
+kernel it needs). The JIT path is also taken where there is nothing compiled to call: Triton's
+interpreter (CPU), a Triton whose compiled kernels lack that launcher interface, or with
+``CONVLSTM_TRITON_FAST_LAUNCH=0``.
+"""
+
+import os
+
+from triton import knobs
+from triton.runtime.driver import driver
+
+
+def fast_launch_enabled():
+    return os.environ.get("CONVLSTM_TRITON_FAST_LAUNCH", "1") not in ("0", "false", "False")
+
+
+class Frames:
+    """A (B, N, ...) tensor whose slices ``[:, i]`` kernels read or write: as views for the JIT
+    path, as raw pointers for a bound launch (no tensor is made per step). Holds the tensor, so
+    that its memory lives as long as the plans that point into it."""
+
+    __slots__ = ("tensor", "ptr0", "step", "stride0")
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+        self.ptr0 = tensor.data_ptr()
+        self.step = tensor.stride(1) * tensor.element_size()
+        self.stride0 = tensor.stride(0)
+
+    @staticmethod
+    def of_state(tensor):
+        """A (B, ...) tensor as frames of one slice (index 0): h0 beside the states."""
+        return Frames(tensor.unsqueeze(1))
+
+    def view(self, index):
+        return self.tensor[:, index]
+
+
+def views(frames):
+    """(Frames, index) pairs (or None) -> the slices as tensors (or None)."""
+    return [None if frame is None else frame[0].view(frame[1]) for frame in frames]
+
+
+class Record:
+    """What a launcher's final launch was: the kernel, its grid, every argument by parameter
+    name (constexprs included), the launch options, and what Triton returned (the compiled
+    kernel on a GPU)."""
+
+    __slots__ = ("kernel", "grid", "args", "options", "compiled")
+
+    def __init__(self, kernel, grid, args, options, compiled):
+        self.kernel, self.grid, self.args = kernel, grid, args
+        self.options, self.compiled = options, compiled
+
+
+def launch(kernel, grid, args, **kwargs):
+    """``kernel[grid](*args, **kwargs)``, returning its Record."""
+    compiled = kernel[grid](*args, **kwargs)
+    names = _arg_names(kernel)
+    by_name = dict(zip(names, args))
+    options = {}
+    for name, value in kwargs.items():
+        (by_name if name in by_name or name in names else options)[name] = value
+    return Record(kernel, grid, by_name, options, compiled)
+
+
+def _arg_names(kernel):
+    names = getattr(kernel, "arg_names", None)
+    if names is None:  # the interpreter's wrapper keeps the JITFunction
+        names = kernel.fn.arg_names
+    return list(names)
+
+
+def _launcher_of(compiled):
+    """The compiled kernel's direct launch interface (``run``, ``function``,
+    ``packed_metadata``, ``launch_metadata``: Triton 3.6 to 3.9), or None (the interpreter)."""
+    if compiled is None:
+        return None
+    if hasattr(compiled, "result"):  # an async compile's future
+        compiled = compiled.result()
+    if all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata",
+                                          "launch_metadata")):
+        return compiled
+    return None
+
+
+class StepLaunch:
+    """One kernel launched once per time step, bound from the Record of a first launch.
+    ``slots``: the pointer parameters that move with the step (every one that does: an
+    argument left out would be replayed from the record). ``jit_launch(*views)``: the
+    launcher's own path, for launches the plan cannot replay.
+
+    ``__call__(*frames)``: one ``(Frames, index)`` per slot in ``slots`` order, or None where
+    the slot's tensor is absent (absent at every step: the record's dummy is passed)."""
+
+    def __init__(self, record, slots, jit_launch):
+        self.slots, self.jit_launch = slots, jit_launch
+        names = _arg_names(record.kernel)
+        self.positions = [names.index(name) for name in slots]
+        # a moving tensor's sample stride is an integer argument of the compiled kernel: a
+        # slice with another one (a shorter last time chunk) takes the JIT path
+        self.stride0 = [getattr(record.args[name], "stride", lambda _: None)(0)
+                        for name in slots]
+        self.args = record.args  # keeps the record's tensors alive for the raw pointers below
+        self.template = [value.data_ptr() if hasattr(value, "data_ptr") else value
+                         for value in (record.args[name] for name in names)]
+        grid = tuple(record.grid)
+        self.grid = grid + (1,) * (3 - len(grid))
+        self.compiled = {}  # (alignment pattern of the moving pointers, device) -> kernel
+        kernel = _launcher_of(record.compiled) if fast_launch_enabled() else None
+        self.fast = kernel is not None
+        if self.fast:
+            pattern = self._pattern([record.args[name] for name in slots])
+            self.compiled[(pattern, driver.active.get_current_device())] = kernel
+
+    @staticmethod
+    def _pattern(tensors):
+        pattern = 1
+        for t in tensors:
+            if hasattr(t, "data_ptr"):
+                pattern = (pattern << 1) | (t.data_ptr() % 16 == 0)
+        return pattern
+
+    def __call__(self, *frames):
+        if not self.fast:
+            self.jit_launch(*views(frames))
+            return
+        args = self.template.copy()
+        pattern = 1
+        for position, frame, stride0 in zip(self.positions, frames, self.stride0):
+            if frame is None:
+                continue
+            f, index = frame
+            if f.stride0 != stride0:
+                self.jit_launch(*views(frames))
+                return
+            ptr = f.ptr0 + index * f.step
+            args[position] = ptr
+            pattern = (pattern << 1) | (ptr % 16 == 0)
+        device = driver.active.get_current_device()
+        kernel = self.compiled.get((pattern, device))
+        if kernel is None:  # first launch with this alignment on this device: compile
+            kernel = _launcher_of(self.jit_launch(*views(frames)).compiled)
+            if kernel is not None:
+                self.compiled[(pattern, device)] = kernel
+            return
+        stream = driver.active.get_current_stream(device)
+        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        metadata = kernel.launch_metadata(self.grid, stream, *args) if enter else None
+        kernel.run(self.grid[0], self.grid[1], self.grid[2], stream, kernel.function,
+                   kernel.packed_metadata, metadata, enter, leave, *args)
+
+
+class Planned:
+    """Launches of one kernel through plans: ``key`` groups the launches whose non-moving
+    arguments are the same (the caller's flags: first step, last chunk...); the first launch of
+    a key goes through ``jit_launch`` and becomes the key's plan."""
+
+    def __init__(self, jit_launch, slots):
+        self.jit_launch, self.slots = jit_launch, slots
+        self.plans = {}
+
+    def __call__(self, key, *frames):
+        plan = self.plans.get(key)
+        if plan is None:
+            record = self.jit_launch(*views(frames))
+            self.plans[key] = StepLaunch(record, self.slots, self.jit_launch)
+        else:
+            plan(*frames)
