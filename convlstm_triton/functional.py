@@ -16,12 +16,13 @@ that dtype, c included).
 0 and 1 is skipped (it would need the mask's values at trace time).
 """
 
+import math
 import os
 import warnings
 
 import torch
 
-from . import autograd, ops
+from . import autograd, cuda_graphs, ops
 from .activations import KERNEL_ACTIVATION_CODES
 from .launchers import KernelGeometry, dot_precision
 from .reference import conv_lstm_reference
@@ -87,7 +88,8 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
               padding="valid", dilation_rate=1, activation="tanh",
               recurrent_activation="sigmoid", go_backwards=False, mask=None, backend="auto",
               input_dropout_mask=None, recurrent_dropout_mask=None, peephole=None,
-              allow_tf32=None, forward_variant="auto", recompute_gates="auto"):
+              allow_tf32=None, forward_variant="auto", recompute_gates="auto",
+              cuda_graph=False):
     """ConvLSTM over a whole sequence with Keras 3 semantics.
 
     Args:
@@ -124,6 +126,15 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
             B*T*P*4F elements, the largest saved tensor; costs one more recurrent GEMM per step
             and the input projection again). "auto": recompute where those pre-activations
             would take at least ``autograd.RECOMPUTE_MIN_BYTES`` (256 MiB), keep them below.
+        cuda_graph: False, True or "auto": capture the Triton path's whole time loop (forward,
+            and backward when training) in CUDA graphs on a problem's first call and replay
+            them afterwards (``convlstm_triton.cuda_graphs``: cache key, memory, limits).
+            True needs CUDA tensors (a ValueError otherwise); "auto" graphs CUDA problems whose
+            per-step gate GEMM, 2 * B * P * 4F * prod(kernel_size) * (C_in + F) FLOP, is
+            below ``cuda_graphs.AUTO_MAX_STEP_FLOP`` (2e9: launch-bound steps) and runs the
+            plain path elsewhere. The reference backend, torch.compile tracing and a capture
+            of the caller's own always run the plain path. Each cached graph holds about one
+            call's peak memory.
 
     Returns:
         seq (B, T, *out_spatial, F), h (B, *out_spatial, F), c (B, *out_spatial, F); in the
@@ -144,7 +155,10 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
                                    padding, dilation_rate, activation, recurrent_activation,
                                    go_backwards, mask, backend, input_dropout_mask,
                                    recurrent_dropout_mask, peephole, forward_variant,
-                                   recompute_gates)
+                                   recompute_gates, cuda_graph)
+    use_graph = cuda_graphs.resolve(cuda_graph, x, cuda_graphs.step_flop(
+        args.batch, math.prod(args.geometry.out_spatial), args.in_channels, args.filters,
+        kernel.shape[:args.rank]))
     reason = _fallback_reason(x, args.activation, args.recurrent_activation)
     if _resolve_backend(backend, x, reason) == "reference":
         if autocast_dtype is None:
@@ -162,7 +176,7 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
     return _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards,
                              mask, input_dropout_mask, recurrent_dropout_mask, peephole,
                              dot_precision(x.dtype, allow_tf32), forward_variant,
-                             recompute_gates)
+                             recompute_gates, use_graph)
 
 
 def _reference(x, kernel, recurrent_kernel, bias, initial_state, strides, padding, dilation_rate,
@@ -179,7 +193,7 @@ def _reference(x, kernel, recurrent_kernel, bias, initial_state, strides, paddin
 
 def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards, mask,
                       input_dropout_mask, recurrent_dropout_mask, peephole, precision,
-                      forward_variant, recompute_gates):
+                      forward_variant, recompute_gates, use_graph=False):
     geom = KernelGeometry.from_conv(args.geometry)
     B, T, C, F = args.batch, args.steps, args.in_channels, args.filters
     P = geom.out_pixels
@@ -212,10 +226,14 @@ def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go
     # Keep what backward reads exactly when autograd will record the op.
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                for t in tensors)
-    states, h, c, _, _ = ops.forward(
-        *tensors, ops.geometry_to_ints(geom), KERNEL_ACTIVATION_CODES[args.activation],
-        KERNEL_ACTIVATION_CODES[args.recurrent_activation], precision, forward_variant,
-        training, not recompute_gates)
+    op_config = (ops.geometry_to_ints(geom), KERNEL_ACTIVATION_CODES[args.activation],
+                 KERNEL_ACTIVATION_CODES[args.recurrent_activation], precision, forward_variant,
+                 training, not recompute_gates)
+    graphed = cuda_graphs.graphed_forward(tensors, op_config, go_backwards) if use_graph else None
+    if graphed is not None:
+        states, h, c = graphed
+    else:
+        states, h, c, _, _ = ops.forward(*tensors, *op_config)
     seq = states
     if step_mask is not None:
         # Keras: the output carries the previous *output*, which is zero before the first

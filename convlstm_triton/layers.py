@@ -1,7 +1,8 @@
 """``ConvLSTM1D/2D/3D``: torch.nn.Modules with Keras 3's arguments, weights and semantics.
 
 Argument names and order are those of ``keras.layers.ConvLSTM2D`` (Keras 3), followed by the
-keyword-only PyTorch arguments ``in_channels``, ``backend``, ``device`` and ``dtype``. The
+keyword-only PyTorch arguments ``in_channels``, ``backend``, ``cuda_graph``, ``device`` and
+``dtype``. The
 parameters ``kernel`` ``(*kernel_size, C_in, 4F)``, ``recurrent_kernel`` ``(*kernel_size, F, 4F)``
 and ``bias`` ``(4F,)`` have the Keras shapes and gate order (i, f, c, o), so
 ``layer.set_keras_weights(keras_layer.get_weights())`` reproduces a Keras layer exactly.
@@ -32,6 +33,8 @@ and ``bias`` ``(4F,)`` have the Keras shapes and gate order (i, f, c, o), so
   callables (``convlstm_triton.constraints``; norms over ``axis`` of the Keras-layout weight).
   Keras applies them after every optimizer update: call ``layer.apply_constraints()`` after
   ``optimizer.step()``.
+* **cuda_graph** (False, True, "auto"): ``conv_lstm``'s option: replay the Triton path's time
+  loop from CUDA graphs captured at a problem's first call (``convlstm_triton.cuda_graphs``).
 """
 
 import inspect
@@ -47,6 +50,7 @@ from . import constraints, initializers, regularizers
 from .activations import check_activation
 from .functional import conv_lstm
 from .geometry import ConvGeometry, normalize_tuple
+from .validation import check_cuda_graph_option
 
 __all__ = ["ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"]
 
@@ -107,6 +111,7 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
         *,
         in_channels=None,
         backend="auto",
+        cuda_graph=False,
         device=None,
         dtype=None,
     ):
@@ -188,6 +193,7 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         self.backend = backend
+        self.cuda_graph = check_cuda_graph_option(cuda_graph)
         self._generators = {}  # device -> torch.Generator (only with a seed)
 
         factory = {"device": device, "dtype": dtype}
@@ -454,6 +460,7 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
             activation=self.activation, recurrent_activation=self.recurrent_activation,
             go_backwards=self.go_backwards, mask=mask, backend=self.backend,
             input_dropout_mask=input_mask, recurrent_dropout_mask=recurrent_mask,
+            cuda_graph=self.cuda_graph,
         )
         if self.stateful:
             self._state_h = h.detach()
@@ -597,6 +604,7 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
             "go_backwards": (False, self.go_backwards),
             "stateful": (False, self.stateful),
             "backend": ("auto", self.backend),
+            "cuda_graph": (False, self.cuda_graph),
         }
         for argument in (
             "kernel_regularizer", "recurrent_regularizer", "bias_regularizer",
@@ -618,7 +626,8 @@ class ConvLSTM1D(_ConvLSTM):
 
     x ``(B, T, W, C)`` (channels_last) or ``(B, T, C, W)`` (channels_first). Arguments as in Keras
     (same names and order), then keyword-only ``in_channels`` (None: lazy), ``backend``
-    ("auto", "triton", "reference"), ``device``, ``dtype``. See ``convlstm_triton.layers``.
+    ("auto", "triton", "reference"), ``cuda_graph`` (False, True, "auto"), ``device``,
+    ``dtype``. See ``convlstm_triton.layers``.
     """
 
     def __init__(self, *args, **kwargs):
@@ -632,7 +641,8 @@ class ConvLSTM2D(_ConvLSTM):
 
     x ``(B, T, H, W, C)`` (channels_last) or ``(B, T, C, H, W)`` (channels_first). Arguments as
     in Keras (same names and order), then keyword-only ``in_channels`` (None: lazy), ``backend``
-    ("auto", "triton", "reference"), ``device``, ``dtype``. See ``convlstm_triton.layers``.
+    ("auto", "triton", "reference"), ``cuda_graph`` (False, True, "auto"), ``device``,
+    ``dtype``. See ``convlstm_triton.layers``.
     """
 
     def __init__(self, *args, **kwargs):
@@ -646,8 +656,8 @@ class ConvLSTM3D(_ConvLSTM):
 
     x ``(B, T, D, H, W, C)`` (channels_last) or ``(B, T, C, D, H, W)`` (channels_first).
     Arguments as in Keras (same names and order), then keyword-only ``in_channels`` (None: lazy),
-    ``backend`` ("auto", "triton", "reference"), ``device``, ``dtype``. See
-    ``convlstm_triton.layers``.
+    ``backend`` ("auto", "triton", "reference"), ``cuda_graph`` (False, True, "auto"),
+    ``device``, ``dtype``. See ``convlstm_triton.layers``.
     """
 
     def __init__(self, *args, **kwargs):

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from .activations import check_activation
 from .functional import conv_lstm
 from .geometry import ConvGeometry, normalize_tuple
+from .validation import check_cuda_graph_option
 
 __all__ = ["ConvLSTMCell", "ConvLSTM"]
 
@@ -103,6 +104,10 @@ class ConvLSTMCell(nn.Module):
             ``peephole_weights (3, H)`` = (w_ci, w_cf, w_co): i and f see ``w_ci * c_prev``,
             ``w_cf * c_prev``, o sees ``w_co * c``; fused into the kernels.
         backend: "auto" (CUDA -> Triton kernels, CPU -> reference), "triton", "reference".
+        cuda_graph: False, True or "auto": ``conv_lstm``'s option (CUDA graphs of the Triton
+            path's time loop, ``convlstm_triton.cuda_graphs``). When training, every step whose
+            backward is still pending needs a graph of its own, so a cell stepped T times per
+            backward holds up to T graphs (the cache's size bounds it; beyond, the plain path).
         device, dtype: of the parameters.
 
     Parameters ``kernel (*k, C_in, 4H)``, ``recurrent_kernel (*k, H, 4H)``, ``bias (4H,)``,
@@ -111,7 +116,7 @@ class ConvLSTMCell(nn.Module):
 
     def __init__(self, in_channels, hidden_channels, kernel_size, bias=True, activation="tanh",
                  recurrent_activation="sigmoid", *, rank=None, peephole=False, backend="auto",
-                 device=None, dtype=None):
+                 cuda_graph=False, device=None, dtype=None):
         super().__init__()
         self.in_channels = _check_positive_int(in_channels, "in_channels")
         self.hidden_channels = _check_positive_int(hidden_channels, "hidden_channels")
@@ -121,6 +126,7 @@ class ConvLSTMCell(nn.Module):
         self.recurrent_activation = check_activation(recurrent_activation,
                                                      "recurrent_activation")
         self.backend = _check_backend(backend)
+        self.cuda_graph = check_cuda_graph_option(cuda_graph)
         _check_bool(bias, "bias")
         factory = {"device": device, "dtype": dtype}
         h4 = 4 * self.hidden_channels
@@ -173,7 +179,7 @@ class ConvLSTMCell(nn.Module):
             input.movedim(1, -1).unsqueeze(1), self.kernel, self.recurrent_kernel, self.bias,
             state, padding="same", activation=self.activation,
             recurrent_activation=self.recurrent_activation, peephole=self.peephole_weights,
-            backend=self.backend,
+            backend=self.backend, cuda_graph=self.cuda_graph,
         )
         return h.movedim(-1, 1), c.movedim(-1, 1)
 
@@ -189,6 +195,8 @@ class ConvLSTMCell(nn.Module):
             s += ", peephole=True"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
+        if self.cuda_graph is not False:
+            s += f", cuda_graph={self.cuda_graph!r}"
         return s
 
 
@@ -225,6 +233,8 @@ class ConvLSTM(nn.Module):
             callables (those run on the reference implementation, with a one-time warning).
         rank: 1, 2 or 3; None: the length of the tuple kernel sizes, else 2.
         backend: "auto" (CUDA -> Triton kernels, CPU -> reference), "triton", "reference".
+        cuda_graph: False, True or "auto": ``conv_lstm``'s option (CUDA graphs of the Triton
+            path's time loop, ``convlstm_triton.cuda_graphs``).
         device, dtype: of the parameters.
 
     Parameters, per layer l and direction (suffix ``_reverse`` for the reverse one), in the Keras
@@ -236,7 +246,7 @@ class ConvLSTM(nn.Module):
     def __init__(self, in_channels, hidden_channels, kernel_size, num_layers=1, bias=True,
                  batch_first=True, bidirectional=False, dropout=0.0, padding="same",
                  activation="tanh", recurrent_activation="sigmoid", *, rank=None,
-                 peephole=False, backend="auto", device=None, dtype=None):
+                 peephole=False, backend="auto", cuda_graph=False, device=None, dtype=None):
         super().__init__()
         self.in_channels = _check_positive_int(in_channels, "in_channels")
         self.peephole = _check_bool(peephole, "peephole")
@@ -286,6 +296,7 @@ class ConvLSTM(nn.Module):
         self.recurrent_activation = check_activation(recurrent_activation,
                                                      "recurrent_activation")
         self.backend = _check_backend(backend)
+        self.cuda_graph = check_cuda_graph_option(cuda_graph)
 
         factory = {"device": device, "dtype": dtype}
         self._weight_names = []  # per (layer, direction): [kernel, recurrent_kernel(, bias)]
@@ -404,7 +415,7 @@ class ConvLSTM(nn.Module):
                     states[index], padding=self.padding, activation=self.activation,
                     recurrent_activation=self.recurrent_activation,
                     go_backwards=direction == 1, peephole=weights.get("peephole_weights"),
-                    backend=self.backend,
+                    backend=self.backend, cuda_graph=self.cuda_graph,
                 )
                 # go_backwards returns the sequence in processing order: re-align it in time.
                 outputs.append(seq.flip(1) if direction == 1 else seq)
@@ -437,5 +448,6 @@ class ConvLSTM(nn.Module):
             "recurrent_activation": ("sigmoid", self.recurrent_activation),
             "peephole": (False, self.peephole),
             "backend": ("auto", self.backend),
+            "cuda_graph": (False, self.cuda_graph),
         }
         return s + "".join(f", {k}={v!r}" for k, (d, v) in defaults.items() if v != d)

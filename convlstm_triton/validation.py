@@ -27,6 +27,18 @@ class ConvLSTMArgs:
     recurrent_activation: str
 
 
+def check_cuda_graph_option(value, argument="cuda_graph"):
+    """``value`` if it is False, True or "auto"; else a TypeError (not a bool or str) or
+    ValueError (another string) naming ``argument``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if value == "auto":
+            return value
+        raise ValueError(f"{argument} must be True, False or 'auto', got {value!r}")
+    raise TypeError(f"{argument} must be True, False or 'auto', got {type(value).__name__}")
+
+
 def _check_tensor(value, name):
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -50,7 +62,7 @@ def _expect_like(tensor, x, name):
 def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, strides, padding,
                             dilation_rate, activation, recurrent_activation, go_backwards, mask,
                             backend, input_dropout_mask, recurrent_dropout_mask, peephole=None,
-                            forward_variant="auto", recompute_gates="auto"):
+                            forward_variant="auto", recompute_gates="auto", cuda_graph=False):
     _check_tensor(x, "x")
     _check_tensor(kernel, "kernel")
     _check_tensor(recurrent_kernel, "recurrent_kernel")
@@ -164,6 +176,7 @@ def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, st
                          "neither mask nor peephole; use 'hoisted' or 'fused_input'")
     if not (isinstance(recompute_gates, bool) or recompute_gates == "auto"):
         raise TypeError(f"recompute_gates must be True, False or 'auto', got {recompute_gates!r}")
+    check_cuda_graph_option(cuda_graph)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return ConvLSTMArgs(
