@@ -149,6 +149,10 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
 # sequence loops pass them (launch_plans.StepLaunch replays the rest from the first launch).
 STEP_FORWARD_SLOTS = ("h_prev_ptr", "c_prev_ptr", "xg_ptr", "x_ptr", "h_ptr", "c_ptr",
                       "preact_ptr", "mask_ptr")
+# the weight-gradient launcher's partial sums, allocated per launch (replays reuse the first's)
+WEIGHT_GRAD_OWNED = ("dw_ptr", "db_ptr")
+# the input-gradient launcher's dx and its weights converted for the reduction kernel
+INPUT_GRAD_OWNED = ("dx_ptr", "w_ptr")
 STEP_BACKWARD_SLOTS = ("dg_next_ptr", "dy_ptr", "preact_ptr", "c_ptr", "c_prev_ptr", "mask_ptr",
                        "dg_ptr")
 
@@ -275,43 +279,64 @@ class _ChunkGradients:
         chunked = launchers.time_chunk(x.shape[0], x.shape[1], states.shape[2]) < x.shape[1]
         self.dx = (launchers.new_buffer(x.shape, x.device, x.dtype) if need_x and chunked
                    else None)
-        self.dk = self.db = self.drk = self.dpeep = None
+        self.dpeep = None
+        self.plans, self.frames = {}, {}
+        geom = spec.geometry
+        B, F = x.shape[0], states.shape[3]
+        self.input_weight = (_WeightGradient(xmask, geom, need_b, spec.precision)
+                             if need_k or need_b else None)
+        self.recurrent_weight = (_WeightGradient(hmask, geom.recurrent_as_conv(), False,
+                                                 spec.precision) if need_rk else None)
+        # the recurrent conv's input frames: h_{s-1} (B, T, *spatial, F), and h0 as one frame
+        self.states_frames = states.view(B, -1, *geom.out_spatial, F)
+        self.h0_frames = Frames(h0.view(B, 1, *geom.out_spatial, F), 1)
 
     @staticmethod
     def _add(total, part):
         return part if total is None else total.add_(part)
 
+    def _plan(self, name, length, jit_launch, slots, owned):
+        """The plans of one launch kind for chunks of ``length`` steps (made on first use)."""
+        plan = self.plans.get((name, length))
+        if plan is None:
+            plan = self.plans[(name, length)] = launch_plans.Planned(jit_launch, slots, owned)
+        return plan
+
+    def _frames(self, name, tensor, length):
+        """``tensor``'s (B, T, ...) frames ``length`` at a time, as Frames (made once)."""
+        frames = self.frames.get((name, length))
+        if frames is None:
+            frames = self.frames[(name, length)] = Frames(tensor, length)
+        return frames
+
     def add_chunk(self, dgates, start, stop):
         spec, geom, x = self.spec, self.spec.geometry, self.x
         B = x.shape[0]
         P, F = self.states.shape[2:]
+        steps = stop - start
+        dgates_f = Frames(dgates, steps)
         if self.need_x:
-            dx = launchers.input_grad(dgates, self.kernel2d, self.xmask, geom, x.shape[-1],
-                                      spec.precision)
-            if self.dx is None:
-                self.dx = dx.view(x.shape)
+            if self.dx is None:  # one chunk: its launch writes dx
+                self.dx = launchers.input_grad(dgates, self.kernel2d, self.xmask, geom,
+                                               x.shape[-1], spec.precision).view(x.shape)
             else:
-                self.dx[:, start:stop] = dx.view(B, stop - start, *x.shape[2:])
+                # each chunk's dx into the same temporary, then copied to its frames
+                record = self._plan("input_grad", steps, lambda dg: launchers.input_grad_launch(
+                    dg, self.kernel2d, self.xmask, geom, x.shape[-1], spec.precision),
+                    ("dg_ptr",), INPUT_GRAD_OWNED)(None, (dgates_f, 0))
+                self.dx[:, start:stop] = record.args["dx_ptr"].view(B, steps, *x.shape[2:])
         if self.need_k or self.need_b:
-            dk, db = launchers.weight_grad(x[:, start:stop], dgates, self.xmask, geom,
-                                           self.need_b, spec.precision)
-            self.dk = self._add(self.dk, dk) if self.need_k else None
-            self.db = self._add(self.db, db) if self.need_b else None
+            self.input_weight.add(steps, (self._frames("x", x, steps), start), (dgates_f, 0))
         if self.need_rk:
-            rgeom = geom.recurrent_as_conv()
-            spatial = geom.out_spatial
             # step s's recurrent conv read h_{s-1}: states[:, s-1], or h0 at s = 0
-            first = start
-            if start == 0:
-                h0_frames = self.h0.view(B, 1, *spatial, F)
-                self.drk = self._add(self.drk, launchers.weight_grad(
-                    h0_frames, dgates[:, :1], self.hmask, rgeom, False, spec.precision)[0])
-                first = 1
+            first = start + (start == 0)
             if first < stop:
-                prev = self.states[:, first - 1: stop - 1].view(B, stop - first, *spatial, F)
-                self.drk = self._add(self.drk, launchers.weight_grad(
-                    prev, dgates[:, first - start:], self.hmask, rgeom, False,
-                    spec.precision)[0])
+                length = stop - first
+                self.recurrent_weight.add(
+                    length, (self._frames("states", self.states_frames, length), first - 1),
+                    (Frames(dgates, length), first - start))
+            if start == 0:
+                self.recurrent_weight.add(1, (self.h0_frames, 0), (Frames(dgates, 1), 0))
         if self.need_peep:
             # sum over (b, t, p) of d_i * c_{t-1}, d_f * c_{t-1}, d_o * c_t (masked steps have
             # zero gate gradients): elementwise on the chunk, at copy speed
@@ -324,7 +349,52 @@ class _ChunkGradients:
             ]).reshape(-1))
 
     def totals(self):
-        return self.dx, self.dk, self.drk, self.db, self.dpeep
+        dk = db = drk = None
+        if self.input_weight is not None:
+            dk, db = self.input_weight.totals()
+        if self.recurrent_weight is not None:
+            drk = self.recurrent_weight.totals()[0]
+        return (self.dx, dk if self.need_k else None, drk, db if self.need_b else None,
+                self.dpeep)
+
+
+class _WeightGradient:
+    """One weight's gradient (and bias's) over a sequence's time chunks: the first launch
+    writes fp32 partials, every later one adds to them (the kernel's ACCUMULATE, in stream
+    order), and one fixed-order sum of the splits at the end; a launch whose config has
+    another partials layout (a chunk of another size may tune to another config) is summed on
+    its own. Bit-identical run to run."""
+
+    def __init__(self, smask, geom, with_bias, precision):
+        self.smask, self.geom, self.with_bias, self.precision = smask, geom, with_bias, precision
+        self.target = None  # the first launch's Record: the partials the others add to
+        self.plans = {}
+        self.extra = None  # (dW, db) of launches that could not add to the target's
+
+    def add(self, length, src, dgates):
+        """One chunk: ``src`` and ``dgates`` as (Frames, index) of ``length`` frames."""
+        into = self.target
+        plan = self.plans.get((length, into is None))
+        if plan is None:
+            plan = self.plans[(length, into is None)] = launch_plans.Planned(
+                lambda s, g: launchers.weight_grad_launch(s, g, self.smask, self.geom,
+                                                          self.with_bias, self.precision,
+                                                          into=into),
+                ("src_ptr", "dg_ptr"), WEIGHT_GRAD_OWNED)
+        record = plan(None, src, dgates)
+        if into is None:
+            self.target = record
+        elif record.args["dw_ptr"] is not into.args["dw_ptr"]:
+            dw, db = launchers.weight_grad_sums(record)
+            self.extra = (dw, db) if self.extra is None else (
+                self.extra[0].add_(dw), None if db is None else self.extra[1].add_(db))
+
+    def totals(self):
+        dw, db = launchers.weight_grad_sums(self.target)
+        if self.extra is not None:
+            dw = dw.add_(self.extra[0])
+            db = None if db is None else db.add_(self.extra[1])
+        return dw, db
 
 
 class _InputProjection:
@@ -342,20 +412,30 @@ class _InputProjection:
         N = launchers.GateWeights.of(kernel2d).gate_major.shape[1]
         self.buffer = launchers.new_buffer((B, self.chunk, P, N), x.device, x.dtype)
         self.start = None  # first step of the chunk in the buffer
-        self.frames = None  # the chunk in the buffer, as Frames
+        # per chunk length (the last chunk may be shorter): the buffer's first steps and the
+        # frames of x as Frames, and the projection's plan
+        self.lengths = {}
+
+    def _length(self, steps):
+        entry = self.lengths.get(steps)
+        if entry is None:
+            out = Frames(launchers.chunk_buffer(self.buffer, steps))
+            plan = launch_plans.Planned(
+                lambda x_chunk: launchers.input_projection_launch(
+                    x_chunk, self.kernel2d, self.bias, self.xmask, self.spec.geometry,
+                    self.spec.precision, four_dots=self.spec.four_dots, out=out.tensor),
+                ("x_ptr",))
+            entry = self.lengths[steps] = (out, Frames(self.x, steps), plan)
+        return entry
 
     def frame(self, s):
         """Step s's (B, P, 4F) slice as (Frames, index)."""
         start = s - s % self.chunk
+        out, x_f, project = self._length(min(self.chunk, self.x.shape[1] - start))
         if start != self.start:
-            stop = min(start + self.chunk, self.x.shape[1])
-            out = launchers.chunk_buffer(self.buffer, stop - start)
-            launchers.input_projection(
-                self.x[:, start:stop], self.kernel2d, self.bias, self.xmask,
-                self.spec.geometry, self.spec.precision, four_dots=self.spec.four_dots,
-                out=out)
-            self.start, self.frames = start, Frames(out)
-        return self.frames, s - start
+            project(None, (x_f, start))
+            self.start = start
+        return out, s - start
 
 
 class _Recompute:

@@ -1,21 +1,26 @@
-"""Launch plans: a kernel launch repeated at every time step, bound once and replayed cheaply.
+"""Launch plans: a kernel launch repeated through a sequence, bound once and replayed cheaply.
 
-A step kernel is launched T times per sequence with the same grid, config, integers and
-constexprs; only some pointers move (the step's slice of h, c, xg, the pre-activations...).
-Going through ``kernel[grid](...)`` every time costs ~20-25 µs of Python in Triton's
-``JITFunction.run`` (binding ~70 arguments, specializing them, hashing the key), on top of the
-launcher's own work (config pruning, tuning key, grid, constexprs). A ``StepLaunch`` does that
-once: the first launch goes through the launcher and Triton's JIT as always (tuning, compiling),
-and is recorded; every later launch replaces the moving pointers by integers (base pointer +
-index x step bytes, no tensor views) and calls the compiled kernel's launcher directly, as
-``JITFunction.run`` itself does after its cache lookup.
+A step kernel is launched at every time step, and the chunk kernels (the input projection, the
+input and weight gradients) at every time chunk, with the same grid, config, integers and
+constexprs; only some pointers move (the step's slice of h, c, xg, the pre-activations; the
+chunk's frames). Going through ``kernel[grid](...)`` every time costs ~25-35 µs of Python in
+Triton's ``JITFunction.run`` (binding ~70 arguments, specializing them, hashing the key), on
+top of the launcher's own work (configs, tuning key, grid, constexprs). A ``StepLaunch`` does
+that once per sequence and kernel: the first launch goes through the launcher and Triton's JIT
+as always (tuning, compiling) and is recorded; every later launch puts the moving pointers
+(base pointer + index x step bytes: no tensor views) into the recorded argument list and calls
+the compiled kernel's launcher directly, as ``JITFunction.run`` itself does after its cache
+lookup.
 
 Safe because everything Triton specializes a compiled kernel on is fixed for the plan (dtypes,
-integers, constexprs, options) except the 16-byte alignment of the moving pointers, which is
-checked at every launch: a new alignment pattern takes the JIT path again (and compiles the
-kernel it needs). The JIT path is also taken where there is nothing compiled to call: Triton's
-interpreter (CPU), a Triton whose compiled kernels lack that launcher interface, or with
-``CONVLSTM_TRITON_FAST_LAUNCH=0``.
+integers, constexprs, options, the fixed pointers' alignment) except the 16-byte alignment of
+the moving pointers, which is checked at every launch: a new alignment pattern takes the JIT
+path (and compiles the kernel it needs), and so does a slice with another sample stride. The
+JIT path is also taken where there is nothing compiled to call: Triton's interpreter (CPU), a
+Triton whose compiled kernels lack that launcher interface, or ``CONVLSTM_TRITON_FAST_LAUNCH=0``.
+``bench/host_overhead.py --check`` launches every replay through the JIT path too and compares
+kernel, grid and arguments (CI runs it on the Triton it installs; checked by hand on Triton 3.6
+and 3.9, 2026-11-29).
 """
 
 import os
@@ -29,17 +34,18 @@ def fast_launch_enabled():
 
 
 class Frames:
-    """A (B, N, ...) tensor whose slices ``[:, i]`` kernels read or write: as views for the JIT
-    path, as raw pointers for a bound launch (no tensor is made per step). Holds the tensor, so
-    that its memory lives as long as the plans that point into it."""
+    """A (B, N, ...) tensor whose slices ``[:, i]`` (or ``[:, i:i + length]``) kernels read or
+    write: as views for the JIT path, as raw pointers for a bound launch (no tensor is made per
+    step). Holds the tensor, so that its memory lives as long as the plans that point into it."""
 
-    __slots__ = ("tensor", "ptr0", "step", "stride0")
+    __slots__ = ("tensor", "ptr0", "step", "stride0", "length")
 
-    def __init__(self, tensor):
+    def __init__(self, tensor, length=None):
         self.tensor = tensor
         self.ptr0 = tensor.data_ptr()
         self.step = tensor.stride(1) * tensor.element_size()
         self.stride0 = tensor.stride(0)
+        self.length = length
 
     @staticmethod
     def of_state(tensor):
@@ -47,7 +53,9 @@ class Frames:
         return Frames(tensor.unsqueeze(1))
 
     def view(self, index):
-        return self.tensor[:, index]
+        if self.length is None:
+            return self.tensor[:, index]
+        return self.tensor[:, index:index + self.length]
 
 
 def views(frames):
@@ -70,19 +78,25 @@ class Record:
 def launch(kernel, grid, args, **kwargs):
     """``kernel[grid](*args, **kwargs)``, returning its Record."""
     compiled = kernel[grid](*args, **kwargs)
-    names = _arg_names(kernel)
+    names, params = _arg_names(kernel)
     by_name = dict(zip(names, args))
     options = {}
     for name, value in kwargs.items():
-        (by_name if name in by_name or name in names else options)[name] = value
+        (by_name if name in params else options)[name] = value
     return Record(kernel, grid, by_name, options, compiled)
 
 
+_names = {}  # kernel -> (parameter names in order, as a set)
+
+
 def _arg_names(kernel):
-    names = getattr(kernel, "arg_names", None)
-    if names is None:  # the interpreter's wrapper keeps the JITFunction
-        names = kernel.fn.arg_names
-    return list(names)
+    names = _names.get(kernel)
+    if names is None:
+        listed = getattr(kernel, "arg_names", None)
+        if listed is None:  # the interpreter's wrapper keeps the JITFunction
+            listed = kernel.fn.arg_names
+        names = _names[kernel] = (list(listed), frozenset(listed))
+    return names
 
 
 def _launcher_of(compiled):
@@ -98,32 +112,58 @@ def _launcher_of(compiled):
     return None
 
 
+# (kernel, signature of the fixed arguments) -> {(alignment pattern, device): compiled kernel}
+_COMPILED = {}
+
+
+def _signature(record, moving):
+    """What Triton specializes a compiled kernel on, for the arguments that do not move: each
+    fixed pointer's dtype and 16-byte alignment, every other value (integers, constexprs),
+    and the launch options."""
+    key = []
+    for name, value in record.args.items():
+        if name in moving:
+            key.append((name, str(value.dtype)) if hasattr(value, "dtype") else (name, None))
+        elif hasattr(value, "data_ptr"):
+            key.append((name, str(value.dtype), value.data_ptr() % 16 == 0))
+        else:
+            key.append((name, value))
+    return tuple(key) + tuple(sorted(record.options.items()))
+
+
 class StepLaunch:
     """One kernel launched once per time step, bound from the Record of a first launch.
     ``slots``: the pointer parameters that move with the step (every one that does: an
     argument left out would be replayed from the record). ``jit_launch(*views)``: the
     launcher's own path, for launches the plan cannot replay.
 
+    ``owned``: output buffers that the launcher allocates at every launch (partial sums, a
+    temporary): a replay writes the record's instead, which the caller reads from the Record
+    that ``__call__`` returns.
+
     ``__call__(*frames)``: one ``(Frames, index)`` per slot in ``slots`` order, or None where
     the slot's tensor is absent (absent at every step: the record's dummy is passed)."""
 
-    def __init__(self, record, slots, jit_launch):
-        self.slots, self.jit_launch = slots, jit_launch
-        names = _arg_names(record.kernel)
+    def __init__(self, record, slots, jit_launch, owned=()):
+        self.slots, self.jit_launch, self.owned = slots, jit_launch, owned
+        names = _arg_names(record.kernel)[0]
         self.positions = [names.index(name) for name in slots]
         # a moving tensor's sample stride is an integer argument of the compiled kernel: a
         # slice with another one (a shorter last time chunk) takes the JIT path
         self.stride0 = [getattr(record.args[name], "stride", lambda _: None)(0)
                         for name in slots]
-        self.args = record.args  # keeps the record's tensors alive for the raw pointers below
+        self.record = record  # its tensors stay alive for the raw pointers below
         self.template = [value.data_ptr() if hasattr(value, "data_ptr") else value
                          for value in (record.args[name] for name in names)]
         grid = tuple(record.grid)
         self.grid = grid + (1,) * (3 - len(grid))
-        self.compiled = {}  # (alignment pattern of the moving pointers, device) -> kernel
+        self.replays = 0
         kernel = _launcher_of(record.compiled) if fast_launch_enabled() else None
         self.fast = kernel is not None
         if self.fast:
+            # compiled kernels are shared by the plans of every call with this signature
+            self.compiled = _COMPILED.setdefault(
+                (record.kernel, _signature(record, set(slots))), {})
             pattern = self._pattern([record.args[name] for name in slots])
             self.compiled[(pattern, driver.active.get_current_device())] = kernel
 
@@ -136,9 +176,10 @@ class StepLaunch:
         return pattern
 
     def __call__(self, *frames):
+        """Launch; returns the Record of the launch made (this plan's own when replayed: its
+        buffers are the ones written)."""
         if not self.fast:
-            self.jit_launch(*views(frames))
-            return
+            return self.jit_launch(*views(frames))
         args = self.template.copy()
         pattern = 1
         for position, frame, stride0 in zip(self.positions, frames, self.stride0):
@@ -146,23 +187,25 @@ class StepLaunch:
                 continue
             f, index = frame
             if f.stride0 != stride0:
-                self.jit_launch(*views(frames))
-                return
+                return self.jit_launch(*views(frames))
             ptr = f.ptr0 + index * f.step
             args[position] = ptr
             pattern = (pattern << 1) | (ptr % 16 == 0)
         device = driver.active.get_current_device()
         kernel = self.compiled.get((pattern, device))
         if kernel is None:  # first launch with this alignment on this device: compile
-            kernel = _launcher_of(self.jit_launch(*views(frames)).compiled)
+            record = self.jit_launch(*views(frames))
+            kernel = _launcher_of(record.compiled)
             if kernel is not None:
                 self.compiled[(pattern, device)] = kernel
-            return
+            return record
+        self.replays += 1
         stream = driver.active.get_current_stream(device)
         enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
         metadata = kernel.launch_metadata(self.grid, stream, *args) if enter else None
         kernel.run(self.grid[0], self.grid[1], self.grid[2], stream, kernel.function,
                    kernel.packed_metadata, metadata, enter, leave, *args)
+        return self.record
 
 
 class Planned:
@@ -170,14 +213,15 @@ class Planned:
     arguments are the same (the caller's flags: first step, last chunk...); the first launch of
     a key goes through ``jit_launch`` and becomes the key's plan."""
 
-    def __init__(self, jit_launch, slots):
-        self.jit_launch, self.slots = jit_launch, slots
+    def __init__(self, jit_launch, slots, owned=()):
+        self.jit_launch, self.slots, self.owned = jit_launch, slots, owned
         self.plans = {}
 
     def __call__(self, key, *frames):
+        """Launch; returns the Record of the launch made (see ``StepLaunch.__call__``)."""
         plan = self.plans.get(key)
         if plan is None:
             record = self.jit_launch(*views(frames))
-            self.plans[key] = StepLaunch(record, self.slots, self.jit_launch)
-        else:
-            plan(*frames)
+            self.plans[key] = StepLaunch(record, self.slots, self.jit_launch, self.owned)
+            return record
+        return plan(*frames)

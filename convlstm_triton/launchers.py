@@ -91,6 +91,16 @@ def rows_aligned(channels, block_k, *strides):
     return channels % block_k == 0 and all(v % 16 == 0 for v in strides)
 
 
+# Host arithmetic in plain Python: triton.cdiv / triton.next_power_of_2 are constexpr functions
+# whose wrapper costs 2-3 µs a call in Triton 3.6, and a launch made dozens of such calls.
+def cdiv(a, b):
+    return -(-a // b)
+
+
+def next_power_of_2(n):
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
 def new_buffer(shape, device, dtype):
     """Every kernel output is allocated here (uninitialized); tests poison it with NaN."""
     return torch.empty(shape, device=device, dtype=dtype)
@@ -107,11 +117,20 @@ def _dtype_name(t):
 
 def _prune(configs, **limits):
     """Drop configs whose block along a dim exceeds that dim's next power of two (the tile
-    would be mostly masked); keep at least the default."""
-    kept = [cfg for cfg in configs
-            if all(cfg[block] <= max(16, triton.next_power_of_2(size))
-                   for block, size in limits.items())]
-    return kept or configs[:1]
+    would be mostly masked); keep at least the default. Cached per (configs, limits): a
+    launcher asks the same at every step."""
+    key = (tuple(map(id, configs)), tuple(limits.items()))
+    kept = _pruned.get(key)
+    if kept is None:
+        kept = _pruned[key] = [cfg for cfg in configs
+                               if all(cfg[block] <= max(16, next_power_of_2(size))
+                                      for block, size in limits.items())] or configs[:1]
+    return kept
+
+
+# (ids of the config dicts, limits) -> kept: the dicts are the kernels' module-level CONFIGS,
+# alive (and their ids theirs) for the whole process
+_pruned = {}
 
 
 def _tuned_launch(name, key, configs, launch, outputs, device, flop=None, warm_l2=False):
@@ -171,7 +190,7 @@ def gate_interleaved(w, block_f):
     channels are zero."""
     K, N = w.shape
     F = N // 4
-    tiles = triton.cdiv(F, block_f)
+    tiles = cdiv(F, block_f)
     padded = w.new_zeros((K, 4, tiles * block_f))
     padded[:, :, :F] = w.reshape(K, 4, F)
     return padded.reshape(K, 4, tiles, block_f).transpose(1, 2).reshape(K, 4 * tiles * block_f)
@@ -187,7 +206,7 @@ TIME_CHUNK_MIN_ROWS = 1 << 16
 
 def time_chunk(B, T, P):
     """Steps per time chunk of a (B, T, P, .) sequence."""
-    return max(1, min(T, triton.cdiv(TIME_CHUNK_MIN_ROWS, B * P)))
+    return max(1, min(T, cdiv(TIME_CHUNK_MIN_ROWS, B * P)))
 
 
 def chunk_buffer(buffer, steps):
@@ -200,11 +219,18 @@ def chunk_buffer(buffer, steps):
 
 def input_projection(x, kernel2d, bias, xmask, geom: KernelGeometry, precision, *,
                      four_dots=False, out=None):
+    """xg (see ``input_projection_launch``)."""
+    return input_projection_launch(x, kernel2d, bias, xmask, geom, precision,
+                                   four_dots=four_dots, out=out).args["out_ptr"]
+
+
+def input_projection_launch(x, kernel2d, bias, xmask, geom: KernelGeometry, precision, *,
+                            four_dots=False, out=None):
     """x (B, T, D, H, W, C_in) frames contiguous, samples at any stride (a time chunk of a
     sequence); kernel2d (K, 4F) gate-major (a tensor or GateWeights); xmask (4, B, D, H, W,
     C_in) input-dropout masks or None -> xg (B, T, Po, 4F), written into ``out`` (contiguous)
     when given. ``four_dots``: the first design (per-gate column tiles, flattened K), for
-    comparisons."""
+    comparisons. Returns the launch's Record (``launch_plans``): xg is its ``out_ptr``."""
     kernel2d = GateWeights.of(kernel2d).gate_major
     B, T = x.shape[:2]
     C = x.shape[-1]
@@ -215,14 +241,14 @@ def input_projection(x, kernel2d, bias, xmask, geom: KernelGeometry, precision, 
     gate_tiles = xmask is not None or four_dots
 
     def launch(cfg, out):
-        col_tiles = (4 * triton.cdiv(F, cfg["BLOCK_N"]) if gate_tiles
-                     else triton.cdiv(4 * F, cfg["BLOCK_N"]))
+        col_tiles = (4 * cdiv(F, cfg["BLOCK_N"]) if gate_tiles
+                     else cdiv(4 * F, cfg["BLOCK_N"]))
         tile_h, tile_w, frame_tiles, spatial = spatial_tiling(geom.out_spatial, cfg["BLOCK_M"])
-        grid = (B * T * frame_tiles if spatial else triton.cdiv(M, cfg["BLOCK_M"]), col_tiles)
-        input_projection_kernels.input_projection_kernel[grid](
+        grid = (B * T * frame_tiles if spatial else cdiv(M, cfg["BLOCK_M"]), col_tiles)
+        return launch_plans.launch(input_projection_kernels.input_projection_kernel, grid, (
             x, x.stride(0), x.stride(1), T,
-            kernel2d, bias if bias is not None else kernel2d, _ptr(xmask, x), _stride0(xmask),
-            out, M, B * T, *geom.in_spatial, *geom.out_spatial, Po,
+            kernel2d, bias if bias is not None else kernel2d, _ptr(xmask, kernel2d),
+            _stride0(xmask), out, M, B * T, *geom.in_spatial, *geom.out_spatial, Po),
             F=F, C=C, **geom.input_conv_constexprs(),
             HAS_BIAS=bias is not None, HAS_DROPOUT=xmask is not None, GATE_TILES=gate_tiles,
             FRAMES_CONTIGUOUS=x.stride(0) == T * x.stride(1), SPATIAL_TILES=spatial,
@@ -235,9 +261,8 @@ def input_projection(x, kernel2d, bias, xmask, geom: KernelGeometry, precision, 
            _dtype_name(x), precision, bias is not None, xmask is not None, four_dots)
     configs = _prune(input_projection_kernels.CONFIGS, BLOCK_M=M,
                      BLOCK_N=F if gate_tiles else 4 * F, BLOCK_K=kernel2d.shape[0])
-    _tuned_launch("input_projection", key, configs, launch, [xg], x.device,
-                  flop=2.0 * M * 4 * F * kernel2d.shape[0])
-    return xg
+    return _tuned_launch("input_projection", key, configs, launch, [xg], x.device,
+                         flop=2.0 * M * 4 * F * kernel2d.shape[0])
 
 
 def _ptr(t, dummy):
@@ -278,7 +303,9 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     tma = tma and not four_dots and tma_eligible(h_prev, hmask)
     if tma:
         _ensure_allocator(h_prev.device)
-    d = preact_t if c_out is None else c_out
+    # the dummy pointer of absent optional tensors: the same at every step (a launch plan
+    # replays the first step's)
+    d = rec_weights.gate_major
 
     def launch(cfg, h_out, c_out, preact_t):
         block_k, block_f = cfg["BLOCK_K"], cfg["BLOCK_F"]
@@ -288,8 +315,8 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
         in_w = None
         if fused_input:
             in_w = in_weights.gate_major if four_dots else in_weights.interleaved(block_f)
-        m_tiles = B * frame_tiles if spatial else triton.cdiv(M, cfg["BLOCK_M"])
-        grid = (m_tiles, triton.cdiv(F, block_f))
+        m_tiles = B * frame_tiles if spatial else cdiv(M, cfg["BLOCK_M"])
+        grid = (m_tiles, cdiv(F, block_f))
         return launch_plans.launch(step_forward_kernels.step_forward_kernel, grid, (
             h_prev, h_prev.stride(0), c_prev, c_prev.stride(0), _ptr(xg_t, d), _stride0(xg_t),
             r_w, _ptr(x_t, d), _stride0(x_t), _ptr(in_w, d), _ptr(bias, d), _ptr(xmask, d),
@@ -339,9 +366,9 @@ def spatial_tiling(spatial, block_m):
     """(tile_h, tile_w, tiles per frame, worth it) of BLOCK_M-row spatial tiles over a
     (D, H, W) frame: rows of TILE_W = min(next_pow2(W), BLOCK_M) pixels, TILE_H of them."""
     D, H, W = spatial
-    tile_w = min(triton.next_power_of_2(W), block_m)
+    tile_w = min(next_power_of_2(W), block_m)
     tile_h = block_m // tile_w
-    tiles = D * triton.cdiv(H, tile_h) * triton.cdiv(W, tile_w)
+    tiles = D * cdiv(H, tile_h) * cdiv(W, tile_w)
     return tile_h, tile_w, tiles, tiles * block_m <= (1 + SPATIAL_TILE_WASTE) * D * H * W
 
 
@@ -437,8 +464,8 @@ def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, 
     def launch(cfg, dh_carry, dc_carry, dg_out):
         d = dc_carry  # the dummy pointer of absent optional tensors: one the launch passes
         tile_h, tile_w, frame_tiles, spatial = spatial_tiling(geom.out_spatial, cfg["BLOCK_M"])
-        m_tiles = B * frame_tiles if spatial else triton.cdiv(M, cfg["BLOCK_M"])
-        grid = (m_tiles, triton.cdiv(F, cfg["BLOCK_F"]))
+        m_tiles = B * frame_tiles if spatial else cdiv(M, cfg["BLOCK_M"])
+        grid = (m_tiles, cdiv(F, cfg["BLOCK_F"]))
         return launch_plans.launch(step_backward_kernels.step_backward_kernel, grid, (
             _ptr(dg_next, d), _stride0(dg_next), weights.transposed, _ptr(dy, d), _stride0(dy),
             dh_carry if dh_touched else d, dc_carry, _ptr(preact_t, d), _stride0(preact_t),
@@ -485,10 +512,10 @@ def weight_grad_split(tiles, row_tiles, sm_count, block_r):
         return 1, 0
     overhead = 2 + 768 // block_r
     best = None
-    for want in range(1, min(row_tiles, max(1, triton.cdiv(8 * sm_count, tiles))) + 1):
-        per_split = triton.cdiv(row_tiles, want)
-        split = triton.cdiv(row_tiles, per_split)
-        busiest = triton.cdiv(tiles * split, sm_count) * (per_split + overhead)
+    for want in range(1, min(row_tiles, max(1, cdiv(8 * sm_count, tiles))) + 1):
+        per_split = cdiv(row_tiles, want)
+        split = cdiv(row_tiles, per_split)
+        busiest = cdiv(tiles * split, sm_count) * (per_split + overhead)
         if best is None or busiest < best[0]:
             best = (busiest, split, per_split)
     return best[1], best[2]
@@ -501,6 +528,26 @@ def weight_grad(src, dgates, smask, geom: KernelGeometry, with_bias, precision):
     contiguous); smask (4, B, D, H, W, C) dropout masks on src, or None (then column tiles may
     span gates: up to all 4F columns per program).
     """
+    return weight_grad_sums(weight_grad_launch(src, dgates, smask, geom, with_bias, precision))
+
+
+def weight_grad_sums(record):
+    """(dW, db or None) from a weight-gradient launch's partials: fixed-order sums
+    (bit-identical run to run)."""
+    dw, db = record.args["dw_ptr"], record.args["db_ptr"]
+    total = dw.sum(0)
+    if record.args["BIAS_ROW"]:  # separate tensors: autograd's outputs may not alias each other
+        return total[:-1], total[-1].clone()
+    return total, (db.sum((0, 1)) if record.args["BIAS_SUMS"] else None)
+
+
+def weight_grad_launch(src, dgates, smask, geom: KernelGeometry, with_bias, precision,
+                       into=None):
+    """The weight-gradient kernel's launch (``weight_grad``): returns its Record, whose dw_ptr
+    (and db_ptr) hold the split's fp32 partials. ``into``: the Record of an earlier launch of
+    the same weight (the previous time chunk) whose partials this one adds to, where the config
+    chosen here has their layout (otherwise it writes partials of its own: the caller sums
+    every Record whose buffers differ)."""
     B, T = dgates.shape[:2]
     C = src.shape[-1]
     F = dgates.shape[-1] // 4
@@ -512,16 +559,16 @@ def weight_grad(src, dgates, smask, geom: KernelGeometry, with_bias, precision):
     gate_tiles = smask is not None
     k_tap_major = tap_major(C)
 
-    def launch(cfg):
+    def launch(cfg, into_dw=None, into_db=None):
         block_r, block_k, block_n = cfg["BLOCK_R"], cfg["BLOCK_K"], cfg["BLOCK_N"]
         tile_h, tile_w, tiles_per_frame, spatial = spatial_tiling(geom.out_spatial, block_r)
         if not spatial:
-            tile_h, tile_w, tiles_per_frame = 1, block_r, triton.cdiv(Po, block_r)
-        tiles_w = triton.cdiv(Wo, tile_w)
-        k_steps = taps * triton.cdiv(C, block_k) if k_tap_major else triton.cdiv(K, block_k)
-        k_tiles = triton.cdiv(k_steps, cfg["K_BLOCKS"])
-        col_tiles = (4 * triton.cdiv(F, block_n) if gate_tiles
-                     else triton.cdiv(4 * F, block_n))
+            tile_h, tile_w, tiles_per_frame = 1, block_r, cdiv(Po, block_r)
+        tiles_w = cdiv(Wo, tile_w)
+        k_steps = taps * cdiv(C, block_k) if k_tap_major else cdiv(K, block_k)
+        k_tiles = cdiv(k_steps, cfg["K_BLOCKS"])
+        col_tiles = (4 * cdiv(F, block_n) if gate_tiles
+                     else cdiv(4 * F, block_n))
         row_tiles = B * T * tiles_per_frame
         split, tiles_per_split = weight_grad_split(k_tiles * col_tiles, row_tiles,
                                                    _sm_count(src.device), block_r)
@@ -529,32 +576,36 @@ def weight_grad(src, dgates, smask, geom: KernelGeometry, with_bias, precision):
         # of ones (free), else column sums of dgates tiles shared by the K tiles' programs
         bias_row = with_bias and not k_tap_major and K % block_k != 0
         bias_sums = with_bias and not bias_row
-        dw = new_buffer((split, K + bias_row, 4 * F), src.device, torch.float32)
-        db = (new_buffer((split, k_tiles, 4 * F), src.device, torch.float32) if bias_sums
-              else dw)
+        accumulate = into_dw is not None and into_dw.shape[1] == K + bias_row and (
+            not bias_sums or (into_db.shape[1] == k_tiles and into_db is not into_dw))
+        if accumulate:  # the earlier launch's split, whatever this launch's rows
+            dw, db = into_dw, (into_db if bias_sums else into_dw)
+            split = dw.shape[0]
+            tiles_per_split = cdiv(row_tiles, split)
+        else:
+            dw = new_buffer((split, K + bias_row, 4 * F), src.device, torch.float32)
+            db = (new_buffer((split, k_tiles, 4 * F), src.device, torch.float32) if bias_sums
+                  else dw)
         grid = (k_tiles, col_tiles, split)
-        weight_grad_kernels.weight_grad_kernel[grid](
+        return launch_plans.launch(weight_grad_kernels.weight_grad_kernel, grid, (
             src, src.stride(0), src.stride(1), dgates, dgates.stride(0), dgates.stride(1),
-            _ptr(smask, src), _stride0(smask), dw, db,
+            _ptr(smask, dw), _stride0(smask), dw, db,
             T, row_tiles, tiles_per_split, tiles_per_frame, tiles_w,
-            tiles_w * triton.cdiv(Ho, tile_h), *geom.in_spatial, Do, Ho, Wo, Po,
+            tiles_w * cdiv(Ho, tile_h), *geom.in_spatial, Do, Ho, Wo, Po),
             C=C, F=F, **geom.input_conv_constexprs(), BIAS_SUMS=bias_sums, BIAS_ROW=bias_row,
-            HAS_DROPOUT=smask is not None, GATE_TILES=gate_tiles, TAP_MAJOR=k_tap_major,
+            ACCUMULATE=accumulate, HAS_DROPOUT=smask is not None, GATE_TILES=gate_tiles,
+            TAP_MAJOR=k_tap_major,
             SPATIAL_TILES=spatial, TILE_H=tile_h, TILE_W=tile_w, DOT_PRECISION=precision,
             enable_fp_fusion=FP_FUSION, **cfg,
         )
-        # fixed-order sums of the partials: bit-identical run to run
-        total = dw.sum(0)
-        if bias_row:  # separate tensors: autograd's outputs may not alias each other
-            return total[:K], total[K].clone()
-        return total, (db.sum((0, 1)) if bias_sums else None)
 
     key = (tuning.bucket(R), F, C, geom.kernel_size, geom.strides, geom.dilation,
            _dtype_name(dgates), precision, with_bias, smask is not None)
     configs = weight_grad_configs(F, C, taps, gate_tiles, k_tap_major, src.element_size(),
                                   smask is not None)
-    # each trial allocates its own partial sums: nothing of the caller's is written
-    return _tuned_launch("weight_grad", key, configs, launch, [], src.device,
+    # trials write their own partials (copies of ``into``'s): nothing of the caller's
+    into = [] if into is None else [into.args["dw_ptr"], into.args["db_ptr"]]
+    return _tuned_launch("weight_grad", key, configs, launch, into, src.device,
                          flop=2.0 * R * K * 4 * F)
 
 
@@ -570,7 +621,7 @@ def weight_grad_configs(F, C, taps, gate_tiles, k_tap_major, element_size, dropo
     kept = []
     for cfg in weight_grad_kernels.CONFIGS:
         block_r, block_k, k_blocks = cfg["BLOCK_R"], cfg["BLOCK_K"], cfg["K_BLOCKS"]
-        steps = taps * triton.cdiv(C, block_k) if k_tap_major else triton.cdiv(taps * C, block_k)
+        steps = taps * cdiv(C, block_k) if k_tap_major else cdiv(taps * C, block_k)
         smem = (cfg["num_stages"] * block_r * (k_blocks * block_k + cfg["BLOCK_N"])
                 + (block_r * k_blocks * block_k if dropout else 0)) * element_size
         # registers: 32-row tiles for the flattened K layout and for fp32 with dropout
@@ -578,8 +629,8 @@ def weight_grad_configs(F, C, taps, gate_tiles, k_tap_major, element_size, dropo
         if (k_blocks <= steps and smem <= WEIGHT_GRAD_SMEM_BYTES
                 and (block_r == 32 or not small_tiles)):
             kept.append(cfg)
-    n_limit = max(16, triton.next_power_of_2(F if gate_tiles else 4 * F))
-    k_limit = max(64, triton.next_power_of_2(C if k_tap_major else taps * C))
+    n_limit = max(16, next_power_of_2(F if gate_tiles else 4 * F))
+    k_limit = max(64, next_power_of_2(C if k_tap_major else taps * C))
     fit = [cfg for cfg in kept if cfg["BLOCK_N"] <= n_limit and cfg["BLOCK_K"] <= k_limit]
     # none fits: the narrowest of the usable ones (most of its columns masked, but right)
     return fit or sorted(kept or weight_grad_kernels.CONFIGS[:1],
@@ -600,6 +651,11 @@ def input_grad(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision):
     """dgates (B, T, Po, 4F) contiguous, kernel2d (K, 4F) gate-major, xmask (4, B, D, H, W, C_in)
     or None -> dx (B, T, D, H, W, C_in). One launch of prod(strides) sub-pixel phases (grid
     axis 2), each a dense conv over its own taps (see kernels/input_grad.py)."""
+    return input_grad_launch(dgates, kernel2d, xmask, geom, c_in, precision).args["dx_ptr"]
+
+
+def input_grad_launch(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision):
+    """``input_grad``'s launch: returns its Record, whose dx_ptr is dx."""
     assert dgates.is_contiguous()
     B, T, Po, N = dgates.shape
     F = N // 4
@@ -607,7 +663,7 @@ def input_grad(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision):
         # validation rejects it; the phases' tap lists (taps S apart) rely on it
         raise ValueError("input_grad: strides > 1 with dilation > 1 in one dim")
     # phase 0's input sub-grid (the largest): ceil(size / stride) per dim
-    phase_grid = tuple(triton.cdiv(n, s) for n, s in zip(geom.in_spatial, geom.strides))
+    phase_grid = tuple(cdiv(n, s) for n, s in zip(geom.in_spatial, geom.strides))
     phases = geom.strides[0] * geom.strides[1] * geom.strides[2]
     rows = B * T * phase_grid[0] * phase_grid[1] * phase_grid[2]  # per phase
     taps = geom.kernel_size[0] * geom.kernel_size[1] * geom.kernel_size[2]
@@ -619,18 +675,18 @@ def input_grad(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision):
 
     def launch(cfg, dx):
         tile_h, tile_w, frame_tiles, spatial = spatial_tiling(phase_grid, cfg["BLOCK_M"])
-        m_tiles = B * T * frame_tiles if spatial else triton.cdiv(rows, cfg["BLOCK_M"])
+        m_tiles = B * T * frame_tiles if spatial else cdiv(rows, cfg["BLOCK_M"])
         if gemm:
             kernel = input_grad_kernels.input_grad_kernel
-            grid = (m_tiles, triton.cdiv(c_in, cfg["BLOCK_C"]), phases)
+            grid = (m_tiles, cdiv(c_in, cfg["BLOCK_C"]), phases)
             extra = dict(DOT_PRECISION=precision)
         else:
             kernel = input_grad_kernels.input_grad_reduce_kernel
             grid = (m_tiles, c_in, phases)
             extra = {}
-        kernel[grid](
-            dgates, weights, _ptr(xmask, dgates), _stride0(xmask), dx,
-            T, B * T, *geom.in_spatial, *geom.out_spatial, C=c_in, F=F,
+        return launch_plans.launch(kernel, grid, (
+            dgates, weights, _ptr(xmask, weights), _stride0(xmask), dx,
+            T, B * T, *geom.in_spatial, *geom.out_spatial), C=c_in, F=F,
             **geom.input_conv_constexprs(), HAS_DROPOUT=xmask is not None,
             SPATIAL_TILES=spatial, TILE_H=tile_h, TILE_W=tile_w,
             enable_fp_fusion=FP_FUSION, **extra, **cfg,
@@ -653,9 +709,8 @@ def input_grad(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision):
         name = "input_grad_reduce"
         configs = _prune(input_grad_kernels.REDUCE_CONFIGS, BLOCK_M=rows, BLOCK_K=k_channels)
     # useful FLOP: every (output pixel, tap) pair reaches one input pixel (or the padding)
-    _tuned_launch(name, key, configs, launch, [dx], dgates.device,
-                  flop=2.0 * B * T * Po * taps * N * c_in)
-    return dx
+    return _tuned_launch(name, key, configs, launch, [dx], dgates.device,
+                         flop=2.0 * B * T * Po * taps * N * c_in)
 
 
 def cell_forward(pre, c_prev, act, ract, h_out=None, c_out=None):
@@ -670,7 +725,7 @@ def cell_forward(pre, c_prev, act, ract, h_out=None, c_out=None):
     h = h_out if h_out is not None else new_buffer((B, P, F), pre.device, pre.dtype)
     c = c_out if c_out is not None else new_buffer((B, P, F), pre.device, torch.float32)
     block_m, block_f, warps = cell_kernels.DEFAULT_CONFIG
-    grid = (triton.cdiv(B * P, block_m), triton.cdiv(F, block_f))
+    grid = (cdiv(B * P, block_m), cdiv(F, block_f))
     cell_kernels.cell_forward_kernel[grid](
         pre, pre.stride(0), c_prev, c_prev.stride(0), h, h.stride(0), c, c.stride(0), B * P, P, F,
         ACT=act, RACT=ract, BLOCK_M=block_m, BLOCK_F=block_f, num_warps=warps,
@@ -685,7 +740,7 @@ def cell_backward(dh, dc, pre, c, c_prev, act, ract):
     dpre = new_buffer(pre.shape, pre.device, pre.dtype)
     dc_prev = new_buffer((M, F), pre.device, torch.float32)
     block_m, block_f, warps = cell_kernels.DEFAULT_CONFIG
-    grid = (triton.cdiv(M, block_m), triton.cdiv(F, block_f))
+    grid = (cdiv(M, block_m), cdiv(F, block_f))
     cell_kernels.cell_backward_kernel[grid](dh, dc, pre, c, c_prev, dpre, dc_prev, M, F,
                                             ACT=act, RACT=ract, BLOCK_M=block_m,
                                             BLOCK_F=block_f, num_warps=warps,

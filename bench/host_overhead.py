@@ -1,0 +1,385 @@
+"""Host cost of the Triton path, measured on a CPU: Python per kernel launch and per call.
+
+    python bench/host_overhead.py --shapes small,mnist_l2 --modes fwd,train
+    python bench/host_overhead.py --check          # launch plans == Triton's JIT, every launch
+
+The time loop launches a kernel per step (and more in backward); on a GPU each launch's Python
+runs while the GPU works, and a problem whose kernels take less than that is host-bound. This
+script measures that Python exactly, without a GPU: Triton's driver is replaced by a fake active
+driver (device 0, stream 0, target sm_90) and compiling by a no-op compiled kernel, so every
+launch runs the library's launcher and Triton's own launch path (``JITFunction.run``: binding,
+specialization, cache lookup) or a launch plan's replay (``convlstm_triton.launch_plans``), up to
+the call into the compiled kernel's launcher, which does nothing. Not counted: that launcher's
+C code and ``cuLaunchKernel`` (a few µs per launch on a real GPU), and the CUDA launches of the
+torch ops around the kernels (copies, fills, sums).
+
+Per shape and mode (forward without autograd; training = forward + backward), over repeated
+calls after a warm-up, the best of 5 repeats: the wall time of one ``conv_lstm`` call; the time
+in launch paths (launcher functions and launch plans, everything down to the compiled kernel's
+launcher), of which in Triton (``JITFunction.run`` or the compiled kernel's ``run``); the time
+outside launches; the plan replays (launches without the launcher and Triton's JIT) and their
+µs each; and the torch ops per call (copies, fills, the weight gradients' sums..., counted in a
+pass of their own: each is a kernel launch of some µs of host time on a GPU). On this CPU the
+torch ops also do their work, on real-sized weights and partial sums, which a GPU does
+asynchronously: the time outside launches (the library's Python: validation, the custom ops'
+dispatch, autograd, the loops; plus those ops) and the launch paths (which allocate and convert
+a few tensors) overstate what a GPU's host pays by that work.
+
+The tensors are CPU tensors with the shape's batch, steps, channels, kernel size and time chunk
+(so the launches are exactly the shape's) but 2x2 pixels: torch's CPU work on real-sized data
+(copies, zero fills) would otherwise be timed, which a GPU does asynchronously.
+
+``--check``: every launch a plan replays is also launched through the launcher and Triton's JIT
+(the path without plans), and the two must call the same compiled kernel (the same
+specialization: Triton compiles one per alignment pattern) with the same grid and the same
+arguments (tensors as their data pointers). Time chunks of two steps (and a shorter last one),
+so that the chunk kernels' plans replay too; the ``odd`` shape's per-step slices are not
+16-byte aligned, so alignment changes between steps. Exit status 1 on any difference.
+Run without TRITON_INTERPRET (the kernels must be Triton's JIT functions).
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("run without TRITON_INTERPRET: the host path of compiled kernels is what is timed")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.compiler  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime.driver import driver  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_convlstm import DTYPES, SHAPES, Shape  # noqa: E402
+
+# a tiny shape with odd sizes: per-step slices at every alignment (--check, the CI smoke test)
+SHAPES = dict(SHAPES, odd=Shape("odd", 3, 5, (5, 3), 3, 5, 3))
+
+
+class FakeCompiledKernel:
+    """What Triton's compile returns, minus the GPU: ``run`` records its arguments when asked."""
+
+    function = 0
+    packed_metadata = ()
+    log = None  # a list: every run appends (kernel, grid, args)
+
+    def __init__(self, name):
+        self.name = name
+
+    def launch_metadata(self, grid, stream, *args):
+        return None
+
+    def run(self, grid0, grid1, grid2, stream, function, packed_metadata, launch_metadata,
+            enter_hook, exit_hook, *args):
+        if FakeCompiledKernel.log is not None:
+            FakeCompiledKernel.log.append((self, (grid0, grid1, grid2), args))
+
+
+class FakeDriver:
+    """Triton's active driver as the JIT launch path uses it."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+
+@contextlib.contextmanager
+def fake_gpu():
+    """Triton launches run their whole Python path on CPU tensors and launch nothing."""
+    from convlstm_triton import functional
+
+    def compile(src, target=None, options=None, **kwargs):
+        return FakeCompiledKernel(src.fn.__name__)
+
+    saved = [(triton.compiler, "compile", triton.compiler.compile),
+             (functional, "triton_interpreter_enabled", functional.triton_interpreter_enabled),
+             (driver, "_active", driver._active)]
+    driver.set_active(FakeDriver())
+    triton.compiler.compile = compile
+    functional.triton_interpreter_enabled = lambda: True  # CPU tensors take the Triton path
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+class Timers:
+    """Wall time of the launch paths: per entry point (a launcher function, or the step plans'
+    ``Planned.__call__``), the outermost one only; within them, Triton's share; and the plan
+    replays on their own."""
+
+    def __init__(self):
+        self.library, self.launches = {}, {}
+        self.triton = 0.0
+        self.replay, self.replays = 0.0, 0
+        self.depth = 0
+
+
+def _wrap(wrapped, owner, name, timed_call_of):
+    original = getattr(owner, name)
+    wrapped.append((owner, name, original))
+    setattr(owner, name, timed_call_of(original))
+
+
+@contextlib.contextmanager
+def timed(timers):
+    from convlstm_triton import launch_plans, launchers
+
+    wrapped = []
+
+    def entry(label):
+        def timed_call_of(original):
+            def timed_call(*args, **kwargs):
+                if timers.depth:
+                    return original(*args, **kwargs)
+                timers.depth += 1
+                start = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    timers.depth -= 1
+                    timers.library[label] = (timers.library.get(label, 0.0)
+                                             + time.perf_counter() - start)
+                    timers.launches[label] = timers.launches.get(label, 0) + 1
+            return timed_call
+        return timed_call_of
+
+    def inner(add):
+        def timed_call_of(original):
+            def timed_call(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    add(time.perf_counter() - start)
+            return timed_call
+        return timed_call_of
+
+    def add_triton(seconds):
+        timers.triton += seconds
+
+    def add_replay(seconds):
+        timers.replay += seconds
+        timers.replays += 1
+
+    for name in ("input_projection", "step_forward", "step_backward", "weight_grad",
+                 "input_grad", "cell_forward", "cell_backward"):
+        _wrap(wrapped, launchers, name, entry(name))
+    _wrap(wrapped, launch_plans.Planned, "__call__", entry("planned (step and chunk kernels)"))
+    _wrap(wrapped, launch_plans.StepLaunch, "__call__", inner(add_replay))
+    _wrap(wrapped, JITFunction, "run", inner(add_triton))
+    _wrap(wrapped, FakeCompiledKernel, "run", inner(add_triton))
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(wrapped):
+            setattr(owner, name, original)
+
+
+def problem(shape, dtype_name, mode, pixels=(2, 2), chunk=None):
+    """(call, restore): one conv_lstm call of the shape at ``pixels`` with its own time chunk
+    (or ``chunk`` steps per time chunk)."""
+    from convlstm_triton import functional, launchers
+
+    dtype = DTYPES[dtype_name]
+    B, T, C, F = shape.batch, shape.steps, shape.in_channels, shape.filters
+    k = shape.kernel_size
+    real_p = shape.spatial[0] * shape.spatial[1]
+    chunk = chunk or launchers.time_chunk(B, T, real_p)
+    small_p = pixels[0] * pixels[1]
+    saved_rows = launchers.TIME_CHUNK_MIN_ROWS
+    launchers.TIME_CHUNK_MIN_ROWS = B * small_p * (chunk - 1) + 1  # the real shape's chunk
+    # the real shape's choice of saving or recomputing the pre-activations
+    from convlstm_triton.autograd import recompute_by_default
+    recompute = recompute_by_default(B, T, real_p, F, dtype.itemsize)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(B, T, *pixels, C, generator=gen).to(dtype)
+    weights = [torch.randn(*k, C, 4 * F, generator=gen).to(dtype) * 0.1,
+               torch.randn(*k, F, 4 * F, generator=gen).to(dtype) * 0.1,
+               torch.zeros(4 * F, dtype=dtype)]
+    options = dict(backend="triton", padding="same", recompute_gates=recompute)
+
+    def call():
+        if mode == "fwd":
+            with torch.no_grad():
+                functional.conv_lstm(x, *weights, **options)
+            return
+        leaves = [t.detach().requires_grad_() for t in (x, *weights)]
+        seq = functional.conv_lstm(*leaves, **options)[0]
+        seq.backward(torch.ones_like(seq))
+
+    def restore():
+        launchers.TIME_CHUNK_MIN_ROWS = saved_rows
+
+    return call, restore
+
+
+class TorchOps(TorchDispatchMode):
+    """Counts the torch ops of a call (each a kernel launch on a GPU, some µs of host time)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def torch_ops(call, calls):
+    """Torch ops per call, counted in a pass of its own (outside the timed calls)."""
+    ops = TorchOps()
+    with ops:
+        for _ in range(calls):
+            call()
+    return ops.count / calls
+
+
+def measure(shape, dtype_name, mode, calls=20, repeats=5):
+    """{"call_us", "launches": {kernel: (count per call, library µs, triton µs per launch)}}."""
+    call, restore = problem(shape, dtype_name, mode)
+    try:
+        call()
+        call()  # compiled (faked) and planned
+        best = None
+        for _ in range(repeats):
+            timers = Timers()
+            with timed(timers):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    call()
+                total = time.perf_counter() - start
+            if best is None or total < best[0]:
+                best = (total, timers)
+        op_count = torch_ops(call, 2)
+    finally:
+        restore()
+    total, timers = best
+    launches = {label: (count / calls, timers.library[label] / count * 1e6)
+                for label, count in timers.launches.items()}
+    return {"call_us": total / calls * 1e6,
+            "launch_us": sum(timers.library.values()) / calls * 1e6,
+            "triton_us": timers.triton / calls * 1e6,
+            "replay_us": timers.replay / timers.replays * 1e6 if timers.replays else None,
+            "replays": timers.replays / calls,
+            "torch_ops": op_count,
+            "launches": launches}
+
+
+def check(shapes, dtypes, modes):
+    """Every plan replay against the JIT path of the same launch; returns the differences."""
+    from convlstm_triton import launch_plans
+
+    problems = []
+    original = launch_plans.StepLaunch.__call__
+
+    def normalized(entry, record, owned):
+        # the buffers a launcher allocates at every launch (a replay writes the plan's own)
+        # compare by name, as do dummy pointers to them
+        tokens = {record.args[name].data_ptr(): name for name in owned}
+        kernel, grid, args = entry
+        pointers = (a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args)
+        return kernel, grid, tuple(tokens.get(a, a) if isinstance(a, int) else a
+                                   for a in pointers)
+
+    def checked(self, *frames):
+        log = FakeCompiledKernel.log = []
+        replays = self.replays
+        record = original(self, *frames)
+        replayed = log[-1] if log else None
+        jit_record = self.jit_launch(*launch_plans.views(frames))
+        jit = log[-1]
+        FakeCompiledKernel.log = None
+        if self.replays == replays:  # the plan took the JIT path itself (a new alignment)
+            return record
+        checked.count += 1
+        a = normalized(replayed, record, self.owned)
+        b = normalized(jit, jit_record, self.owned)
+        if a != b:
+            diff = [i for i, (u, v) in enumerate(zip(a[2], b[2])) if u != v]
+            problems.append(f"{jit[0].name}: kernel {'same' if a[0] is b[0] else 'DIFFERENT'},"
+                            f" grid {a[1]} vs {b[1]}, arguments differ at {diff}")
+        return record
+
+    checked.count = 0
+    launch_plans.StepLaunch.__call__ = checked
+    try:
+        for name in shapes:
+            for dtype in dtypes:
+                for mode in modes:
+                    # two-step time chunks and a shorter last one: the chunk kernels'
+                    # plans replay too
+                    call, restore = problem(SHAPES[name], dtype, mode, pixels=(5, 3), chunk=2)
+                    try:
+                        call()
+                        call()
+                    finally:
+                        restore()
+    finally:
+        launch_plans.StepLaunch.__call__ = original
+    return checked.count, problems
+
+
+def report(shapes, dtypes, modes, calls):
+    lines = [f"Host cost per call, Python only (bench/host_overhead.py; Triton "
+             f"{triton.__version__}, torch {torch.__version__}, this CPU; fake driver, no GPU)",
+             "",
+             "| shape | dtype | mode | launches | µs per call | in launch paths | of which Triton |"
+             " outside launches | plan replays | µs per replay | torch ops |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    detail = ["", "| shape | dtype | mode | launch path | launches per call | µs per launch |",
+              "|---|---|---|---|---|---|"]
+    for name in shapes:
+        for dtype in dtypes:
+            for mode in modes:
+                r = measure(SHAPES[name], dtype, mode, calls)
+                count = sum(n for n, _ in r["launches"].values())
+                replay = f"{r['replay_us']:.1f}" if r["replay_us"] is not None else "-"
+                lines.append(f"| {name} | {dtype} | {mode} | {count:.0f} | {r['call_us']:.0f} |"
+                             f" {r['launch_us']:.0f} | {r['triton_us']:.0f} |"
+                             f" {r['call_us'] - r['launch_us']:.0f} | {r['replays']:.0f} |"
+                             f" {replay} | {r['torch_ops']:.0f} |")
+                for label, (n, us) in sorted(r["launches"].items()):
+                    detail.append(f"| {name} | {dtype} | {mode} | {label} | {n:.0f} | {us:.1f} |")
+    return "\n".join(lines + detail)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="small,mnist_l2")
+    p.add_argument("--dtypes", default="bf16")
+    p.add_argument("--modes", default="fwd,train")
+    p.add_argument("--calls", type=int, default=20, help="calls per timed repeat")
+    p.add_argument("--check", action="store_true",
+                   help="check every plan replay against Triton's JIT path instead of timing")
+    args = p.parse_args(argv)
+    shapes, dtypes, modes = (args.shapes.split(","), args.dtypes.split(","),
+                             args.modes.split(","))
+    with fake_gpu():
+        if args.check:
+            count, problems = check(shapes, dtypes, modes)
+            for line in problems:
+                print("MISMATCH", line)
+            print(f"{count} plan replays checked against the JIT path: "
+                  f"{len(problems)} differences")
+            return 1 if problems or count == 0 else 0
+        print(report(shapes, dtypes, modes, args.calls))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
