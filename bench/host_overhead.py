@@ -29,8 +29,9 @@ The tensors are CPU tensors with the shape's batch, steps, channels, kernel size
 (so the launches are exactly the shape's) but 2x2 pixels: torch's CPU work on real-sized data
 (copies, zero fills) would otherwise be timed, which a GPU does asynchronously.
 
-``--check``: every launch a plan replays is also launched through the launcher and Triton's JIT
-(the path without plans), and the two must call the same compiled kernel (the same
+``--check``: every launch that bypasses Triton's JIT (a plan replay, or a first launch whose
+signature the JIT compiled before, ``launch_plans.launch``) is also launched through the JIT
+(a replay through the launcher too), and the two must call the same compiled kernel (the same
 specialization: Triton compiles one per alignment pattern) with the same grid and the same
 arguments (tensors as their data pointers). Time chunks of two steps (and a shorter last one),
 so that the chunk kernels' plans replay too; the ``odd`` shape's per-step slices are not
@@ -280,11 +281,16 @@ def measure(shape, dtype_name, mode, calls=20, repeats=5):
 
 
 def check(shapes, dtypes, modes):
-    """Every plan replay against the JIT path of the same launch; returns the differences."""
+    """Every launch that does not go through Triton's JIT (a plan replay, or a first launch
+    whose signature the JIT compiled before) against the JIT's launch of the same arguments:
+    (launches checked, the differences)."""
     from convlstm_triton import launch_plans
 
     problems = []
-    original = launch_plans.StepLaunch.__call__
+    log = FakeCompiledKernel.log = []  # every compiled kernel run, in order
+    replay_call, launch, run = (launch_plans.StepLaunch.__call__, launch_plans.launch,
+                                launch_plans._run)
+    counts = {"replays": 0, "direct": 0, "runs": 0}
 
     def normalized(entry, record, owned):
         # the buffers a launcher allocates at every launch (a replay writes the plan's own)
@@ -295,27 +301,41 @@ def check(shapes, dtypes, modes):
         return kernel, grid, tuple(tokens.get(a, a) if isinstance(a, int) else a
                                    for a in pointers)
 
-    def checked(self, *frames):
-        log = FakeCompiledKernel.log = []
-        replays = self.replays
-        record = original(self, *frames)
-        replayed = log[-1] if log else None
-        jit_record = self.jit_launch(*launch_plans.views(frames))
-        jit = log[-1]
-        FakeCompiledKernel.log = None
-        if self.replays == replays:  # the plan took the JIT path itself (a new alignment)
-            return record
-        checked.count += 1
-        a = normalized(replayed, record, self.owned)
-        b = normalized(jit, jit_record, self.owned)
+    def compare(ours, ours_record, jit, jit_record, owned):
+        a, b = normalized(ours, ours_record, owned), normalized(jit, jit_record, owned)
         if a != b:
             diff = [i for i, (u, v) in enumerate(zip(a[2], b[2])) if u != v]
             problems.append(f"{jit[0].name}: kernel {'same' if a[0] is b[0] else 'DIFFERENT'},"
                             f" grid {a[1]} vs {b[1]}, arguments differ at {diff}")
+
+    def counted_run(*args):
+        counts["runs"] += 1
+        return run(*args)
+
+    def checked_launch(kernel, grid, args, **kwargs):
+        runs = counts["runs"]
+        record = launch(kernel, grid, args, **kwargs)
+        if counts["runs"] == runs:  # it went through Triton's JIT
+            return record
+        counts["direct"] += 1
+        ours = log[-1]
+        kernel[grid](*args, **kwargs)  # Triton's own launch of the same arguments
+        compare(ours, record, log[-1], record, ())
         return record
 
-    checked.count = 0
-    launch_plans.StepLaunch.__call__ = checked
+    def checked_replay(self, *frames):
+        replays = self.replays
+        record = replay_call(self, *frames)
+        if self.replays == replays:  # the plan took the launcher's path (a new alignment)
+            return record
+        counts["replays"] += 1
+        replayed = log[-1]
+        jit_record = self.jit_launch(*launch_plans.views(frames))
+        compare(replayed, record, log[-1], jit_record, self.owned)
+        return record
+
+    launch_plans.StepLaunch.__call__ = checked_replay
+    launch_plans.launch, launch_plans._run = checked_launch, counted_run
     try:
         for name in shapes:
             for dtype in dtypes:
@@ -329,8 +349,10 @@ def check(shapes, dtypes, modes):
                     finally:
                         restore()
     finally:
-        launch_plans.StepLaunch.__call__ = original
-    return checked.count, problems
+        launch_plans.StepLaunch.__call__ = replay_call
+        launch_plans.launch, launch_plans._run = launch, run
+        FakeCompiledKernel.log = None
+    return counts["replays"], counts["direct"], problems
 
 
 def report(shapes, dtypes, modes, calls):
@@ -371,12 +393,12 @@ def main(argv=None):
                              args.modes.split(","))
     with fake_gpu():
         if args.check:
-            count, problems = check(shapes, dtypes, modes)
+            replays, direct, problems = check(shapes, dtypes, modes)
             for line in problems:
                 print("MISMATCH", line)
-            print(f"{count} plan replays checked against the JIT path: "
-                  f"{len(problems)} differences")
-            return 1 if problems or count == 0 else 0
+            print(f"{replays} plan replays and {direct} direct launches checked against "
+                  f"Triton's JIT: {len(problems)} differences")
+            return 1 if problems or not replays or not direct else 0
         print(report(shapes, dtypes, modes, args.calls))
     return 0
 

@@ -27,6 +27,7 @@ import os
 
 from triton import knobs
 from triton.runtime.driver import driver
+from triton.runtime.jit import JITFunction
 
 
 def fast_launch_enabled():
@@ -76,14 +77,40 @@ class Record:
 
 
 def launch(kernel, grid, args, **kwargs):
-    """``kernel[grid](*args, **kwargs)``, returning its Record."""
-    compiled = kernel[grid](*args, **kwargs)
+    """``kernel[grid](*args, **kwargs)``, returning its Record. A launch whose signature (see
+    ``_signature``) Triton's JIT compiled before skips the JIT's binding and lookup: the kernel
+    compiled for that signature is launched directly."""
     names, params = _arg_names(kernel)
     by_name = dict(zip(names, args))
     options = {}
     for name, value in kwargs.items():
         (by_name if name in params else options)[name] = value
+    key = None
+    if isinstance(kernel, JITFunction) and fast_launch_enabled():
+        device = driver.active.get_current_device()
+        key = (kernel, _signature(by_name, options, ()), device)
+        compiled = _LAUNCHED.get(key)
+        if compiled is not None and len(by_name) == len(names):
+            _run(compiled, grid, device, [by_name[name] for name in names])
+            return Record(kernel, grid, by_name, options, compiled)
+    compiled = kernel[grid](*args, **kwargs)
+    if key is not None and (launcher := _launcher_of(compiled)) is not None:
+        _LAUNCHED[key] = launcher
     return Record(kernel, grid, by_name, options, compiled)
+
+
+# (kernel, signature of every argument, device) -> the compiled kernel Triton's JIT launched
+_LAUNCHED = {}
+
+
+def _run(kernel, grid, device, args):
+    """The compiled kernel's launch, as ``JITFunction.run`` makes it after its cache lookup."""
+    grid = tuple(grid) + (1,) * (3 - len(grid))
+    stream = driver.active.get_current_stream(device)
+    enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    metadata = kernel.launch_metadata(grid, stream, *args) if enter else None
+    kernel.run(grid[0], grid[1], grid[2], stream, kernel.function, kernel.packed_metadata,
+               metadata, enter, leave, *args)
 
 
 _names = {}  # kernel -> (parameter names in order, as a set)
@@ -116,19 +143,19 @@ def _launcher_of(compiled):
 _COMPILED = {}
 
 
-def _signature(record, moving):
-    """What Triton specializes a compiled kernel on, for the arguments that do not move: each
-    fixed pointer's dtype and 16-byte alignment, every other value (integers, constexprs),
-    and the launch options."""
+def _signature(args, options, moving):
+    """What Triton specializes a compiled kernel on, exactly or more finely: each pointer's
+    dtype and, unless it is ``moving``, its 16-byte alignment; every other value (integers,
+    constexprs); and the launch options."""
     key = []
-    for name, value in record.args.items():
+    for name, value in args.items():
         if name in moving:
             key.append((name, str(value.dtype)) if hasattr(value, "dtype") else (name, None))
         elif hasattr(value, "data_ptr"):
             key.append((name, str(value.dtype), value.data_ptr() % 16 == 0))
         else:
             key.append((name, value))
-    return tuple(key) + tuple(sorted(record.options.items()))
+    return tuple(key) + tuple(sorted(options.items()))
 
 
 class StepLaunch:
@@ -163,7 +190,7 @@ class StepLaunch:
         if self.fast:
             # compiled kernels are shared by the plans of every call with this signature
             self.compiled = _COMPILED.setdefault(
-                (record.kernel, _signature(record, set(slots))), {})
+                (record.kernel, _signature(record.args, record.options, set(slots))), {})
             pattern = self._pattern([record.args[name] for name in slots])
             self.compiled[(pattern, driver.active.get_current_device())] = kernel
 
@@ -200,11 +227,7 @@ class StepLaunch:
                 self.compiled[(pattern, device)] = kernel
             return record
         self.replays += 1
-        stream = driver.active.get_current_stream(device)
-        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
-        metadata = kernel.launch_metadata(self.grid, stream, *args) if enter else None
-        kernel.run(self.grid[0], self.grid[1], self.grid[2], stream, kernel.function,
-                   kernel.packed_metadata, metadata, enter, leave, *args)
+        _run(kernel, self.grid, device, args)
         return self.record
 
 
