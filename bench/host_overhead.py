@@ -104,10 +104,14 @@ def fake_gpu():
     def compile(src, target=None, options=None, **kwargs):
         return FakeCompiledKernel(src.fn.__name__)
 
+    from convlstm_triton import launch_plans
+
     saved = [(triton.compiler, "compile", triton.compiler.compile),
              (functional, "triton_interpreter_enabled", functional.triton_interpreter_enabled),
-             (driver, "_active", driver._active)]
+             (driver, "_active", driver._active),
+             (launch_plans, "DIRECT_DEVICE_TYPES", launch_plans.DIRECT_DEVICE_TYPES)]
     driver.set_active(FakeDriver())
+    launch_plans.DIRECT_DEVICE_TYPES = ("cuda", "cpu")
     triton.compiler.compile = compile
     functional.triton_interpreter_enabled = lambda: True  # CPU tensors take the Triton path
     try:

@@ -86,7 +86,8 @@ def launch(kernel, grid, args, **kwargs):
     for name, value in kwargs.items():
         (by_name if name in params else options)[name] = value
     key = None
-    if isinstance(kernel, JITFunction) and fast_launch_enabled():
+    if (isinstance(kernel, JITFunction) and args[0].device.type in DIRECT_DEVICE_TYPES
+            and fast_launch_enabled()):
         device = driver.active.get_current_device()
         key = (kernel, _signature(by_name, options, ()), device)
         compiled = _LAUNCHED.get(key)
@@ -101,6 +102,10 @@ def launch(kernel, grid, args, **kwargs):
 
 # (kernel, signature of every argument, device) -> the compiled kernel Triton's JIT launched
 _LAUNCHED = {}
+# Devices whose launches may skip the JIT (tools that compile or fake launches on the CPU
+# without a driver, e.g. bench/static_perf.py, must not reach the driver from here;
+# bench/host_overhead.py, which fakes one, adds "cpu").
+DIRECT_DEVICE_TYPES = ("cuda",)
 
 
 def _run(kernel, grid, device, args):
