@@ -311,18 +311,19 @@ class _ChunkGradients:
 
     def add_chunk(self, dgates, start, stop):
         spec, geom, x = self.spec, self.spec.geometry, self.x
+        kernel2d, xmask = self.kernel2d, self.xmask  # the plans' lambdas must not hold self
         B = x.shape[0]
         P, F = self.states.shape[2:]
         steps = stop - start
         dgates_f = Frames(dgates, steps)
         if self.need_x:
             if self.dx is None:  # one chunk: its launch writes dx
-                self.dx = launchers.input_grad(dgates, self.kernel2d, self.xmask, geom,
-                                               x.shape[-1], spec.precision).view(x.shape)
+                self.dx = launchers.input_grad(dgates, kernel2d, xmask, geom, x.shape[-1],
+                                               spec.precision).view(x.shape)
             else:
                 # each chunk's dx into the same temporary, then copied to its frames
                 record = self._plan("input_grad", steps, lambda dg: launchers.input_grad_launch(
-                    dg, self.kernel2d, self.xmask, geom, x.shape[-1], spec.precision),
+                    dg, kernel2d, xmask, geom, x.shape[-1], spec.precision),
                     ("dg_ptr",), INPUT_GRAD_OWNED)(None, (dgates_f, 0))
                 self.dx[:, start:stop] = record.args["dx_ptr"].view(B, steps, *x.shape[2:])
         if self.need_k or self.need_b:
@@ -376,10 +377,12 @@ class _WeightGradient:
         into = self.target
         plan = self.plans.get((length, into is None))
         if plan is None:
+            # no reference to self in the plan (a cycle: freed only by the garbage collector)
+            smask, geom, with_bias, precision = (self.smask, self.geom, self.with_bias,
+                                                 self.precision)
             plan = self.plans[(length, into is None)] = launch_plans.Planned(
-                lambda s, g: launchers.weight_grad_launch(s, g, self.smask, self.geom,
-                                                          self.with_bias, self.precision,
-                                                          into=into),
+                lambda s, g: launchers.weight_grad_launch(s, g, smask, geom, with_bias,
+                                                          precision, into=into),
                 ("src_ptr", "dg_ptr"), WEIGHT_GRAD_OWNED)
         record = plan(None, src, dgates)
         if into is None:
@@ -420,10 +423,13 @@ class _InputProjection:
         entry = self.lengths.get(steps)
         if entry is None:
             out = Frames(launchers.chunk_buffer(self.buffer, steps))
+            # no reference to self in the plan: a cycle would keep the buffer alive until the
+            # garbage collector runs
+            kernel2d, bias, xmask, spec = self.kernel2d, self.bias, self.xmask, self.spec
             plan = launch_plans.Planned(
                 lambda x_chunk: launchers.input_projection_launch(
-                    x_chunk, self.kernel2d, self.bias, self.xmask, self.spec.geometry,
-                    self.spec.precision, four_dots=self.spec.four_dots, out=out.tensor),
+                    x_chunk, kernel2d, bias, xmask, spec.geometry, spec.precision,
+                    four_dots=spec.four_dots, out=out.tensor),
                 ("x_ptr",))
             entry = self.lengths[steps] = (out, Frames(self.x, steps), plan)
         return entry
