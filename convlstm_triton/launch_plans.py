@@ -25,6 +25,7 @@ and 3.9, 2026-11-29).
 
 import os
 
+import torch
 from triton import knobs
 from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
@@ -69,11 +70,13 @@ class Record:
     name (constexprs included), the launch options, and what Triton returned (the compiled
     kernel on a GPU)."""
 
-    __slots__ = ("kernel", "grid", "args", "options", "compiled")
+    __slots__ = ("kernel", "grid", "args", "options", "compiled", "signature", "template")
 
-    def __init__(self, kernel, grid, args, options, compiled):
+    def __init__(self, kernel, grid, args, options, compiled, signature=None, template=None):
         self.kernel, self.grid, self.args = kernel, grid, args
         self.options, self.compiled = options, compiled
+        # where ``launch`` computed them: _signature(args, options) and the argument list
+        self.signature, self.template = signature, template
 
 
 def launch(kernel, grid, args, **kwargs):
@@ -85,19 +88,23 @@ def launch(kernel, grid, args, **kwargs):
     options = {}
     for name, value in kwargs.items():
         (by_name if name in params else options)[name] = value
-    key = None
+    key = signature = template = None
     if (isinstance(kernel, JITFunction) and args[0].device.type in DIRECT_DEVICE_TYPES
-            and fast_launch_enabled()):
+            and fast_launch_enabled() and len(by_name) == len(names)):
         device = driver.active.get_current_device()
-        key = (kernel, _signature(by_name, options, ()), device)
+        # parameter order (keywords may come in any order): the compiled kernel's argument list
+        by_name = {name: by_name[name] for name in names}
+        template = []  # the arguments in order, tensors as data pointers
+        signature = _signature(by_name, options, (), template)
+        key = (kernel, signature, device)
         compiled = _LAUNCHED.get(key)
-        if compiled is not None and len(by_name) == len(names):
-            _run(compiled, grid, device, [by_name[name] for name in names])
-            return Record(kernel, grid, by_name, options, compiled)
+        if compiled is not None:
+            _run(compiled, grid, device, template)
+            return Record(kernel, grid, by_name, options, compiled, signature, template)
     compiled = kernel[grid](*args, **kwargs)
     if key is not None and (launcher := _launcher_of(compiled)) is not None:
         _LAUNCHED[key] = launcher
-    return Record(kernel, grid, by_name, options, compiled)
+    return Record(kernel, grid, by_name, options, compiled, signature, template)
 
 
 # (kernel, signature of every argument, device) -> the compiled kernel Triton's JIT launched
@@ -119,6 +126,14 @@ def _run(kernel, grid, device, args):
 
 
 _names = {}  # kernel -> (parameter names in order, as a set)
+_slot_positions = {}  # (kernel, slots) -> the slots' parameter positions
+
+
+def _positions(kernel, names, slots):
+    positions = _slot_positions.get((kernel, slots))
+    if positions is None:
+        positions = _slot_positions[(kernel, slots)] = [names.index(name) for name in slots]
+    return positions
 
 
 def _arg_names(kernel):
@@ -148,18 +163,23 @@ def _launcher_of(compiled):
 _COMPILED = {}
 
 
-def _signature(args, options, moving):
+def _signature(args, options, moving=(), template=None):
     """What Triton specializes a compiled kernel on, exactly or more finely: each pointer's
     dtype and, unless it is ``moving``, its 16-byte alignment; every other value (integers,
-    constexprs); and the launch options."""
+    constexprs); and the launch options. ``template``: a list to append the arguments to, in
+    order, tensors as their data pointers (a plan's argument list, made in the same pass)."""
     key = []
     for name, value in args.items():
-        if name in moving:
-            key.append((name, str(value.dtype)) if hasattr(value, "dtype") else (name, None))
-        elif hasattr(value, "data_ptr"):
-            key.append((name, str(value.dtype), value.data_ptr() % 16 == 0))
+        if isinstance(value, torch.Tensor):
+            ptr = value.data_ptr()
+            key.append((name, value.dtype) if name in moving else
+                       (name, value.dtype, ptr % 16 == 0))
+            if template is not None:
+                template.append(ptr)
         else:
             key.append((name, value))
+            if template is not None:
+                template.append(value)
     return tuple(key) + tuple(sorted(options.items()))
 
 
@@ -179,23 +199,30 @@ class StepLaunch:
     def __init__(self, record, slots, jit_launch, owned=()):
         self.slots, self.jit_launch, self.owned = slots, jit_launch, owned
         names = _arg_names(record.kernel)[0]
-        self.positions = [names.index(name) for name in slots]
+        self.positions = _positions(record.kernel, names, slots)
         # a moving tensor's sample stride is an integer argument of the compiled kernel: a
         # slice with another one (a shorter last time chunk) takes the JIT path
         self.stride0 = [getattr(record.args[name], "stride", lambda _: None)(0)
                         for name in slots]
         self.record = record  # its tensors stay alive for the raw pointers below
-        self.template = [value.data_ptr() if hasattr(value, "data_ptr") else value
-                         for value in (record.args[name] for name in names)]
+        self.template = record.template
+        if self.template is None:
+            self.template = [value.data_ptr() if isinstance(value, torch.Tensor) else value
+                             for value in (record.args[name] for name in names)]
         grid = tuple(record.grid)
         self.grid = grid + (1,) * (3 - len(grid))
         self.replays = 0
         kernel = _launcher_of(record.compiled) if fast_launch_enabled() else None
         self.fast = kernel is not None
         if self.fast:
-            # compiled kernels are shared by the plans of every call with this signature
-            self.compiled = _COMPILED.setdefault(
-                (record.kernel, _signature(record.args, record.options, set(slots))), {})
+            # compiled kernels are shared by the plans of every call with this signature: the
+            # record's, with the moving pointers' alignment left out
+            moving = set(slots)
+            signature = (record.signature if record.signature is not None else
+                         _signature(record.args, record.options))
+            signature = tuple(entry[:2] if entry[0] in moving else entry
+                              for entry in signature)
+            self.compiled = _COMPILED.setdefault((record.kernel, signature), {})
             pattern = self._pattern([record.args[name] for name in slots])
             self.compiled[(pattern, driver.active.get_current_device())] = kernel
 
