@@ -11,11 +11,12 @@ rows (frame, output pixel) are the reduction, the MMA's K. A program owns K_BLOC
 BLOCK_K = 64 rows of dW (the MMA's M side: wgmma needs 64 per warpgroup), which share each
 loaded G tile, one column tile, and a contiguous range of row tiles (its split of the
 reduction); it writes fp32 partials (SPLIT, K, N) that the launcher sums in a fixed order:
-deterministic, no atomics. With ACCUMULATE it adds its partials to those an earlier launch
-left (the previous time chunk's, in stream order: still no atomics), so a sequence's chunks
-sum into one buffer and the launcher sums its splits once. A^T and G are MN-major in shared memory (channels and columns are
-the contiguous dims): wgmma reads 16-bit operands transposed; TF32 needs K-major operands,
-which Triton makes with 4-byte async copies (one per element) into a transposed layout.
+deterministic. With ACCUMULATE it adds its partials to those the previous launch (time chunk)
+left, by reductions in memory with one writer per element (no race: the same sums run to
+run), so a sequence's chunks sum into one buffer and the launcher sums its splits once.
+A^T and G are MN-major in shared memory (channels and columns are the contiguous dims): wgmma
+reads 16-bit operands transposed; TF32 needs K-major operands, which Triton makes with 4-byte
+async copies (one per element) into a transposed layout.
 
 Row tiles (TILES_PER_FRAME per frame, never straddling two frames, numbered frame-major):
     SPATIAL_TILES   a TILE_H x TILE_W block of one (d) slice: row coordinates by constant
@@ -219,20 +220,38 @@ def _row_tile_product(acc0, acc1, j, it0, src_ptr, stride_sb, stride_st, dg_ptr,
 
 
 @triton.jit
+def _k_block(it, pid_s, cols, col_mask, C: tl.constexpr, N: tl.constexpr, KD: tl.constexpr,
+             KH: tl.constexpr, KW: tl.constexpr, TAP_MAJOR: tl.constexpr,
+             BIAS_ROW: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Offsets and mask of this split's partial dW rows of K step ``it`` (none past the last
+    step) in the partials (SPLIT, K_TOTAL + BIAS_ROW, N)."""
+    ks, k_ok = _k_rows(it, C, KD, KH, KW, TAP_MAJOR, BIAS_ROW, BLOCK_K)
+    offs = (pid_s.to(tl.int64) * ((KD * KH * KW * C + BIAS_ROW) * N) + ks[:, None] * N
+            + cols[None, :])
+    return offs, k_ok[:, None] & col_mask[None, :]
+
+
+@triton.jit
 def _store_k_block(acc, it, dw_ptr, pid_s, cols, col_mask, C: tl.constexpr, N: tl.constexpr,
                    KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                    TAP_MAJOR: tl.constexpr, BIAS_ROW: tl.constexpr, ACCUMULATE: tl.constexpr,
                    BLOCK_K: tl.constexpr):
-    """This split's partial dW rows of K step ``it`` (none past the last step), of the
-    partials (SPLIT, K_TOTAL + BIAS_ROW, N): written, or added to what an earlier launch (the
-    previous time chunk) left there."""
-    ks, k_ok = _k_rows(it, C, KD, KH, KW, TAP_MAJOR, BIAS_ROW, BLOCK_K)
-    offs = (pid_s.to(tl.int64) * ((KD * KH * KW * C + BIAS_ROW) * N) + ks[:, None] * N
-            + cols[None, :])
-    mask = k_ok[:, None] & col_mask[None, :]
+    """This split's partial dW rows of K step ``it``: stored, or (ACCUMULATE) added to what the
+    previous launch left there."""
+    offs, mask = _k_block(it, pid_s, cols, col_mask, C, N, KD, KH, KW, TAP_MAJOR, BIAS_ROW,
+                          BLOCK_K)
+    _write(dw_ptr + offs, acc, mask, ACCUMULATE)
+
+
+@triton.jit
+def _write(ptrs, values, mask, ACCUMULATE: tl.constexpr):
+    """Store, or add to memory with a reduction (RED, no value returned: no registers for a
+    loaded tile, which spilled the widest configs). Each element has one writer per launch and
+    launches run in stream order: the sums are the same run to run."""
     if ACCUMULATE:
-        acc += tl.load(dw_ptr + offs, mask=mask, other=0.0)
-    tl.store(dw_ptr + offs, acc, mask=mask)
+        tl.atomic_add(ptrs, values, mask=mask, sem="relaxed")
+    else:
+        tl.store(ptrs, values, mask=mask)
 
 
 @triton.jit
@@ -306,9 +325,7 @@ def weight_grad_kernel(
                 BIAS_ROW, DOT_PRECISION, K_BLOCKS, BLOCK_K)
             bias_acc += tl.sum(g.to(tl.float32), axis=0)
         db_offs = (pid_s * K_TILES + pid_k).to(tl.int64) * N + cols
-        if ACCUMULATE:
-            bias_acc += tl.load(db_ptr + db_offs, mask=col_mask, other=0.0)
-        tl.store(db_ptr + db_offs, bias_acc, mask=col_mask)
+        _write(db_ptr + db_offs, bias_acc, col_mask, ACCUMULATE)
     _store_k_block(acc0, it0, dw_ptr, pid_s, cols, col_mask, C, N, KD, KH, KW, TAP_MAJOR,
                    BIAS_ROW, ACCUMULATE, BLOCK_K)
     if K_BLOCKS == 2:
