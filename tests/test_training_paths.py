@@ -113,8 +113,9 @@ def test_auto_recomputes_where_the_preactivations_are_large(monkeypatch):
 
 @pytest.mark.parametrize("variant,options", CASES)
 def test_gradients_are_bit_identical_run_to_run(variant, options):
-    """No atomics anywhere on the path (weight gradients reduce split partials in a fixed
-    order), so the deterministic mode costs nothing and repeats exactly."""
+    """No races anywhere on the path (weight gradients reduce split partials in a fixed order;
+    time chunks add to them with one writer per element), so the deterministic mode costs
+    nothing and repeats exactly."""
     device = kernel_device()
     tensors, kwargs, cot = make_problem(options, device)
     previous = torch.are_deterministic_algorithms_enabled()
