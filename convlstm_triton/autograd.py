@@ -134,7 +134,7 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
             launchers.cell_forward(preact_f.view(preact_t[1]), c_all[:, c_in], spec.act,
                                    spec.ract,
                                    h_out=states[:, s], c_out=c_all[:, c_out])
-    del xg
+    del xg, step  # the plans' records hold xg's buffer too
     # Fresh contiguous outputs: a custom op's outputs may not alias each other.
     c_final = c_all[:, T if training else T % 2].clone(memory_format=torch.contiguous_format)
     h_final = states[:, T - 1].clone(memory_format=torch.contiguous_format)
