@@ -228,10 +228,11 @@ class StepLaunch:
 
     @staticmethod
     def _pattern(tensors):
+        """The slots' 16-byte alignment bits (every slot, dummies included: a slot whose
+        tensor is absent holds the record's dummy at every launch)."""
         pattern = 1
         for t in tensors:
-            if hasattr(t, "data_ptr"):
-                pattern = (pattern << 1) | (t.data_ptr() % 16 == 0)
+            pattern = (pattern << 1) | (t.data_ptr() % 16 == 0)
         return pattern
 
     def __call__(self, *frames):
@@ -242,13 +243,13 @@ class StepLaunch:
         args = self.template.copy()
         pattern = 1
         for position, frame, stride0 in zip(self.positions, frames, self.stride0):
-            if frame is None:
-                continue
-            f, index = frame
-            if f.stride0 != stride0:
-                return self.jit_launch(*views(frames))
-            ptr = f.ptr0 + index * f.step
-            args[position] = ptr
+            if frame is None:  # absent at every step: the record's dummy, as in _pattern
+                ptr = args[position]
+            else:
+                f, index = frame
+                if f.stride0 != stride0:
+                    return self.jit_launch(*views(frames))
+                ptr = args[position] = f.ptr0 + index * f.step
             pattern = (pattern << 1) | (ptr % 16 == 0)
         device = driver.active.get_current_device()
         kernel = self.compiled.get((pattern, device))
