@@ -120,16 +120,17 @@ def _prune(configs, **limits):
     would be mostly masked); keep at least the default. Cached per (configs, limits): a
     launcher asks the same at every step."""
     key = (tuple(map(id, configs)), tuple(limits.items()))
-    kept = _pruned.get(key)
-    if kept is None:
-        kept = _pruned[key] = [cfg for cfg in configs
-                               if all(cfg[block] <= max(16, next_power_of_2(size))
-                                      for block, size in limits.items())] or configs[:1]
-    return kept
+    entry = _pruned.get(key)
+    if entry is None:
+        entry = _pruned[key] = (tuple(configs), [
+            cfg for cfg in configs
+            if all(cfg[block] <= max(16, next_power_of_2(size))
+                   for block, size in limits.items())] or configs[:1])
+    return entry[1]
 
 
-# (ids of the config dicts, limits) -> kept: the dicts are the kernels' module-level CONFIGS,
-# alive (and their ids theirs) for the whole process
+# (ids of the config dicts, limits) -> (the dicts, kept): holding the dicts keeps their ids
+# theirs (usually the kernels' module-level CONFIGS, alive anyway)
 _pruned = {}
 
 
