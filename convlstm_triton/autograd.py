@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import launch_plans, launchers
+from . import launch_plans, launchers, tuning
 from .launch_plans import Frames
 from .launchers import KernelGeometry
 
@@ -101,8 +101,11 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
     P = geom.out_pixels
     F = recurrent_kernel2d.shape[1] // 4
 
-    xg = (_InputProjection(spec, x, kernel2d, bias, xmask) if spec.input_variant == "hoisted"
-          else None)
+    # the launch plans' skeletons of this problem, from earlier calls (launch_plans.Planned)
+    problem = _problem_plans("forward", spec, training, x, kernel2d, recurrent_kernel2d, bias,
+                             h0, c0, peephole, mask, xmask, hmask)
+    xg = (_InputProjection(spec, x, kernel2d, bias, xmask, problem)
+          if spec.input_variant == "hoisted" else None)
     # the gate-interleaved weight copies are made once here, not at every step
     kernel2d = launchers.GateWeights(kernel2d)
     recurrent_kernel2d = launchers.GateWeights(recurrent_kernel2d)
@@ -116,7 +119,8 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
     if keep_preact or not spec.fused_cell:
         preact = launchers.new_buffer((B, T if keep_preact else 1, P, 4 * F), x.device,
                                       x.dtype)
-    step = _forward_steps(spec, kernel2d, recurrent_kernel2d, bias, xmask, hmask, peephole)
+    step = _forward_steps(spec, kernel2d, recurrent_kernel2d, bias, xmask, hmask, peephole,
+                          shared=problem.setdefault("step_forward", {}))
     h0_f, states_f, c_f = Frames.of_state(h0), Frames(states), Frames(c_all)
     preact_f = Frames(preact) if preact is not None else None
     x_f = Frames(x) if xg is None else None
@@ -157,11 +161,23 @@ STEP_BACKWARD_SLOTS = ("dg_next_ptr", "dy_ptr", "preact_ptr", "c_ptr", "c_prev_p
                        "dg_ptr")
 
 
+def _problem_plans(kind, spec, flags, *tensors):
+    """``launch_plans.problem_plans`` of one sequence op: keyed by everything its launches
+    depend on but the tensors' memory: shapes and dtypes (every tensor is contiguous, or
+    copied into a buffer of the op's), the device, the spec and flags, the launchers'
+    settings and the tuning state."""
+    x = tensors[3] if kind == "backward" else tensors[0]
+    key = (kind, spec, flags, x.device, launchers.settings(), tuning.generation(),
+           *[None if t is None else (t.shape, t.dtype) for t in tensors])
+    return launch_plans.problem_plans(key)
+
+
 def _forward_steps(spec, kernel2d, recurrent_kernel2d, bias, xmask, hmask, peephole,
-                   store_state=True):
+                   store_state=True, shared=None):
     """The forward step launches of one sequence as plans (``launch_plans.Planned``), called
     with a plan key and one (Frames, index) or None per ``STEP_FORWARD_SLOTS``.
-    ``store_state`` False: only the pre-activations are stored (backward's recomputation)."""
+    ``store_state`` False: only the pre-activations are stored (backward's recomputation).
+    ``shared``: the plans' skeletons across calls of the problem (``_problem_plans``)."""
 
     def jit_launch(h_prev, c_prev, xg_t, x_t, h_out, c_out, preact_t, mask_t):
         inputs = (dict(xg_t=xg_t) if xg_t is not None else
@@ -174,7 +190,11 @@ def _forward_steps(spec, kernel2d, recurrent_kernel2d, bias, xmask, hmask, peeph
             cell=spec.fused_cell or not store_state, four_dots=spec.four_dots, tma=spec.tma,
             **inputs)
 
-    return launch_plans.Planned(jit_launch, STEP_FORWARD_SLOTS)
+    fused = spec.input_variant != "hoisted"
+    bind = launchers.step_forward_binder(
+        recurrent_kernel2d, hmask, peephole, kernel2d=kernel2d if fused else None,
+        bias=bias if fused else None, xmask=xmask if fused else None)
+    return launch_plans.Planned(jit_launch, STEP_FORWARD_SLOTS, bind=bind, shared=shared)
 
 
 def sequence_backward(d_states, d_h, d_c, x, kernel2d, recurrent_kernel2d, bias, h0, states,
@@ -201,6 +221,9 @@ def sequence_backward(d_states, d_h, d_c, x, kernel2d, recurrent_kernel2d, bias,
 
     # The carries are rewritten in place by the kernels, which index them as contiguous
     # (B, P, F): a fresh contiguous copy whatever layout the incoming gradient has.
+    problem = _problem_plans("backward", spec, tuple(needs), d_states, d_h, d_c, x, kernel2d,
+                             recurrent_kernel2d, bias, h0, states, c_all, preact, peephole, mask,
+                             xmask, hmask)
     dh_carry = (d_h.float().clone(memory_format=torch.contiguous_format) if d_h is not None
                 else torch.zeros((B, P, F), device=x.device, dtype=torch.float32))
     dc_carry = (d_c.float().clone(memory_format=torch.contiguous_format) if d_c is not None
@@ -210,11 +233,11 @@ def sequence_backward(d_states, d_h, d_c, x, kernel2d, recurrent_kernel2d, bias,
     buffers = [launchers.new_buffer((B, chunk, P, 4 * F), x.device, x.dtype)
                for _ in range(1 if chunk >= T else 2)]
     recompute = _Recompute(spec, x, kernel2d, recurrent_kernel2d, bias, h0, states, c_all,
-                           mask, xmask, hmask, peephole) if preact is None else None
+                           mask, xmask, hmask, peephole, problem) if preact is None else None
     # the recurrent kernel flipped and transposed for the dgrad, made once, not at every step
     rk_dgrad = launchers.DgradWeights(recurrent_kernel2d)
     grads = _ChunkGradients(x, kernel2d, h0, states, c_all, xmask, hmask, spec,
-                            need_x, need_k, need_b, need_rk, need_peep)
+                            need_x, need_k, need_b, need_rk, need_peep, problem)
     preact_f = Frames(preact) if preact is not None else None
     dy_f = Frames(d_states) if d_states is not None else None
     c_f = Frames(c_all)
@@ -227,7 +250,10 @@ def sequence_backward(d_states, d_h, d_c, x, kernel2d, recurrent_kernel2d, bias,
                 dg_next, rk_dgrad, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, mask_t,
                 hmask, peephole, dg_out, geom, spec.act, spec.ract, spec.precision,
                 dh_live=dh_live)
-        return launch_plans.Planned(jit_launch, STEP_BACKWARD_SLOTS)
+        return launch_plans.Planned(
+            jit_launch, STEP_BACKWARD_SLOTS, bind=launchers.step_backward_binder(
+                rk_dgrad, dh_carry, dc_carry, hmask, peephole),
+            shared=problem.setdefault(("step_backward", dh_live), {}))
 
     dg_next = None
     for i, start in enumerate(reversed(range(0, T, chunk))):
@@ -270,7 +296,7 @@ class _ChunkGradients:
     fp32 totals added in chunk order."""
 
     def __init__(self, x, kernel2d, h0, states, c_all, xmask, hmask, spec, need_x, need_k,
-                 need_b, need_rk, need_peep):
+                 need_b, need_rk, need_peep, problem):
         self.x, self.kernel2d, self.h0, self.states, self.c_all = x, kernel2d, h0, states, c_all
         self.xmask, self.hmask, self.spec = xmask, hmask, spec
         self.need_x, self.need_k, self.need_b = need_x, need_k, need_b
@@ -280,13 +306,16 @@ class _ChunkGradients:
         self.dx = (launchers.new_buffer(x.shape, x.device, x.dtype) if need_x and chunked
                    else None)
         self.dpeep = None
-        self.plans, self.frames = {}, {}
+        self.plans, self.frames, self.problem = {}, {}, problem
         geom = spec.geometry
         B, F = x.shape[0], states.shape[3]
-        self.input_weight = (_WeightGradient(xmask, geom, need_b, spec.precision)
+        self.input_weight = (_WeightGradient(xmask, geom, need_b, spec.precision,
+                                             problem.setdefault("input_weight", {}))
                              if need_k or need_b else None)
         self.recurrent_weight = (_WeightGradient(hmask, geom.recurrent_as_conv(), False,
-                                                 spec.precision) if need_rk else None)
+                                                 spec.precision,
+                                                 problem.setdefault("recurrent_weight", {}))
+                                 if need_rk else None)
         # the recurrent conv's input frames: h_{s-1} (B, T, *spatial, F), and h0 as one frame
         self.states_frames = states.view(B, -1, *geom.out_spatial, F)
         self.h0_frames = Frames(h0.view(B, 1, *geom.out_spatial, F), 1)
@@ -295,11 +324,13 @@ class _ChunkGradients:
     def _add(total, part):
         return part if total is None else total.add_(part)
 
-    def _plan(self, name, length, jit_launch, slots, owned):
+    def _plan(self, name, length, jit_launch, slots, owned, bind):
         """The plans of one launch kind for chunks of ``length`` steps (made on first use)."""
         plan = self.plans.get((name, length))
         if plan is None:
-            plan = self.plans[(name, length)] = launch_plans.Planned(jit_launch, slots, owned)
+            plan = self.plans[(name, length)] = launch_plans.Planned(
+                jit_launch, slots, owned, bind=bind,
+                shared=self.problem.setdefault((name, length), {}))
         return plan
 
     def _frames(self, name, tensor, length):
@@ -324,7 +355,8 @@ class _ChunkGradients:
                 # each chunk's dx into the same temporary, then copied to its frames
                 record = self._plan("input_grad", steps, lambda dg: launchers.input_grad_launch(
                     dg, kernel2d, xmask, geom, x.shape[-1], spec.precision),
-                    ("dg_ptr",), INPUT_GRAD_OWNED)(None, (dgates_f, 0))
+                    ("dg_ptr",), INPUT_GRAD_OWNED,
+                    launchers.input_grad_binder(kernel2d, xmask))(None, (dgates_f, 0))
                 self.dx[:, start:stop] = record.args["dx_ptr"].view(B, steps, *x.shape[2:])
         if self.need_k or self.need_b:
             self.input_weight.add(steps, (self._frames("x", x, steps), start), (dgates_f, 0))
@@ -366,8 +398,9 @@ class _WeightGradient:
     another partials layout (a chunk of another size may tune to another config) is summed on
     its own. Bit-identical run to run."""
 
-    def __init__(self, smask, geom, with_bias, precision):
+    def __init__(self, smask, geom, with_bias, precision, shared):
         self.smask, self.geom, self.with_bias, self.precision = smask, geom, with_bias, precision
+        self.shared = shared  # the plans' skeletons across calls (``_problem_plans``)
         self.target = None  # the first launch's Record: the partials the others add to
         self.plans = {}
         self.extra = None  # (dW, db) of launches that could not add to the target's
@@ -383,7 +416,9 @@ class _WeightGradient:
             plan = self.plans[(length, into is None)] = launch_plans.Planned(
                 lambda s, g: launchers.weight_grad_launch(s, g, smask, geom, with_bias,
                                                           precision, into=into),
-                ("src_ptr", "dg_ptr"), WEIGHT_GRAD_OWNED)
+                ("src_ptr", "dg_ptr"), WEIGHT_GRAD_OWNED,
+                bind=launchers.weight_grad_binder(smask, src[0].tensor.device, into),
+                shared=self.shared.setdefault((length, into is None), {}))
         record = plan(None, src, dgates)
         if into is None:
             self.target = record
@@ -407,8 +442,9 @@ class _InputProjection:
     by every chunk (the sequence's xg would be B·T·P·4F elements). Forward asks for the steps
     in order, backward's recomputation in reverse: each chunk is projected once either way."""
 
-    def __init__(self, spec, x, kernel2d, bias, xmask):
+    def __init__(self, spec, x, kernel2d, bias, xmask, problem):
         B, T = x.shape[:2]
+        self.problem = problem  # the plans' skeletons across calls (``_problem_plans``)
         P = spec.geometry.out_pixels
         self.spec, self.x, self.kernel2d, self.bias, self.xmask = spec, x, kernel2d, bias, xmask
         self.chunk = launchers.time_chunk(B, T, P)
@@ -430,7 +466,9 @@ class _InputProjection:
                 lambda x_chunk: launchers.input_projection_launch(
                     x_chunk, kernel2d, bias, xmask, spec.geometry, spec.precision,
                     four_dots=spec.four_dots, out=out.tensor),
-                ("x_ptr",))
+                ("x_ptr",),
+                bind=launchers.input_projection_binder(kernel2d, bias, xmask, out.tensor),
+                shared=self.problem.setdefault(("input_projection", steps), {}))
             entry = self.lengths[steps] = (out, Frames(self.x, steps), plan)
         return entry
 
@@ -452,10 +490,10 @@ class _Recompute:
     needed there), or into one step's scratch with the fused input."""
 
     def __init__(self, spec, x, kernel2d, recurrent_kernel2d, bias, h0, states, c_all, mask,
-                 xmask, hmask, peephole):
+                 xmask, hmask, peephole, problem):
         B = x.shape[0]
         P, F = states.shape[2:]
-        self.xg = (_InputProjection(spec, x, kernel2d, bias, xmask)
+        self.xg = (_InputProjection(spec, x, kernel2d, bias, xmask, problem)
                    if spec.input_variant == "hoisted" else None)
         self.preact_buf = (None if self.xg is not None else Frames.of_state(
             launchers.new_buffer((B, P, 4 * F), x.device, x.dtype)))
@@ -464,7 +502,8 @@ class _Recompute:
         self.mask_f = Frames(mask) if mask is not None else None
         self.step = _forward_steps(spec, launchers.GateWeights(kernel2d),
                                    launchers.GateWeights(recurrent_kernel2d), bias, xmask,
-                                   hmask, peephole, store_state=False)
+                                   hmask, peephole, store_state=False,
+                                   shared=problem.setdefault("recompute_step", {}))
 
     def preact(self, s):
         """Step s's pre-activations as (Frames, index)."""

@@ -24,6 +24,7 @@ and 3.9, 2026-11-29).
 """
 
 import os
+from collections import OrderedDict
 
 import torch
 from triton import knobs
@@ -183,6 +184,57 @@ def _signature(args, options, moving=(), template=None):
     return tuple(key) + tuple(sorted(options.items()))
 
 
+class Skeleton:
+    """What a plan keeps across calls of one problem (``problem_plans``): everything of its
+    launch but the tensors. The kernel, grid and argument template (pointers as the recording
+    call's integers: a later call rebinds every tensor argument), the positions of the moving
+    slots and of the fixed tensor arguments (those of the sequence: weights, masks, its
+    buffers), the fixed ones' alignment bits, the non-tensor arguments by name (``constants``)
+    and the fixed tensors' shapes and dtypes (``shapes``: for binders that allocate)."""
+
+    __slots__ = ("kernel", "grid", "options", "template", "positions", "stride0", "compiled",
+                 "fixed", "fixed_names", "fixed_pattern", "constants", "shapes")
+
+    def __init__(self, plan, record):
+        self.kernel, self.grid, self.options = record.kernel, plan.grid, record.options
+        self.template, self.positions, self.stride0 = plan.template, plan.positions, plan.stride0
+        self.compiled = plan.compiled
+        names = _arg_names(record.kernel)[0]
+        slots = set(plan.slots)
+        self.fixed = tuple((position, name) for position, name in enumerate(names)
+                           if name not in slots and isinstance(record.args[name], torch.Tensor))
+        self.fixed_names = frozenset(name for _, name in self.fixed)
+        self.fixed_pattern = _alignment(record.args[name] for _, name in self.fixed)
+        self.constants = {name: value for name, value in record.args.items()
+                          if not isinstance(value, torch.Tensor)}
+        self.shapes = {name: (tuple(record.args[name].shape), record.args[name].dtype)
+                       for name in self.fixed_names}
+
+    def bind(self, bind, jit_launch, slots, owned):
+        """This call's plan: ``bind(self)`` gives this call's tensor for every fixed argument.
+        None where it cannot replay (a fixed tensor aligned otherwise, or a binder that does
+        not give exactly the fixed arguments): the caller takes the JIT path."""
+        tensors = bind(self)
+        if tensors.keys() != self.fixed_names:
+            return None
+        if _alignment(tensors[name] for _, name in self.fixed) != self.fixed_pattern:
+            return None
+        template = self.template.copy()
+        for position, name in self.fixed:
+            template[position] = tensors[name].data_ptr()
+        record = Record(self.kernel, self.grid, {**self.constants, **tensors}, self.options,
+                        None)
+        return StepLaunch(record, slots, jit_launch, owned, skeleton=self, template=template)
+
+
+def _alignment(tensors):
+    """16-byte alignment bits of tensors, as one integer."""
+    pattern = 1
+    for t in tensors:
+        pattern = (pattern << 1) | (t.data_ptr() % 16 == 0)
+    return pattern
+
+
 class StepLaunch:
     """One kernel launched once per time step, bound from the Record of a first launch.
     ``slots``: the pointer parameters that move with the step (every one that does: an
@@ -194,24 +246,34 @@ class StepLaunch:
     that ``__call__`` returns.
 
     ``__call__(*frames)``: one ``(Frames, index)`` per slot in ``slots`` order, or None where
-    the slot's tensor is absent (absent at every step: the record's dummy is passed)."""
+    the slot's tensor is absent (absent at every step: the record's dummy is passed).
 
-    def __init__(self, record, slots, jit_launch, owned=()):
+    ``skeleton``/``template``: a plan of a later call, bound from the plan an earlier call
+    recorded (``Skeleton.bind``); ``self.skeleton`` is what a later call binds (None where
+    nothing can be replayed)."""
+
+    def __init__(self, record, slots, jit_launch, owned=(), skeleton=None, template=None):
         self.slots, self.jit_launch, self.owned = slots, jit_launch, owned
+        self.record = record  # its tensors stay alive for the raw pointers below
+        self.replays = 0
+        self.skeleton = skeleton
+        if skeleton is not None:
+            self.positions, self.stride0 = skeleton.positions, skeleton.stride0
+            self.template, self.grid, self.compiled = template, skeleton.grid, skeleton.compiled
+            self.fast = True
+            return
         names = _arg_names(record.kernel)[0]
         self.positions = _positions(record.kernel, names, slots)
         # a moving tensor's sample stride is an integer argument of the compiled kernel: a
         # slice with another one (a shorter last time chunk) takes the JIT path
         self.stride0 = [getattr(record.args[name], "stride", lambda _: None)(0)
                         for name in slots]
-        self.record = record  # its tensors stay alive for the raw pointers below
         self.template = record.template
         if self.template is None:
             self.template = [value.data_ptr() if isinstance(value, torch.Tensor) else value
                              for value in (record.args[name] for name in names)]
         grid = tuple(record.grid)
         self.grid = grid + (1,) * (3 - len(grid))
-        self.replays = 0
         kernel = _launcher_of(record.compiled) if fast_launch_enabled() else None
         self.fast = kernel is not None
         if self.fast:
@@ -223,17 +285,9 @@ class StepLaunch:
             signature = tuple(entry[:2] if entry[0] in moving else entry
                               for entry in signature)
             self.compiled = _COMPILED.setdefault((record.kernel, signature), {})
-            pattern = self._pattern([record.args[name] for name in slots])
+            pattern = _alignment(record.args[name] for name in slots)
             self.compiled[(pattern, driver.active.get_current_device())] = kernel
-
-    @staticmethod
-    def _pattern(tensors):
-        """The slots' 16-byte alignment bits (every slot, dummies included: a slot whose
-        tensor is absent holds the record's dummy at every launch)."""
-        pattern = 1
-        for t in tensors:
-            pattern = (pattern << 1) | (t.data_ptr() % 16 == 0)
-        return pattern
+            self.skeleton = Skeleton(self, record)
 
     def __call__(self, *frames):
         """Launch; returns the Record of the launch made (this plan's own when replayed: its
@@ -243,7 +297,7 @@ class StepLaunch:
         args = self.template.copy()
         pattern = 1
         for position, frame, stride0 in zip(self.positions, frames, self.stride0):
-            if frame is None:  # absent at every step: the record's dummy, as in _pattern
+            if frame is None:  # absent at every step: the record's dummy, as at recording
                 ptr = args[position]
             else:
                 f, index = frame
@@ -267,17 +321,57 @@ class StepLaunch:
 class Planned:
     """Launches of one kernel through plans: ``key`` groups the launches whose non-moving
     arguments are the same (the caller's flags: first step, last chunk...); the first launch of
-    a key goes through ``jit_launch`` and becomes the key's plan."""
+    a key goes through ``jit_launch`` and becomes the key's plan.
 
-    def __init__(self, jit_launch, slots, owned=()):
+    Across calls: ``shared`` (a dict of ``problem_plans``: the same problem, so the same
+    launches) keeps each key's Skeleton, and a later call binds it with ``bind`` (the
+    launcher's binder: ``bind(skeleton)`` -> this call's tensor for each fixed argument)
+    instead of launching through the JIT: its first launch of a key is a replay too."""
+
+    def __init__(self, jit_launch, slots, owned=(), bind=None, shared=None):
         self.jit_launch, self.slots, self.owned = jit_launch, slots, owned
+        self.bind, self.shared = bind, shared if bind is not None else None
         self.plans = {}
 
     def __call__(self, key, *frames):
         """Launch; returns the Record of the launch made (see ``StepLaunch.__call__``)."""
         plan = self.plans.get(key)
         if plan is None:
-            record = self.jit_launch(*views(frames))
-            self.plans[key] = StepLaunch(record, self.slots, self.jit_launch, self.owned)
-            return record
+            skeleton = self.shared.get(key) if self.shared is not None else None
+            if skeleton is not None:
+                plan = skeleton.bind(self.bind, self.jit_launch, self.slots, self.owned)
+            if plan is None:
+                record = self.jit_launch(*views(frames))
+                plan = self.plans[key] = StepLaunch(record, self.slots, self.jit_launch,
+                                                    self.owned)
+                if self.shared is not None and plan.skeleton is not None:
+                    self.shared[key] = plan.skeleton
+                return record
+            self.plans[key] = plan
         return plan(*frames)
+
+
+# problem key -> {plan kind: {plan key: Skeleton}}, the most recently used last
+_PROBLEMS = OrderedDict()
+# problems whose skeletons are kept (a few KB each): a model's layers and both directions of
+# their training steps, with room for several sequence lengths
+PROBLEMS_KEPT = 256
+
+
+def problem_plans(key):
+    """The plans' skeletons of one problem across calls: a dict of dicts (one per plan kind)
+    for ``Planned(shared=...)``. ``key`` must fix every launch of the problem but its tensors
+    (shapes, dtypes, device, flags, the launchers' settings, the tuned configs)."""
+    plans = _PROBLEMS.get(key)
+    if plans is None:
+        plans = _PROBLEMS[key] = {}
+        if len(_PROBLEMS) > PROBLEMS_KEPT:
+            _PROBLEMS.popitem(last=False)
+    else:
+        _PROBLEMS.move_to_end(key)
+    return plans
+
+
+def clear_plans():
+    """Forget every problem's plans (the next call of each launches through the JIT again)."""
+    _PROBLEMS.clear()

@@ -205,6 +205,13 @@ def gate_interleaved(w, block_f):
 TIME_CHUNK_MIN_ROWS = 1 << 16
 
 
+def settings():
+    """The module settings that shape launches (tests move some): part of a launch plan's
+    problem key (``autograd._problem_plans``)."""
+    return (TIME_CHUNK_MIN_ROWS, TAP_MAJOR_MIN_CHANNELS, INPUT_GRAD_GEMM_MIN_CHANNELS,
+            SPATIAL_TILE_WASTE, WEIGHT_GRAD_SMEM_BYTES, FP_FUSION)
+
+
 def time_chunk(B, T, P):
     """Steps per time chunk of a (B, T, P, .) sequence."""
     return max(1, min(T, cdiv(TIME_CHUNK_MIN_ROWS, B * P)))
@@ -240,6 +247,7 @@ def input_projection_launch(x, kernel2d, bias, xmask, geom: KernelGeometry, prec
     M = B * T * Po
     xg = out if out is not None else new_buffer((B, T, Po, 4 * F), x.device, x.dtype)
     gate_tiles = xmask is not None or four_dots
+    tensors = _projection_tensors(kernel2d, bias, xmask, xg)
 
     def launch(cfg, out):
         col_tiles = (4 * cdiv(F, cfg["BLOCK_N"]) if gate_tiles
@@ -248,8 +256,8 @@ def input_projection_launch(x, kernel2d, bias, xmask, geom: KernelGeometry, prec
         grid = (B * T * frame_tiles if spatial else cdiv(M, cfg["BLOCK_M"]), col_tiles)
         return launch_plans.launch(input_projection_kernels.input_projection_kernel, grid, (
             x, x.stride(0), x.stride(1), T,
-            kernel2d, bias if bias is not None else kernel2d, _ptr(xmask, kernel2d),
-            _stride0(xmask), out, M, B * T, *geom.in_spatial, *geom.out_spatial, Po),
+            tensors["w_ptr"], tensors["bias_ptr"], tensors["xmask_ptr"], _stride0(xmask),
+            out, M, B * T, *geom.in_spatial, *geom.out_spatial, Po),
             F=F, C=C, **geom.input_conv_constexprs(),
             HAS_BIAS=bias is not None, HAS_DROPOUT=xmask is not None, GATE_TILES=gate_tiles,
             FRAMES_CONTIGUOUS=x.stride(0) == T * x.stride(1), SPATIAL_TILES=spatial,
@@ -266,9 +274,38 @@ def input_projection_launch(x, kernel2d, bias, xmask, geom: KernelGeometry, prec
                          flop=2.0 * M * 4 * F * kernel2d.shape[0])
 
 
+def _projection_tensors(kernel2d, bias, xmask, out):
+    """The input projection's tensor arguments but x (its launch, and its binder)."""
+    d = dummy(kernel2d.device, kernel2d.dtype)
+    return {"w_ptr": kernel2d, "bias_ptr": _ptr(bias, d), "xmask_ptr": _ptr(xmask, d),
+            "out_ptr": out}
+
+
+def input_projection_binder(kernel2d, bias, xmask, out):
+    """A launch plan's binder (``launch_plans.Planned``) for input projections of a sequence's
+    time chunks into ``out``: the x frames are its slot."""
+    kernel2d = GateWeights.of(kernel2d).gate_major
+    return lambda skeleton: _projection_tensors(kernel2d, bias, xmask, out)
+
+
 def _ptr(t, dummy):
     """Optional tensors reach a kernel as a dummy pointer that its constexpr flags never read."""
     return t if t is not None else dummy
+
+
+_dummies = {}  # (device, dtype) -> a tensor of 16 bytes
+
+
+def dummy(device, dtype):
+    """The pointer argument of absent optional tensors: one tensor per device and dtype for
+    the process, so that a launch plan kept across calls (``launch_plans.problem_plans``) never
+    holds a pointer to a freed tensor (the dtype: the one the absent tensor would have, so
+    that the kernel compiles as it always did)."""
+    t = _dummies.get((device, dtype))
+    if t is None:
+        t = _dummies[(device, dtype)] = torch.empty(16, dtype=torch.uint8, device=device).view(
+            dtype)
+    return t
 
 
 def _stride0(t):
@@ -304,27 +341,25 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     tma = tma and not four_dots and tma_eligible(h_prev, hmask)
     if tma:
         _ensure_allocator(h_prev.device)
-    # the dummy pointer of absent optional tensors: the same at every step (a launch plan
-    # replays the first step's)
-    d = rec_weights.gate_major
+    # the pointer of absent optional tensors (the same at every step and call: launch plans
+    # replay it)
+    d = dummy(h_prev.device, rec_weights.gate_major.dtype)
 
     def launch(cfg, h_out, c_out, preact_t):
         block_k, block_f = cfg["BLOCK_K"], cfg["BLOCK_F"]
         tile_h, tile_w, frame_tiles, spatial = spatial_tiling(geom.out_spatial, cfg["BLOCK_M"])
         spatial = spatial or tma
-        r_w = rec_weights.gate_major if four_dots else rec_weights.interleaved(block_f)
-        in_w = None
-        if fused_input:
-            in_w = in_weights.gate_major if four_dots else in_weights.interleaved(block_f)
+        w = _step_weights(block_f, four_dots, rec_weights, in_weights, bias, xmask, hmask,
+                          peephole, d)
         m_tiles = B * frame_tiles if spatial else cdiv(M, cfg["BLOCK_M"])
         grid = (m_tiles, cdiv(F, block_f))
         return launch_plans.launch(step_forward_kernels.step_forward_kernel, grid, (
             h_prev, h_prev.stride(0), c_prev, c_prev.stride(0), _ptr(xg_t, d), _stride0(xg_t),
-            r_w, _ptr(x_t, d), _stride0(x_t), _ptr(in_w, d), _ptr(bias, d), _ptr(xmask, d),
+            w["r_ptr"], _ptr(x_t, d), _stride0(x_t), w["w_ptr"], w["bias_ptr"], w["xmask_ptr"],
             _stride0(xmask),
             _ptr(h_out, d), _stride0(h_out), _ptr(c_out, d), _stride0(c_out),
             _ptr(preact_t, d), _stride0(preact_t), _ptr(mask_t, d), _stride0(mask_t),
-            _ptr(hmask, d), _stride0(hmask), _ptr(peephole, d),
+            w["hmask_ptr"], _stride0(hmask), w["peephole_ptr"],
             M, P, B, *geom.out_spatial, *geom.in_spatial), F=F, C_IN=c_in,
             KD=rc["KD"], KH=rc["KH"], KW=rc["KW"], PD=rc["PD"], PH=rc["PH"], PW=rc["PW"],
             SD=ic["SD"], SH=ic["SH"], SW=ic["SW"], IPD=ic["PD"], IPH=ic["PH"], IPW=ic["PW"],
@@ -354,6 +389,40 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     # None) runs forward's config, so its pre-activations are bit-identical to the saved ones.
     return _tuned_launch("step_forward", key, configs, launch, [h_out, c_out, preact_t],
                          h_prev.device, flop=2.0 * M * 4 * F * k_total, warm_l2=True)
+
+
+def _step_weights(block_f, four_dots, rec_weights, in_weights, bias, xmask, hmask, peephole,
+                  d):
+    """The step kernel's tensor arguments that are the same at every step of a sequence (its
+    launch, and its binder); ``in_weights`` None: no fused input conv (no bias, xmask)."""
+    r_w = rec_weights.gate_major if four_dots else rec_weights.interleaved(block_f)
+    in_w = None
+    if in_weights is not None:
+        in_w = in_weights.gate_major if four_dots else in_weights.interleaved(block_f)
+    return {"r_ptr": r_w, "w_ptr": _ptr(in_w, d), "bias_ptr": _ptr(bias, d),
+            "xmask_ptr": _ptr(xmask, d), "hmask_ptr": _ptr(hmask, d),
+            "peephole_ptr": _ptr(peephole, d)}
+
+
+def step_forward_binder(rk2d, hmask, peephole, kernel2d=None, bias=None, xmask=None):
+    """A launch plan's binder (``launch_plans.Planned``) for a sequence's ``step_forward``
+    launches: the per-step pointers are its slots. ``kernel2d``, ``bias``, ``xmask``: the
+    fused input conv's (as passed to ``step_forward`` with ``x_t``)."""
+    rec_weights = GateWeights.of(rk2d)
+    in_weights = GateWeights.of(kernel2d) if kernel2d is not None else None
+    device = rec_weights.gate_major.device
+
+    def bind(skeleton):
+        c = skeleton.constants
+        if c["TMA"]:
+            _ensure_allocator(device)
+        fused = c["FUSED_INPUT"]
+        return _step_weights(c["BLOCK_F"], c["FOUR_DOTS"], rec_weights,
+                             in_weights if fused else None, bias if fused else None,
+                             xmask if fused else None, hmask, peephole,
+                             dummy(device, rec_weights.gate_major.dtype))
+
+    return bind
 
 
 # Spatial M tiles (a TILE_H x TILE_W block of one frame per program: row coordinates by
@@ -462,16 +531,18 @@ def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, 
     # a dh carry the kernel never touches is not passed (its pointer argument is a dummy)
     dh_touched = dh_live or not cell
 
+    d = dummy(dh_carry.device, torch.float32)  # the pointer of absent optional tensors
+
     def launch(cfg, dh_carry, dc_carry, dg_out):
-        d = dc_carry  # the dummy pointer of absent optional tensors: one the launch passes
         tile_h, tile_w, frame_tiles, spatial = spatial_tiling(geom.out_spatial, cfg["BLOCK_M"])
         m_tiles = B * frame_tiles if spatial else cdiv(M, cfg["BLOCK_M"])
         grid = (m_tiles, cdiv(F, cfg["BLOCK_F"]))
+        w = _step_backward_tensors(weights, dh_carry, dc_carry, hmask, peephole, dh_touched, d)
         return launch_plans.launch(step_backward_kernels.step_backward_kernel, grid, (
-            _ptr(dg_next, d), _stride0(dg_next), weights.transposed, _ptr(dy, d), _stride0(dy),
-            dh_carry if dh_touched else d, dc_carry, _ptr(preact_t, d), _stride0(preact_t),
+            _ptr(dg_next, d), _stride0(dg_next), w["rt_ptr"], _ptr(dy, d), _stride0(dy),
+            w["dh_ptr"], w["dc_ptr"], _ptr(preact_t, d), _stride0(preact_t),
             _ptr(c_t, d), _stride0(c_t), _ptr(c_prev, d), _stride0(c_prev), _ptr(mask_t, d),
-            _stride0(mask_t), _ptr(hmask, d), _stride0(hmask), _ptr(peephole, d),
+            _stride0(mask_t), w["hmask_ptr"], _stride0(hmask), w["peephole_ptr"],
             _ptr(dg_out, d), _stride0(dg_out), M, P, B, *geom.out_spatial), F=F,
             KD=rc["KD"], KH=rc["KH"], KW=rc["KW"],
             PD=dgrad_pads[0], PH=dgrad_pads[1], PW=dgrad_pads[2],
@@ -491,6 +562,27 @@ def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, 
         rdrop=hmask is not None)
     return _tuned_launch("step_backward", key, configs, launch, [dh_carry, dc_carry, dg_out],
                   dh_carry.device, flop=2.0 * M * F * k_rows * 4, warm_l2=True)
+
+
+def _step_backward_tensors(weights, dh_carry, dc_carry, hmask, peephole, dh_touched, d):
+    """The step-backward kernel's tensor arguments that are the same at every step of a
+    sequence (its launch, and its binder)."""
+    return {"rt_ptr": weights.transposed, "dh_ptr": dh_carry if dh_touched else d,
+            "dc_ptr": dc_carry, "hmask_ptr": _ptr(hmask, d), "peephole_ptr": _ptr(peephole, d)}
+
+
+def step_backward_binder(rk2d, dh_carry, dc_carry, hmask, peephole):
+    """A launch plan's binder (``launch_plans.Planned``) for a sequence's ``step_backward``
+    launches (with cell): the per-step pointers are its slots."""
+    weights = DgradWeights.of(rk2d)
+    d = dummy(dh_carry.device, torch.float32)
+
+    def bind(skeleton):
+        c = skeleton.constants
+        return _step_backward_tensors(weights, dh_carry, dc_carry, hmask, peephole,
+                                      c["HAS_DH"] or not c["CELL"], d)
+
+    return bind
 
 
 def _sm_count(device):
@@ -590,7 +682,7 @@ def weight_grad_launch(src, dgates, smask, geom: KernelGeometry, with_bias, prec
         grid = (k_tiles, col_tiles, split)
         return launch_plans.launch(weight_grad_kernels.weight_grad_kernel, grid, (
             src, src.stride(0), src.stride(1), dgates, dgates.stride(0), dgates.stride(1),
-            _ptr(smask, dw), _stride0(smask), dw, db,
+            _ptr(smask, dummy(src.device, torch.float32)), _stride0(smask), dw, db,
             T, row_tiles, tiles_per_split, tiles_per_frame, tiles_w,
             tiles_w * cdiv(Ho, tile_h), *geom.in_spatial, Do, Ho, Wo, Po),
             C=C, F=F, **geom.input_conv_constexprs(), BIAS_SUMS=bias_sums, BIAS_ROW=bias_row,
@@ -608,6 +700,26 @@ def weight_grad_launch(src, dgates, smask, geom: KernelGeometry, with_bias, prec
     into = [] if into is None else [into.args["dw_ptr"], into.args["db_ptr"]]
     return _tuned_launch("weight_grad", key, configs, launch, into, src.device,
                          flop=2.0 * R * K * 4 * F)
+
+
+def weight_grad_binder(smask, device, into=None):
+    """A launch plan's binder (``launch_plans.Planned``) for a sequence's ``weight_grad_launch``
+    of one weight: src and dgates frames are its slots; the partials are this call's: new ones
+    (as the launch allocates them), or ``into``'s (a Record) where the plan adds to them."""
+    d = dummy(device, torch.float32)
+
+    def bind(skeleton):
+        c, shapes = skeleton.constants, skeleton.shapes
+        if c["ACCUMULATE"]:
+            dw = into.args["dw_ptr"]
+            db = into.args["db_ptr"] if c["BIAS_SUMS"] else dw
+        else:
+            dw = new_buffer(shapes["dw_ptr"][0], device, torch.float32)
+            db = (new_buffer(shapes["db_ptr"][0], device, torch.float32) if c["BIAS_SUMS"]
+                  else dw)
+        return {"smask_ptr": _ptr(smask, d), "dw_ptr": dw, "db_ptr": db}
+
+    return bind
 
 
 def weight_grad_configs(F, C, taps, gate_tiles, k_tap_major, element_size, dropout):
@@ -669,10 +781,9 @@ def input_grad_launch(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, preci
     rows = B * T * phase_grid[0] * phase_grid[1] * phase_grid[2]  # per phase
     taps = geom.kernel_size[0] * geom.kernel_size[1] * geom.kernel_size[2]
     gemm = c_in >= INPUT_GRAD_GEMM_MIN_CHANNELS
-    # row-major (K, 4F); the reduction multiplies in fp32: its weight converted once here, not
-    # at every K step
-    weights = (kernel2d if gemm else kernel2d.to(torch.float32)).contiguous()
+    weights = _input_grad_weights(kernel2d, gemm)
     dx = new_buffer((B, T, *geom.in_spatial, c_in), dgates.device, dgates.dtype)
+    d = dummy(weights.device, weights.dtype)
 
     def launch(cfg, dx):
         tile_h, tile_w, frame_tiles, spatial = spatial_tiling(phase_grid, cfg["BLOCK_M"])
@@ -686,7 +797,7 @@ def input_grad_launch(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, preci
             grid = (m_tiles, c_in, phases)
             extra = {}
         return launch_plans.launch(kernel, grid, (
-            dgates, weights, _ptr(xmask, weights), _stride0(xmask), dx,
+            dgates, weights, _ptr(xmask, d), _stride0(xmask), dx,
             T, B * T, *geom.in_spatial, *geom.out_spatial), C=c_in, F=F,
             **geom.input_conv_constexprs(), HAS_DROPOUT=xmask is not None,
             SPATIAL_TILES=spatial, TILE_H=tile_h, TILE_W=tile_w,
@@ -712,6 +823,29 @@ def input_grad_launch(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, preci
     # useful FLOP: every (output pixel, tap) pair reaches one input pixel (or the padding)
     return _tuned_launch(name, key, configs, launch, [dx], dgates.device,
                          flop=2.0 * B * T * Po * taps * N * c_in)
+
+
+def _input_grad_weights(kernel2d, gemm):
+    # row-major (K, 4F); the reduction multiplies in fp32: its weight converted once per
+    # launch (or per sequence, by the binder), not at every K step
+    return (kernel2d if gemm else kernel2d.to(torch.float32)).contiguous()
+
+
+def input_grad_binder(kernel2d, xmask):
+    """A launch plan's binder (``launch_plans.Planned``) for a sequence's ``input_grad_launch``:
+    dgates frames are its slot; this call's weights (converted once) and a new dx."""
+    converted = {}
+
+    def bind(skeleton):
+        gemm = skeleton.kernel is input_grad_kernels.input_grad_kernel
+        weights = converted.get(gemm)
+        if weights is None:
+            weights = converted[gemm] = _input_grad_weights(kernel2d, gemm)
+        shape, dtype = skeleton.shapes["dx_ptr"]
+        return {"w_ptr": weights, "xmask_ptr": _ptr(xmask, dummy(weights.device, weights.dtype)),
+                "dx_ptr": new_buffer(shape, weights.device, dtype)}
+
+    return bind
 
 
 def cell_forward(pre, c_prev, act, ract, h_out=None, c_out=None):

@@ -229,6 +229,21 @@ def _benchmark_warm(run, cfg):
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
+_generation = 0  # changes whenever a config once chosen may be chosen otherwise
+
+
+def generation():
+    """The tuning state, as part of a launch plan's problem key (``autograd._problem_plans``):
+    plans replay the configs chosen when they were recorded, so they are recorded again after
+    the cache is cleared, or when tuning is switched on or off."""
+    return _generation, _autotune_env_enabled()
+
+
+def _new_generation():
+    global _generation
+    _generation += 1
+
+
 def _capturing(device):
     """Benchmarking synchronizes, which a CUDA-graph capture forbids."""
     return (_as_device(device).type == "cuda" and torch.cuda.is_available()
@@ -342,6 +357,8 @@ def tune(shapes: Iterable, dtypes: Iterable[str] = ("fp32", "bf16"),
             raise ValueError(f"unknown mode {mode!r}; choose from fwd, train")
     runs = [(p, d, m, v) for p in problems for d in dtypes for m in modes
             for v in forward_variants]
+    # every run through pick_config (and into the log), none replayed from a launch plan
+    _new_generation()
     start = len(_log)
     for i, (shape, dtype_name, mode, variant) in enumerate(runs):
         if progress is not None:
@@ -368,6 +385,7 @@ def cached_entries(device=None) -> dict:
 
 def clear_cache(device=None) -> None:
     """Delete ``device``'s cache file and forget every config tuned in this process."""
+    _new_generation()
     _memory.clear()
     _defaults_logged.clear()
     path = cache_path(device)
@@ -529,6 +547,7 @@ def _warn_once(tag, message):
 def _reset_state():
     """Forget everything this process holds (memory cache, log, warnings): a fresh process,
     for tests."""
+    _new_generation()
     _memory.clear()
     _defaults_logged.clear()
     _log.clear()

@@ -28,6 +28,17 @@ def _fresh_seed(request):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_launch_plans():
+    # Launch plans replay a problem's launches across calls (on a GPU) without asking the
+    # tuner again: a test that forces configs (monkeypatching tuning.pick_config) must not
+    # replay an earlier test's.
+    from convlstm_triton import launch_plans
+
+    launch_plans.clear_plans()
+    yield
+
+
 @pytest.fixture
 def poison_buffers(monkeypatch):
     """Fill every kernel output buffer with NaN before the kernels write it."""

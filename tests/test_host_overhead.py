@@ -168,3 +168,68 @@ def test_without_fast_launch_every_launch_is_a_jit_launch(fake_driver, monkeypat
     plan, compiled, jit = make_plan(src, out)
     plan((Frames(src), 2), (Frames(out), 2))
     assert len(jit) == 1 and compiled.runs == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans across calls: a later call binds the skeleton an earlier call recorded
+
+
+def planned_call(src, out, weight, shared, launches, binder=None):
+    """One "call": a Planned of this call's jit_launch and binder over ``shared``."""
+
+    def jit_launch(src_view, out_view):
+        launches.append(src_view.data_ptr())
+        return Record(FakeKernel2, (1,), {"src_ptr": src_view, "stride_src": src_view.stride(0),
+                                          "w_ptr": weight, "out_ptr": out_view, "BLOCK": 16},
+                      {}, COMPILED)
+
+    bind = binder or (lambda skeleton: {"w_ptr": weight})
+    return Planned(jit_launch, ("src_ptr", "out_ptr"), bind=bind, shared=shared)
+
+
+class FakeKernel2:
+    arg_names = ["src_ptr", "stride_src", "w_ptr", "out_ptr", "BLOCK"]
+
+
+COMPILED = FakeCompiled()
+
+
+def test_a_later_call_replays_with_its_own_tensors(fake_driver):
+    shared, launches = {}, []
+    COMPILED.runs.clear()
+    src, out, weight = torch.zeros(2, 4, 8), torch.zeros(2, 4, 8), torch.zeros(8)
+    planned_call(src, out, weight, shared, launches)("k", (Frames(src), 1), (Frames(out), 1))
+    assert len(launches) == 1 and "k" in shared
+    src2, out2, weight2 = torch.zeros(2, 4, 8), torch.zeros(2, 4, 8), torch.zeros(8)
+    planned = planned_call(src2, out2, weight2, shared, launches)
+    for s in range(4):
+        record = planned("k", (Frames(src2), s), (Frames(out2), s))
+    assert len(launches) == 1, "the later call's first launch was not a replay"
+    assert record.args["w_ptr"] is weight2  # the call's Record holds the call's tensors
+    for s, (_, args) in zip(range(4), COMPILED.runs[-4:]):
+        assert args == (src2[:, s].data_ptr(), src2.stride(0), weight2.data_ptr(),
+                        out2[:, s].data_ptr(), 16)
+
+
+def test_a_later_call_takes_the_jit_path_where_the_skeleton_does_not_fit(fake_driver):
+    shared, launches = {}, []
+    src, out, weight = torch.zeros(2, 4, 8), torch.zeros(2, 4, 8), torch.zeros(8)
+    planned_call(src, out, weight, shared, launches)("k", (Frames(src), 1), (Frames(out), 1))
+    # a fixed tensor aligned otherwise: another compiled kernel
+    unaligned = torch.zeros(9)[1:]
+    planned_call(src, out, unaligned, shared, launches)("k", (Frames(src), 1), (Frames(out), 1))
+    assert len(launches) == 2
+    # a binder that misses a fixed argument is not trusted
+    planned_call(src, out, weight, shared, launches, binder=lambda skeleton: {})(
+        "k", (Frames(src), 1), (Frames(out), 1))
+    assert len(launches) == 3
+
+
+def test_problem_plans_are_kept_per_key_and_bounded(monkeypatch):
+    launch_plans.clear_plans()
+    monkeypatch.setattr(launch_plans, "PROBLEMS_KEPT", 3)
+    first = launch_plans.problem_plans("a")
+    assert launch_plans.problem_plans("a") is first
+    for key in "bcd":
+        launch_plans.problem_plans(key)
+    assert launch_plans.problem_plans("a") is not first  # the oldest was dropped
