@@ -41,6 +41,7 @@ Run without TRITON_INTERPRET (the kernels must be Triton's JIT functions).
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -52,7 +53,6 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.compiler  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
@@ -180,8 +180,7 @@ def timed(timers):
         timers.replay += seconds
         timers.replays += 1
 
-    for name in ("input_projection", "step_forward", "step_backward", "weight_grad",
-                 "input_grad", "cell_forward", "cell_backward"):
+    for name in ENTRY_POINTS:
         _wrap(wrapped, launchers, name, entry(name))
     _wrap(wrapped, launch_plans.Planned, "__call__", entry("planned (step and chunk kernels)"))
     _wrap(wrapped, launch_plans.StepLaunch, "__call__", inner(add_replay))
@@ -232,25 +231,53 @@ def problem(shape, dtype_name, mode, pixels=(2, 2), chunk=None):
     return call, restore
 
 
-class TorchOps(TorchDispatchMode):
-    """Counts the torch ops of a call (each a kernel launch on a GPU, some µs of host time)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def torch_ops(call, calls):
-    """Torch ops per call, counted in a pass of its own (outside the timed calls)."""
-    ops = TorchOps()
-    with ops:
-        for _ in range(calls):
-            call()
-    return ops.count / calls
+    """(torch ops per call in the launch paths, outside them), from torch's profiler in a pass
+    of its own (outside the timed calls): every top-level aten op (one not called by another:
+    on a GPU, each is a kernel launch or an allocation of some µs of host time), inside the
+    launch paths where one of them (marked by a record_function range) called it."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from convlstm_triton import launch_plans, launchers
+
+    wrapped = []
+
+    def marked(original):
+        def call_marked(*args, **kwargs):
+            with record_function(LAUNCH_MARK):
+                return original(*args, **kwargs)
+        return call_marked
+
+    for name in ENTRY_POINTS:
+        _wrap(wrapped, launchers, name, marked)
+    _wrap(wrapped, launch_plans.Planned, "__call__", marked)
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                call()
+    finally:
+        for owner, name, original in reversed(wrapped):
+            setattr(owner, name, original)
+    counts = [0, 0]  # outside, inside
+    for event in prof.events():
+        if not event.name.startswith("aten::"):
+            continue
+        inside, parent = False, event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                break
+            inside = inside or parent.name == LAUNCH_MARK
+            parent = parent.cpu_parent
+        if parent is not None:  # called by another aten op: counted with it
+            continue
+        counts[inside] += 1
+    return counts[1] / calls, counts[0] / calls
+
+
+LAUNCH_MARK = "convlstm_triton.launch_path"
+# the launchers' entry points (the step and chunk kernels' plans: Planned.__call__)
+ENTRY_POINTS = ("input_projection", "step_forward", "step_backward", "weight_grad",
+                "input_grad", "cell_forward", "cell_backward")
 
 
 def measure(shape, dtype_name, mode, calls=20, repeats=5):
@@ -269,7 +296,7 @@ def measure(shape, dtype_name, mode, calls=20, repeats=5):
                 total = time.perf_counter() - start
             if best is None or total < best[0]:
                 best = (total, timers)
-        op_count = torch_ops(call, 2)
+        ops_inside, ops_outside = torch_ops(call, 2)
     finally:
         restore()
     total, timers = best
@@ -280,7 +307,7 @@ def measure(shape, dtype_name, mode, calls=20, repeats=5):
             "triton_us": timers.triton / calls * 1e6,
             "replay_us": timers.replay / timers.replays * 1e6 if timers.replays else None,
             "replays": timers.replays / calls,
-            "torch_ops": op_count,
+            "ops_inside": ops_inside, "ops_outside": ops_outside,
             "launches": launches}
 
 
@@ -360,27 +387,40 @@ def check(shapes, dtypes, modes):
 
 
 def report(shapes, dtypes, modes, calls):
-    lines = [f"Host cost per call, Python only (bench/host_overhead.py; Triton "
-             f"{triton.__version__}, torch {torch.__version__}, this CPU; fake driver, no GPU)",
+    lines = [f"Host cost per call (bench/host_overhead.py; Triton {triton.__version__}, torch "
+             f"{torch.__version__}, this CPU; fake driver, no GPU)",
              "",
-             "| shape | dtype | mode | launches | µs per call | in launch paths | of which Triton |"
-             " outside launches | plan replays | µs per replay | torch ops |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    detail = ["", "| shape | dtype | mode | launch path | launches per call | µs per launch |",
-              "|---|---|---|---|---|---|"]
+             "| shape | dtype | mode | launches | plan replays | µs per call | launch paths, "
+             "µs per launch | in Triton, µs per call | outside launches, µs per call |"
+             " torch ops per call (in launch paths / outside) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    fit = ["", "Per time step and fixed per call: the same problem at T and 2T steps, "
+           "µs per call = fixed + T x per step (all of the call's host time: launches, the "
+           "loops, torch ops)", "",
+           "| shape | dtype | mode | µs per call, T | µs per call, 2T | launches per step |"
+           " **µs per step** | **µs per step launch** | **fixed µs per call** |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for name in shapes:
         for dtype in dtypes:
             for mode in modes:
-                r = measure(SHAPES[name], dtype, mode, calls)
+                shape = SHAPES[name]
+                r = measure(shape, dtype, mode, calls)
                 count = sum(n for n, _ in r["launches"].values())
-                replay = f"{r['replay_us']:.1f}" if r["replay_us"] is not None else "-"
-                lines.append(f"| {name} | {dtype} | {mode} | {count:.0f} | {r['call_us']:.0f} |"
-                             f" {r['launch_us']:.0f} | {r['triton_us']:.0f} |"
-                             f" {r['call_us'] - r['launch_us']:.0f} | {r['replays']:.0f} |"
-                             f" {replay} | {r['torch_ops']:.0f} |")
-                for label, (n, us) in sorted(r["launches"].items()):
-                    detail.append(f"| {name} | {dtype} | {mode} | {label} | {n:.0f} | {us:.1f} |")
-    return "\n".join(lines + detail)
+                lines.append(
+                    f"| {name} | {dtype} | {mode} | {count:.0f} | {r['replays']:.0f} |"
+                    f" {r['call_us']:.0f} | {r['launch_us'] / count:.1f} |"
+                    f" {r['triton_us']:.0f} | {r['call_us'] - r['launch_us']:.0f} |"
+                    f" {r['ops_inside']:.0f} / {r['ops_outside']:.0f} |")
+                T = shape.steps
+                r2 = measure(dataclasses.replace(shape, steps=2 * T), dtype, mode, calls)
+                count2 = sum(n for n, _ in r2["launches"].values())
+                per_step = (r2["call_us"] - r["call_us"]) / T
+                launches_per_step = (count2 - count) / T
+                fit.append(f"| {name} | {dtype} | {mode} | {r['call_us']:.0f} |"
+                           f" {r2['call_us']:.0f} | {launches_per_step:.2f} |"
+                           f" **{per_step:.1f}** | **{per_step / launches_per_step:.1f}** |"
+                           f" **{r['call_us'] - T * per_step:.0f}** |")
+    return "\n".join(lines + fit)
 
 
 def main(argv=None):

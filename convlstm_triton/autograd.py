@@ -80,7 +80,7 @@ FORWARD_VARIANT_FLAGS = {
 
 
 def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, mask, xmask,
-                     hmask, spec: StepSpec, training: bool):
+                     hmask, spec: StepSpec, training: bool, problem=None):
     """(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, mask, xmask, hmask)
     -> (states, h_T, c_T, c_all, preact).
 
@@ -95,6 +95,8 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
     with ``spec.save_preact``, preact (B, T, P, 4F) compute dtype; otherwise those two are
     returned empty (numel 0) and nothing of their size is allocated (inference ping-pongs two
     cell-state slots and keeps no pre-activations).
+    ``problem``: ``problem_plans`` of the op's call (from the op's own configuration), or
+    None: from ``spec``.
     """
     geom = spec.geometry
     B, T = x.shape[:2]
@@ -102,8 +104,9 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
     F = recurrent_kernel2d.shape[1] // 4
 
     # the launch plans' skeletons of this problem, from earlier calls (launch_plans.Planned)
-    problem = _problem_plans("forward", spec, training, x, kernel2d, recurrent_kernel2d, bias,
-                             h0, c0, peephole, mask, xmask, hmask)
+    if problem is None:
+        problem = problem_plans("forward", (spec, training), (
+            x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, mask, xmask, hmask))
     xg = (_InputProjection(spec, x, kernel2d, bias, xmask, problem)
           if spec.input_variant == "hoisted" else None)
     # the gate-interleaved weight copies are made once here, not at every step
@@ -161,13 +164,14 @@ STEP_BACKWARD_SLOTS = ("dg_next_ptr", "dy_ptr", "preact_ptr", "c_ptr", "c_prev_p
                        "dg_ptr")
 
 
-def _problem_plans(kind, spec, flags, *tensors):
-    """``launch_plans.problem_plans`` of one sequence op: keyed by everything its launches
-    depend on but the tensors' memory: shapes and dtypes (every tensor is contiguous, or
-    copied into a buffer of the op's), the device, the spec and flags, the launchers'
-    settings and the tuning state."""
+def problem_plans(kind, config, tensors):
+    """``launch_plans.problem_plans`` of one sequence op's call: keyed by everything its
+    launches depend on but the tensors' memory: ``config`` (hashable: the spec or the op's
+    configuration, flags), the tensors' shapes and dtypes (each is contiguous, or copied into
+    a buffer of the op's), the device, the launchers' settings and the tuning state. Besides
+    the plans' skeletons, the ops keep the call's resolved spec in it ("spec")."""
     x = tensors[3] if kind == "backward" else tensors[0]
-    key = (kind, spec, flags, x.device, launchers.settings(), tuning.generation(),
+    key = (kind, config, x.device, launchers.settings(), tuning.generation(),
            *[None if t is None else (t.shape, t.dtype) for t in tensors])
     return launch_plans.problem_plans(key)
 
@@ -177,7 +181,7 @@ def _forward_steps(spec, kernel2d, recurrent_kernel2d, bias, xmask, hmask, peeph
     """The forward step launches of one sequence as plans (``launch_plans.Planned``), called
     with a plan key and one (Frames, index) or None per ``STEP_FORWARD_SLOTS``.
     ``store_state`` False: only the pre-activations are stored (backward's recomputation).
-    ``shared``: the plans' skeletons across calls of the problem (``_problem_plans``)."""
+    ``shared``: the plans' skeletons across calls of the problem (``problem_plans``)."""
 
     def jit_launch(h_prev, c_prev, xg_t, x_t, h_out, c_out, preact_t, mask_t):
         inputs = (dict(xg_t=xg_t) if xg_t is not None else
@@ -198,13 +202,14 @@ def _forward_steps(spec, kernel2d, recurrent_kernel2d, bias, xmask, hmask, peeph
 
 
 def sequence_backward(d_states, d_h, d_c, x, kernel2d, recurrent_kernel2d, bias, h0, states,
-                      c_all, preact, peephole, mask, xmask, hmask, spec: StepSpec, needs):
+                      c_all, preact, peephole, mask, xmask, hmask, spec: StepSpec, needs,
+                      problem=None):
     """Gradients of ``sequence_forward``'s (states, h_T, c_T) -> one per entry of
     ``GRAD_INPUTS``: dx (x's shape and dtype), then d kernel2d, d recurrent_kernel2d, d bias,
     dh0, dc0, d peephole, all fp32 (the caller casts them to the inputs' dtypes). ``needs``: 7
     bools (``GRAD_INPUTS``); a gradient not needed (or of an absent bias/peephole) is an empty
     fp32 tensor. ``preact`` None: recompute the pre-activations (``spec.save_preact`` False).
-    Incoming gradients may be None (unused outputs).
+    Incoming gradients may be None (unused outputs). ``problem``: as ``sequence_forward``'s.
 
     Time runs backwards in chunks of Tc steps (``launchers.time_chunk``): the step kernels
     write the chunk's gate gradients dgates (B, Tc, P, 4F), then the chunk's input gradient and
@@ -221,9 +226,10 @@ def sequence_backward(d_states, d_h, d_c, x, kernel2d, recurrent_kernel2d, bias,
 
     # The carries are rewritten in place by the kernels, which index them as contiguous
     # (B, P, F): a fresh contiguous copy whatever layout the incoming gradient has.
-    problem = _problem_plans("backward", spec, tuple(needs), d_states, d_h, d_c, x, kernel2d,
-                             recurrent_kernel2d, bias, h0, states, c_all, preact, peephole, mask,
-                             xmask, hmask)
+    if problem is None:
+        problem = problem_plans("backward", (spec, tuple(needs)), (
+            d_states, d_h, d_c, x, kernel2d, recurrent_kernel2d, bias, h0, states, c_all, preact,
+            peephole, mask, xmask, hmask))
     dh_carry = (d_h.float().clone(memory_format=torch.contiguous_format) if d_h is not None
                 else torch.zeros((B, P, F), device=x.device, dtype=torch.float32))
     dc_carry = (d_c.float().clone(memory_format=torch.contiguous_format) if d_c is not None
@@ -400,7 +406,7 @@ class _WeightGradient:
 
     def __init__(self, smask, geom, with_bias, precision, shared):
         self.smask, self.geom, self.with_bias, self.precision = smask, geom, with_bias, precision
-        self.shared = shared  # the plans' skeletons across calls (``_problem_plans``)
+        self.shared = shared  # the plans' skeletons across calls (``problem_plans``)
         self.target = None  # the first launch's Record: the partials the others add to
         self.plans = {}
         self.extra = None  # (dW, db) of launches that could not add to the target's
@@ -444,7 +450,7 @@ class _InputProjection:
 
     def __init__(self, spec, x, kernel2d, bias, xmask, problem):
         B, T = x.shape[:2]
-        self.problem = problem  # the plans' skeletons across calls (``_problem_plans``)
+        self.problem = problem  # the plans' skeletons across calls (``problem_plans``)
         P = spec.geometry.out_pixels
         self.spec, self.x, self.kernel2d, self.bias, self.xmask = spec, x, kernel2d, bias, xmask
         self.chunk = launchers.time_chunk(B, T, P)
@@ -540,10 +546,12 @@ def setup_context(ctx, inputs, output):
                           preact if save_preact else None, peephole, mask, xmask, hmask)
 
 
-def backward(ctx, d_states, d_h, d_c, _d_c_all, _d_preact):
+def backward(ctx, d_states, d_h, d_c, _d_c_all, _d_preact, backward_op=None):
+    """``backward_op``: the backward op's implementation (eager mode, ``ops.run_forward``);
+    None: the op ``torch.ops.convlstm_triton.backward``."""
     needs = [bool(n) for n in ctx.needs_input_grad[:len(GRAD_INPUTS)]]
-    grads = torch.ops.convlstm_triton.backward(d_states, d_h, d_c, *ctx.saved_tensors,
-                                               *ctx.config, needs)
+    op = backward_op if backward_op is not None else torch.ops.convlstm_triton.backward
+    grads = op(d_states, d_h, d_c, *ctx.saved_tensors, *ctx.config, needs)
     out = [g.to(dtype) if need else None for g, need, dtype in zip(grads, needs, ctx.dtypes)]
     # mask, xmask, hmask and the 7 config arguments get no gradient
     return (*out, None, None, None) + (None,) * 7

@@ -233,7 +233,7 @@ def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go
     if graphed is not None:
         states, h, c = graphed
     else:
-        states, h, c, _, _ = ops.forward(*tensors, *op_config)
+        states, h, c, _, _ = ops.run_forward(*tensors, *op_config)
     seq = states
     if step_mask is not None:
         # Keras: the output carries the previous *output*, which is zero before the first

@@ -44,6 +44,9 @@ def conv_output_size(size, kernel, stride, dilation, padding):
     return (size - (kernel - 1) * dilation - 1) // stride + 1
 
 
+_built = {}  # ConvGeometry.build's arguments -> the geometry
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
     """Geometry of one ConvLSTM layer for inputs of spatial shape ``in_spatial`` (rank 1-3)."""
@@ -60,6 +63,17 @@ class ConvGeometry:
 
     @staticmethod
     def build(in_spatial, kernel_size, strides, dilation, padding):
+        """The geometry (one object per distinct arguments: a layer's calls ask for the same)."""
+        key = (tuple(in_spatial), tuple(kernel_size), tuple(strides), tuple(dilation), padding)
+        geometry = _built.get(key)
+        if geometry is None:
+            geometry = ConvGeometry._build(*key)
+            if len(_built) < 4096:
+                _built[key] = geometry
+        return geometry
+
+    @staticmethod
+    def _build(in_spatial, kernel_size, strides, dilation, padding):
         rank = len(in_spatial)
         out = tuple(
             conv_output_size(n, k, s, d, padding)

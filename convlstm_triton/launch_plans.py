@@ -217,11 +217,13 @@ class Skeleton:
         tensors = bind(self)
         if tensors.keys() != self.fixed_names:
             return None
-        if _alignment(tensors[name] for _, name in self.fixed) != self.fixed_pattern:
-            return None
         template = self.template.copy()
+        pattern = 1
         for position, name in self.fixed:
-            template[position] = tensors[name].data_ptr()
+            ptr = template[position] = tensors[name].data_ptr()
+            pattern = (pattern << 1) | (ptr & 15 == 0)
+        if pattern != self.fixed_pattern:  # as _alignment
+            return None
         record = Record(self.kernel, self.grid, {**self.constants, **tensors}, self.options,
                         None)
         return StepLaunch(record, slots, jit_launch, owned, skeleton=self, template=template)
@@ -231,7 +233,7 @@ def _alignment(tensors):
     """16-byte alignment bits of tensors, as one integer."""
     pattern = 1
     for t in tensors:
-        pattern = (pattern << 1) | (t.data_ptr() % 16 == 0)
+        pattern = (pattern << 1) | (t.data_ptr() & 15 == 0)
     return pattern
 
 
@@ -261,6 +263,7 @@ class StepLaunch:
             self.positions, self.stride0 = skeleton.positions, skeleton.stride0
             self.template, self.grid, self.compiled = template, skeleton.grid, skeleton.compiled
             self.fast = True
+            self._launch_context()
             return
         names = _arg_names(record.kernel)[0]
         self.positions = _positions(record.kernel, names, slots)
@@ -277,6 +280,7 @@ class StepLaunch:
         kernel = _launcher_of(record.compiled) if fast_launch_enabled() else None
         self.fast = kernel is not None
         if self.fast:
+            device = self._launch_context()
             # compiled kernels are shared by the plans of every call with this signature: the
             # record's, with the moving pointers' alignment left out
             moving = set(slots)
@@ -286,8 +290,16 @@ class StepLaunch:
                               for entry in signature)
             self.compiled = _COMPILED.setdefault((record.kernel, signature), {})
             pattern = _alignment(record.args[name] for name in slots)
-            self.compiled[(pattern, driver.active.get_current_device())] = kernel
+            self.compiled[(pattern, device)] = kernel
             self.skeleton = Skeleton(self, record)
+
+    def _launch_context(self):
+        # a plan lives for one call of the sequence op, which launches on one device and
+        # stream: looked up once, not at every launch
+        self.device = device = driver.active.get_current_device()
+        self.stream = driver.active.get_current_stream(device)
+        self.hooks = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        return device
 
     def __call__(self, *frames):
         """Launch; returns the Record of the launch made (this plan's own when replayed: its
@@ -305,16 +317,19 @@ class StepLaunch:
                     return self.jit_launch(*views(frames))
                 ptr = args[position] = f.ptr0 + index * f.step
             pattern = (pattern << 1) | (ptr % 16 == 0)
-        device = driver.active.get_current_device()
-        kernel = self.compiled.get((pattern, device))
+        kernel = self.compiled.get((pattern, self.device))
         if kernel is None:  # first launch with this alignment on this device: compile
             record = self.jit_launch(*views(frames))
             kernel = _launcher_of(record.compiled)
             if kernel is not None:
-                self.compiled[(pattern, device)] = kernel
+                self.compiled[(pattern, self.device)] = kernel
             return record
         self.replays += 1
-        _run(kernel, self.grid, device, args)
+        grid, stream = self.grid, self.stream
+        enter, leave = self.hooks  # as _run
+        metadata = kernel.launch_metadata(grid, stream, *args) if enter else None
+        kernel.run(grid[0], grid[1], grid[2], stream, kernel.function, kernel.packed_metadata,
+                   metadata, enter, leave, *args)
         return self.record
 
 

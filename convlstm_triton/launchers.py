@@ -19,6 +19,8 @@ from .kernels import step_backward as step_backward_kernels
 from .kernels import step_forward as step_forward_kernels
 from .kernels import weight_grad as weight_grad_kernels
 
+_kernel_geometries = {}  # id(ConvGeometry) -> (it, its KernelGeometry)
+
 
 @dataclass(frozen=True)
 class KernelGeometry:
@@ -34,6 +36,17 @@ class KernelGeometry:
 
     @staticmethod
     def from_conv(geometry: ConvGeometry):
+        # one per ConvGeometry object (``ConvGeometry.build`` makes one per distinct arguments)
+        cached = _kernel_geometries.get(id(geometry))
+        if cached is not None and cached[0] is geometry:
+            return cached[1]
+        kernel_geometry = KernelGeometry._from_conv(geometry)
+        if len(_kernel_geometries) < 4096:
+            _kernel_geometries[id(geometry)] = (geometry, kernel_geometry)
+        return kernel_geometry
+
+    @staticmethod
+    def _from_conv(geometry: ConvGeometry):
         return KernelGeometry(
             in_spatial=geometry.padded3d(geometry.in_spatial, 1),
             out_spatial=geometry.padded3d(geometry.out_spatial, 1),
@@ -192,6 +205,8 @@ def gate_interleaved(w, block_f):
     K, N = w.shape
     F = N // 4
     tiles = cdiv(F, block_f)
+    if F == tiles * block_f:  # no padding: one copy
+        return w.reshape(K, 4, tiles, block_f).transpose(1, 2).reshape(K, N)
     padded = w.new_zeros((K, 4, tiles * block_f))
     padded[:, :, :F] = w.reshape(K, 4, F)
     return padded.reshape(K, 4, tiles, block_f).transpose(1, 2).reshape(K, 4 * tiles * block_f)
@@ -207,7 +222,7 @@ TIME_CHUNK_MIN_ROWS = 1 << 16
 
 def settings():
     """The module settings that shape launches (tests move some): part of a launch plan's
-    problem key (``autograd._problem_plans``)."""
+    problem key (``autograd.problem_plans``)."""
     return (TIME_CHUNK_MIN_ROWS, TAP_MAJOR_MIN_CHANNELS, INPUT_GRAD_GEMM_MIN_CHANNELS,
             SPATIAL_TILE_WASTE, WEIGHT_GRAD_SMEM_BYTES, FP_FUSION)
 

@@ -233,7 +233,7 @@ _generation = 0  # changes whenever a config once chosen may be chosen otherwise
 
 
 def generation():
-    """The tuning state, as part of a launch plan's problem key (``autograd._problem_plans``):
+    """The tuning state, as part of a launch plan's problem key (``autograd.problem_plans``):
     plans replay the configs chosen when they were recorded, so they are recorded again after
     the cache is cleared, or when tuning is switched on or off."""
     return _generation, _autotune_env_enabled()
