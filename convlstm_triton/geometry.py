@@ -7,6 +7,8 @@ Keras/TF conventions: "valid" pads nothing; "same" pads
 
 from dataclasses import dataclass
 
+import torch
+
 
 def normalize_tuple(value, rank, argument):
     """An int or a sequence of ``rank`` positive ints -> tuple of ``rank`` ints."""
@@ -65,6 +67,8 @@ class ConvGeometry:
     def build(in_spatial, kernel_size, strides, dilation, padding):
         """The geometry (one object per distinct arguments: a layer's calls ask for the same)."""
         key = (tuple(in_spatial), tuple(kernel_size), tuple(strides), tuple(dilation), padding)
+        if torch.compiler.is_compiling():  # no module state written while torch.compile traces
+            return ConvGeometry._build(*key)
         geometry = _built.get(key)
         if geometry is None:
             geometry = ConvGeometry._build(*key)

@@ -12,15 +12,25 @@ as always (tuning, compiling) and is recorded; every later launch puts the movin
 the compiled kernel's launcher directly, as ``JITFunction.run`` itself does after its cache
 lookup.
 
+Across calls: a plan's Skeleton (everything but the tensors) is kept per problem
+(``problem_plans``: the sequence op's shapes, dtypes, device, flags, the launchers' settings and
+the tuning state) and a later call of the same problem binds it to its own tensors through the
+launcher's binder (``launchers.*_binder``: the same function that picks the launch's tensors
+for the launcher, so the two cannot drift apart), so that its first launch of each kernel is a
+replay as well: no launcher, no tuning lookup, no JIT. A skeleton holds no tensor (absent
+optional tensors point to one persistent dummy per device and dtype, ``launchers.dummy``), and
+binders allocate a call's own outputs as the launchers do.
+
 Safe because everything Triton specializes a compiled kernel on is fixed for the plan (dtypes,
 integers, constexprs, options, the fixed pointers' alignment) except the 16-byte alignment of
-the moving pointers, which is checked at every launch: a new alignment pattern takes the JIT
-path (and compiles the kernel it needs), and so does a slice with another sample stride. The
+the moving pointers, which is checked at every launch, and of the fixed ones, checked when a
+later call binds the skeleton: a new alignment pattern takes the JIT path (and compiles the
+kernel it needs), and so does a slice with another sample stride. The
 JIT path is also taken where there is nothing compiled to call: Triton's interpreter (CPU), a
 Triton whose compiled kernels lack that launcher interface, or ``CONVLSTM_TRITON_FAST_LAUNCH=0``.
-``bench/host_overhead.py --check`` launches every replay through the JIT path too and compares
-kernel, grid and arguments (CI runs it on the Triton it installs; checked by hand on Triton 3.6
-and 3.9, 2026-11-29).
+``bench/host_overhead.py --check`` launches every replay (a later call's first launches
+included) through the JIT path too and compares kernel, grid and arguments (CI runs it on the
+Triton it installs; checked by hand on Triton 3.6 and 3.9, 2026-11-29).
 """
 
 import os
@@ -383,7 +393,10 @@ def problem_plans(key):
         if len(_PROBLEMS) > PROBLEMS_KEPT:
             _PROBLEMS.popitem(last=False)
     else:
-        _PROBLEMS.move_to_end(key)
+        try:
+            _PROBLEMS.move_to_end(key)
+        except KeyError:  # dropped meanwhile by another thread (autograd's): still usable
+            pass
     return plans
 
 

@@ -36,7 +36,10 @@ class KernelGeometry:
 
     @staticmethod
     def from_conv(geometry: ConvGeometry):
-        # one per ConvGeometry object (``ConvGeometry.build`` makes one per distinct arguments)
+        # one per ConvGeometry object (``ConvGeometry.build`` makes one per distinct arguments);
+        # not while torch.compile traces (id() of a traced object is not the object's)
+        if torch.compiler.is_compiling():
+            return KernelGeometry._from_conv(geometry)
         cached = _kernel_geometries.get(id(geometry))
         if cached is not None and cached[0] is geometry:
             return cached[1]

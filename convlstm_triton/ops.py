@@ -49,6 +49,8 @@ BACKWARD_SCHEMA = (
 
 
 def geometry_to_ints(geom: KernelGeometry):
+    if torch.compiler.is_compiling():  # id() of a traced object is not the object's
+        return [int(v) for field in _GEOMETRY_FIELDS for v in getattr(geom, field)]
     ints = _geometry_ints.get(id(geom))
     if ints is None or ints[0] is not geom:
         ints = (geom, [int(v) for field in _GEOMETRY_FIELDS for v in getattr(geom, field)])

@@ -68,8 +68,9 @@ print(replays, len(problems))
 def test_timing_report_runs():
     done = run_script("--shapes", "odd", "--modes", "fwd,train", "--calls", "2")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "| odd | bf16 | train |" in done.stdout
-    assert "planned (step and chunk kernels)" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| odd | bf16 |")]
+    assert len(rows) == 4, done.stdout  # forward and training, in both tables
+    assert "fixed µs per call" in done.stdout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,3 +234,22 @@ def test_problem_plans_are_kept_per_key_and_bounded(monkeypatch):
     for key in "bcd":
         launch_plans.problem_plans(key)
     assert launch_plans.problem_plans("a") is not first  # the oldest was dropped
+
+
+@pytest.mark.parametrize("F,block_f", [(32, 32), (64, 32), (48, 32), (16, 64)])
+def test_gate_interleave_layout(F, block_f):
+    """Column tile j holds gates i, f, c, o of channels [j * block_f, (j + 1) * block_f), zero
+    past F: the copy-free layout where F divides (one tile: the weight itself) is that too."""
+    from convlstm_triton.launchers import gate_interleaved
+
+    w = torch.randn(7, 4 * F)
+    out = gate_interleaved(w, block_f)
+    tiles = -(-F // block_f)
+    assert out.shape == (7, 4 * tiles * block_f)
+    for j in range(tiles):
+        for g in range(4):
+            for f in range(block_f):
+                col = j * 4 * block_f + g * block_f + f
+                channel = j * block_f + f
+                want = w[:, g * F + channel] if channel < F else torch.zeros(7)
+                assert torch.equal(out[:, col], want), (j, g, f)
