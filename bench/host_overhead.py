@@ -16,14 +16,14 @@ torch ops around the kernels (copies, fills, sums).
 Per shape and mode (forward without autograd; training = forward + backward), over repeated
 calls after a warm-up, the best of 5 repeats: the wall time of one ``conv_lstm`` call; the time
 in launch paths (launcher functions and launch plans, everything down to the compiled kernel's
-launcher), of which in Triton (``JITFunction.run`` or the compiled kernel's ``run``); the time
-outside launches; the plan replays (launches without the launcher and Triton's JIT) and their
-µs each; and the torch ops per call (copies, fills, the weight gradients' sums..., counted in a
-pass of their own: each is a kernel launch of some µs of host time on a GPU). On this CPU the
-torch ops also do their work, on real-sized weights and partial sums, which a GPU does
-asynchronously: the time outside launches (the library's Python: validation, the custom ops'
-dispatch, autograd, the loops; plus those ops) and the launch paths (which allocate and convert
-a few tensors) overstate what a GPU's host pays by that work.
+launcher) per launch; Triton's share (``JITFunction.run`` or the compiled kernel's ``run``); the
+time outside launches; the plan replays; and the torch ops per call, in and outside the launch
+paths (top-level aten ops counted by torch's profiler in a pass of its own: each is a kernel
+launch or an allocation of some µs of host time on a GPU). Then the same problem at 2T steps:
+µs per call = fixed + T x per step gives the host time per time step (per step launch: divided
+by the launches a step adds) and the fixed cost per call. On this CPU the torch ops also do
+their work, on real-sized weights and partial sums, which a GPU does asynchronously: the time
+outside launches and the fixed cost overstate what a GPU's host pays by that work.
 
 The tensors are CPU tensors with the shape's batch, steps, channels, kernel size and time chunk
 (so the launches are exactly the shape's) but 2x2 pixels: torch's CPU work on real-sized data
