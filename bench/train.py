@@ -481,7 +481,7 @@ class Progress:
             return
         info = {}
         if loss is not None:
-            info["loss"] = f"{loss:.4f}"
+            info["last step loss"] = f"{loss:.4f}"
         if frames_per_s is not None:
             info["frames/s"] = rate(frames_per_s)
         if self.bar is not None:
@@ -635,6 +635,11 @@ def write_json(path, payload):
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=1)
     os.replace(tmp, path)
+
+
+def plural(count, noun):
+    """'1 epoch', '3 epochs'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def steady_epoch_s(times):
@@ -935,7 +940,8 @@ def train_model(name, model, train, val_batches, args, dist, autocast, save):
         run["steady_frames_per_s"] = (frames_per_step * args.steps_per_epoch
                                       / run["steady_epoch_s"])
         if dist.main:
-            print(f"[{name}] epoch {epoch + 1}/{args.epochs}: loss {record['train_loss']:.4f}  "
+            print(f"[{name}] epoch {epoch + 1}/{args.epochs}: mean loss "
+                  f"{record['train_loss']:.4f}  "
                   f"val {val_loss:.4f}  {elapsed:.2f} s  "
                   f"{rate(record['frames_per_s'])} frames/s"
                   + (f"  (data wait {data_wait:.2f} s)" if data_wait > 0.05 * elapsed else ""),
@@ -1003,8 +1009,9 @@ def _main(args, dist):
         print(f"data: {data_text}")
         print(f"model: ConvLSTM2D x3 (k={','.join(map(str, KERNEL_SIZES))}, F={args.filters}, "
               f"relu) + BatchNorm + Conv3D; {args.seq_len - 1} steps; batch {args.batch_size}"
-              f" x {dist.world_size} rank(s); {args.epochs} epochs x {args.steps_per_epoch} "
-              f"steps; {args.dtype}; ours: backend={args.backend}", flush=True)
+              f" x {dist.world_size} rank(s); {plural(args.epochs, 'epoch')} x "
+              f"{plural(args.steps_per_epoch, 'step')}; {args.dtype}; ours: "
+              f"backend={args.backend}", flush=True)
 
     val_indices = list(range(len(val)))[: args.val_batches * args.batch_size]
     val_batches = [to_device(val.batch(val_indices[i:i + args.batch_size]), device)

@@ -136,7 +136,7 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
         self.dilation_rate = normalize_tuple(dilation_rate, rank, "dilation_rate")
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
             raise ValueError(
-                "strides > 1 is not compatible with dilation_rate > 1 (as in Keras); got "
+                "`strides > 1` is not compatible with `dilation_rate > 1`. Received: "
                 f"strides={self.strides} and dilation_rate={self.dilation_rate}"
             )
         # Keras: activation=None means no activation.
@@ -304,10 +304,12 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
             w if isinstance(w, torch.Tensor) else torch.from_numpy(np.array(w)) for w in weights
         ]
         kernel = values[0]
+        # the gate axis holds 4 * filters: name both, the user passed filters
+        gates = f" (last axis: 4 gates x filters={self.filters} = {4 * self.filters})"
         if kernel.dim() != self.rank + 2:
             raise ValueError(
-                f"kernel must have shape {self.kernel_size + ('C_in', 4 * self.filters)}, "
-                f"got {tuple(kernel.shape)}"
+                f"kernel must have shape {self.kernel_size + ('C_in', 4 * self.filters)}"
+                f"{gates}, got {tuple(kernel.shape)}"
             )
         in_channels = self.in_channels
         if in_channels is None:
@@ -316,7 +318,7 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
         for name, w in zip(names, values):
             if tuple(w.shape) != expected[name]:
                 raise ValueError(
-                    f"{name} must have shape {expected[name]}, got {tuple(w.shape)}"
+                    f"{name} must have shape {expected[name]}{gates}, got {tuple(w.shape)}"
                 )
         self._materialize(in_channels)
         with torch.no_grad():

@@ -114,8 +114,8 @@ def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, st
         raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
     if max(strides) > 1 and max(dilation) > 1:
         raise ValueError(
-            f"strides > 1 is incompatible with dilation_rate > 1, got strides={strides} and "
-            f"dilation_rate={dilation}"
+            "`strides > 1` is not compatible with `dilation_rate > 1`. Received: "
+            f"strides={strides} and dilation_rate={dilation}"
         )
     try:
         geometry = ConvGeometry.build(tuple(x.shape[2:-1]), kernel_size, strides, dilation,

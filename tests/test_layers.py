@@ -414,7 +414,8 @@ def test_keras_weights_errors():
         layer.set_keras_weights(good[:2])
     with pytest.raises(ValueError, match=r"kernel must have shape \(3, 3, 2, 16\)"):
         layer.set_keras_weights([np.zeros((3, 3, 5, 16)), good[1], good[2]])
-    with pytest.raises(ValueError, match=r"recurrent_kernel must have shape \(3, 3, 4, 16\)"):
+    with pytest.raises(ValueError, match=r"recurrent_kernel must have shape \(3, 3, 4, 16\) "
+                       r"\(last axis: 4 gates x filters=4 = 16\), got \(3, 3, 4, 12\)"):
         layer.set_keras_weights([good[0], np.zeros((3, 3, 4, 12)), good[2]])
     with pytest.raises(ValueError, match=r"bias must have shape \(16,\)"):
         layer.set_keras_weights([good[0], good[1], np.zeros(12)])
