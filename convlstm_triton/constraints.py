@@ -18,13 +18,16 @@ each output channel's filter); the bias ``(4F,)`` with ``axis=0`` is normalized 
 Identifiers (``get``): a name (``"max_norm"``, ``"non_neg"``, ``"unit_norm"``, ``"min_max_norm"``
 or the class names ``"MaxNorm"`` ...; Keras' defaults), a dict in Keras' serialized form
 ``{"class_name": "MaxNorm", "config": {"max_value": 3, "axis": [0, 1, 2]}}`` (``"module"`` and
-``"registered_name"`` are ignored), a Keras constraint object of one of these classes (converted
+``"registered_name"``, ``"shared_object_id"`` are ignored), a Keras constraint object of one of
+these classes (converted
 through its ``get_config()``; Keras is not imported), or any callable ``fn(tensor) -> tensor`` of
 the same shape. Constraints are applied by ``layer.apply_constraints()``, which the user calls after
 ``optimizer.step()`` (Keras applies them after every optimizer update).
 """
 
 import torch
+
+from ._keras_dicts import KERAS_DICT_KEYS as _KERAS_DICT_KEYS
 
 __all__ = ["MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm", "KNOWN_CONSTRAINTS", "get", "EPSILON"]
 
@@ -198,7 +201,7 @@ def get(identifier, argument="constraint"):
             )
         return cls()
     if isinstance(identifier, dict):
-        extra = set(identifier) - {"class_name", "config", "module", "registered_name"}
+        extra = set(identifier) - _KERAS_DICT_KEYS
         if "class_name" not in identifier or extra:
             raise ValueError(f"{argument}={identifier!r} is not a constraint; accepted: {_FORMS}")
         return _from_class(

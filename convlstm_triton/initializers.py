@@ -29,7 +29,8 @@ lies in (-2, 2), which is the same distribution up to a ~4e-6 chance per element
 
 A dict in Keras' serialized form is accepted too, e.g. ``{"class_name": "Constant", "config":
 {"value": 0.5}}`` (what ``keras.initializers.serialize`` and a Keras layer config hold; ``"module"``
-and ``"registered_name"`` are ignored). Config keys: ``value`` (Constant), ``mean``/``stddev``
+and ``"registered_name"``, ``"shared_object_id"`` are ignored). Config keys: ``value``
+(Constant), ``mean``/``stddev``
 (RandomNormal, TruncatedNormal), ``minval``/``maxval`` (RandomUniform), ``gain`` (Orthogonal);
 ``seed`` is ignored (Keras' random streams cannot be reproduced in torch), and keys set to None
 (e.g. the variance-scaling initializers' ``input_axes``/``output_axes``) are ignored; anything else
@@ -45,6 +46,8 @@ then copied to the target dtype/device.
 import math
 
 import torch
+
+from ._keras_dicts import KERAS_DICT_KEYS as _KERAS_DICT_KEYS
 
 __all__ = [
     "KNOWN_INITIALIZERS", "get", "initialize", "initialize_", "compute_fans", "constant",
@@ -223,7 +226,7 @@ def constant(value=0.0):
 
 
 def _from_dict(identifier, argument):
-    extra = set(identifier) - {"class_name", "config", "module", "registered_name"}
+    extra = set(identifier) - _KERAS_DICT_KEYS
     class_name = identifier.get("class_name")
     config = identifier.get("config", {})
     name = _canonical_name(class_name) if isinstance(class_name, str) else None

@@ -38,7 +38,7 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["load_keras_layer_weights", "list_convlstm_layers"]
+__all__ = ["load_keras_layer_weights", "load_keras_layer_config", "list_convlstm_layers"]
 
 _WEIGHTS_MEMBER = "model.weights.h5"
 _SUPPORTED = (
@@ -149,7 +149,8 @@ def _keras3_entries(h5, h5py):
 
 
 def _config_paths(config):
-    """Keras' weight-file group path of every layer of a model config: {name: (path, config)}.
+    """Keras' weight-file group path of every layer of a model config:
+    {name: (path, config, class_name)}.
 
     Mirrors ``saving_lib._save_container_state``: within a model's ``layers`` list each layer is
     named ``to_snake_case(class_name)`` with ``_1``, ``_2`` ... for repeats; a Sequential model
@@ -178,7 +179,7 @@ def _config_paths(config):
             path = f"{prefix}layers/{base}"
             name = (layer.get("config") or {}).get("name") or layer.get("name")
             if isinstance(name, str):
-                out.setdefault(name, (path, layer.get("config") or {}))
+                out.setdefault(name, (path, layer.get("config") or {}, layer["class_name"]))
             walk(layer, path + "/")
 
     if isinstance(config, dict):
@@ -207,7 +208,7 @@ def _find_keras3(h5, h5py, layer_name, config, source):
     layer_configs = {}
     if not stored_names and config is not None:
         # Older Keras 3 file without layer names in the HDF5: rebuild them from config.json.
-        by_path = {path: (name, cfg) for name, (path, cfg) in _config_paths(config).items()}
+        by_path = {path: (name, cfg) for name, (path, cfg, _) in _config_paths(config).items()}
         for e in entries:
             e.name, layer_configs[e.path] = by_path.get(e.path, (None, None))
     named = [e for e in entries if e.name == layer_name]
@@ -397,9 +398,45 @@ def list_convlstm_layers(path):
             return out
         entries = _keras3_entries(h5, h5py)
         if config is not None and not any(e.name for e in entries):
-            by_path = {path: name for name, (path, _) in _config_paths(config).items()}
+            by_path = {path: name for name, (path, _, _) in _config_paths(config).items()}
             for e in entries:
                 e.name = by_path.get(e.path)
         return [e.name or e.short_path for e in entries if e.cell_vars is not None]
 
     return _with_file(path, listing)
+
+
+def load_keras_layer_config(path, layer_name):
+    """``(class_name, config)`` of layer ``layer_name`` as the file's model config has it (a
+    ``.keras`` file's ``config.json``, a legacy ``.h5`` model's ``model_config`` attribute), or
+    None for a file that holds no model config (a ``.weights.h5`` file, legacy weights-only
+    ``.h5``) or no layer of that name in it. ``layer_name``: the layer's name, or for Keras 3
+    files its group path (as for ``load_keras_layer_weights``). ``config``: the layer's Keras
+    config dict (``filters``, ``kernel_size``, ``activation``...), as Keras serialized it."""
+    if not isinstance(layer_name, str) or not layer_name:
+        raise TypeError(f"layer_name must be a non-empty string, got {layer_name!r}")
+
+    def find(h5, h5py, config, source):
+        if config is None:
+            raw = h5.attrs.get("model_config")
+            if isinstance(raw, bytes):
+                raw = raw.decode()
+            if isinstance(raw, str):
+                try:
+                    config = json.loads(raw)
+                except ValueError:
+                    config = None
+        if not isinstance(config, dict):
+            return None
+        layers = _config_paths(config)
+        if layer_name in layers:
+            _, layer_config, class_name = layers[layer_name]
+            return class_name, layer_config
+        key = layer_name.strip("/")
+        for path, layer_config, class_name in layers.values():
+            short = "/".join(p for p in path.split("/") if p != "layers")
+            if key in (path, short):
+                return class_name, layer_config
+        return None
+
+    return _with_file(path, find)

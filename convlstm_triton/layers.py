@@ -349,13 +349,72 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
         """Load the weights of Keras layer ``layer_name`` from a saved Keras file.
 
         ``path``: a ``.keras`` file, a ``.weights.h5`` file or a legacy Keras ``.h5`` file; read
-        with h5py (Keras is not needed). See ``convlstm_triton.keras_files``; then as
-        ``set_keras_weights`` (initializes a lazy layer, validates shapes). Returns ``self``.
+        with h5py (Keras is not needed). See ``convlstm_triton.keras_files``. Where the file
+        holds the layer's config (``.keras``, legacy ``.h5`` models), it is compared with this
+        layer's arguments first: a ValueError lists every argument that differs (the
+        initializers and ``seed`` are not compared: the loaded weights replace what they draw).
+        Then as ``set_keras_weights`` (initializes a lazy layer, validates shapes). Returns
+        ``self``. ``from_keras`` builds the layer from the file's config instead.
         """
-        from .keras_files import load_keras_layer_weights
+        from .keras_files import load_keras_layer_config, load_keras_layer_weights
 
+        found = load_keras_layer_config(path, layer_name)
+        if found is not None:
+            differences = self._keras_config_differences(*found)
+            if differences:
+                raise ValueError(
+                    f"layer {layer_name!r} of {str(path)!r} was saved with other arguments than "
+                    f"this {type(self).__name__}'s (file vs layer): "
+                    + "; ".join(f"{name}: file {a!r}, layer {b!r}" for name, a, b in differences)
+                    + f". Build it with {type(self).__name__}.from_keras(path, {layer_name!r}) "
+                    "or with these arguments"
+                )
         self.set_keras_weights(load_keras_layer_weights(path, layer_name))
         return self
+
+    @classmethod
+    def from_keras(cls, path, layer_name, **overrides):
+        """The Keras layer ``layer_name`` of a saved Keras file as a new layer of this class:
+        built from the file's config (every Keras argument: filters, kernel_size, strides,
+        padding, activations, initializers, regularizers, constraints, dropout rates,
+        return_sequences...), with its weights loaded. ``overrides``: constructor arguments to
+        set or replace (``backend``, ``cuda_graph``, ``device``, ``dtype``, ...).
+
+        The file must hold the model's config: a ``.keras`` file or a legacy ``.h5`` model (a
+        ``.weights.h5`` file has none: build the layer and call ``load_keras_weights``). A
+        ValueError names a layer of another class, and Keras arguments this layer does not
+        support (``zero_output_for_mask=True``, keys of a newer Keras). Keras' dtype policy is
+        not applied: the parameters take ``dtype`` (default: torch's default dtype)."""
+        from .keras_files import load_keras_layer_config, load_keras_layer_weights
+
+        found = load_keras_layer_config(path, layer_name)
+        if found is None:
+            raise ValueError(
+                f"{str(path)!r} holds no model config for layer {layer_name!r} (a .weights.h5 "
+                f"file holds none): build the layer with its arguments and call "
+                f"load_keras_weights(path, {layer_name!r})"
+            )
+        class_name, config = found
+        if class_name != cls.__name__:
+            raise ValueError(f"layer {layer_name!r} of {str(path)!r} is a {class_name}, not a "
+                             f"{cls.__name__}")
+        kwargs = keras_config_arguments(config)
+        kwargs.update(overrides)
+        layer = cls(**kwargs)
+        layer.set_keras_weights(load_keras_layer_weights(path, layer_name))
+        return layer
+
+    def _keras_config_differences(self, class_name, config):
+        """[(argument, file's value, this layer's)] of a Keras layer config."""
+        if class_name != type(self).__name__:
+            return [("class", class_name, type(self).__name__)]
+        file_layer = type(self)(**keras_config_arguments(config))
+        differences = []
+        for name in KERAS_COMPARED_ARGUMENTS:
+            a, b = _comparable(getattr(file_layer, name)), _comparable(getattr(self, name))
+            if a is not _INCOMPARABLE and b is not _INCOMPARABLE and a != b:
+                differences.append((name, getattr(file_layer, name), getattr(self, name)))
+        return differences
 
     # ------------------------------------------------------------------ forward
 
@@ -615,6 +674,55 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
             defaults[argument] = (None, getattr(self, argument))
         parts += [f"{k}={v!r}" for k, (d, v) in defaults.items() if v != d]
         return ", ".join(parts)
+
+
+# A Keras ConvLSTM config's arguments, as this layer's constructor takes them (same names).
+KERAS_CONFIG_ARGUMENTS = (
+    "filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate",
+    "activation", "recurrent_activation", "use_bias", "kernel_initializer",
+    "recurrent_initializer", "bias_initializer", "unit_forget_bias", "kernel_regularizer",
+    "recurrent_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint",
+    "recurrent_constraint", "bias_constraint", "dropout", "recurrent_dropout", "seed",
+    "return_sequences", "return_state", "go_backwards", "stateful",
+)
+# what load_keras_weights compares: all but what the loaded weights make moot
+KERAS_COMPARED_ARGUMENTS = tuple(name for name in KERAS_CONFIG_ARGUMENTS
+                                 if not name.endswith("_initializer") and name != "seed")
+# config keys that change nothing here: naming, freezing (requires_grad is the user's), the
+# dtype policy (``dtype=``), unrolling (a speed choice in Keras), zero_output_for_mask=False
+_KERAS_CONFIG_IGNORED = ("name", "trainable", "dtype", "unroll", "zero_output_for_mask")
+
+
+def keras_config_arguments(config):
+    """A Keras ``ConvLSTM1D/2D/3D`` layer config (``layer.get_config()``, or a saved file's)
+    -> this library's constructor keyword arguments. A ValueError names what is not
+    supported."""
+    if not isinstance(config, dict):
+        raise TypeError(f"a Keras layer config must be a dict, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(KERAS_CONFIG_ARGUMENTS) - set(_KERAS_CONFIG_IGNORED))
+    if unknown:
+        raise ValueError(f"Keras config keys not supported by this library: {unknown}")
+    if config.get("zero_output_for_mask"):
+        raise ValueError("zero_output_for_mask=True is not supported: masked steps carry the "
+                         "previous output (Keras' default, zero_output_for_mask=False)")
+    kwargs = {name: config[name] for name in KERAS_CONFIG_ARGUMENTS if name in config}
+    for name in ("kernel_size", "strides", "dilation_rate"):
+        if isinstance(kwargs.get(name), list):  # JSON has no tuples
+            kwargs[name] = tuple(kwargs[name])
+    return kwargs
+
+
+_INCOMPARABLE = object()
+
+
+def _comparable(value):
+    """A value to compare arguments by: regularizer and constraint objects by class and
+    config; other callables (a user's function) cannot be compared."""
+    if hasattr(value, "get_config"):
+        return type(value).__name__, value.get_config()
+    if callable(value):
+        return _INCOMPARABLE
+    return value
 
 
 _BASE_SIGNATURE = inspect.signature(_ConvLSTM.__init__)

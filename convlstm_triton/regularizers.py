@@ -14,7 +14,8 @@ Identifiers (``get``):
   ``"l1l2"`` / ``"L1L2"`` -> ``L1L2()`` with Keras 3's class defaults ``l1 = l2 = 0`` (what
   ``keras.regularizers.get("l1l2")`` returns: no penalty).
 * a dict in Keras' serialized form ``{"class_name": "L1L2", "config": {"l1": .., "l2": ..}}``
-  (``"module"`` and ``"registered_name"`` keys are accepted and ignored; missing config keys take
+  (``"module"``, ``"registered_name"`` and ``"shared_object_id"`` keys are accepted and ignored;
+  missing config keys take
   the class defaults), or a plain dict ``{"l1": .., "l2": ..}`` (-> ``L1L2``, missing = 0).
 * a Keras ``L1`` / ``L2`` / ``L1L2`` object (converted through its ``get_config()``; Keras is not
   imported), or any other callable ``fn(tensor) -> scalar tensor``, used as is.
@@ -25,6 +26,8 @@ Keras' ``OrthogonalRegularizer`` (defined only for rank-2 weights) is not provid
 import math
 
 import torch
+
+from ._keras_dicts import KERAS_DICT_KEYS as _KERAS_DICT_KEYS
 
 __all__ = ["L1", "L2", "L1L2", "KNOWN_REGULARIZERS", "get"]
 
@@ -164,7 +167,7 @@ def get(identifier, argument="regularizer"):
         return make()
     if isinstance(identifier, dict):
         if "class_name" in identifier:
-            extra = set(identifier) - {"class_name", "config", "module", "registered_name"}
+            extra = set(identifier) - _KERAS_DICT_KEYS
             if extra:
                 raise ValueError(
                     f"{argument}={identifier!r}: unexpected keys {sorted(extra)}; accepted: "

@@ -146,11 +146,20 @@ def test_wrong_layer_names(saved):
         load_keras_layer_weights(legacy, "nope")
     with pytest.raises(ValueError, match="not a ConvLSTM layer"):
         load_keras_layer_weights(legacy, "head")
-    # A layer of another configuration: set_keras_weights' shape check.
+    # A layer of other arguments: the file's config says which (.keras, legacy .h5 models);
+    # a bare weights file has no config: set_keras_weights' shape check.
+    for file in (path, legacy):
+        with pytest.raises(ValueError, match=r"other arguments.*use_bias: file False, layer True"):
+            ConvLSTM2D(2, (2, 3)).load_keras_weights(file, "dec")
+        with pytest.raises(ValueError, match=r"padding: file 'same', layer 'valid'; "
+                                             r"return_sequences: file True, layer False"):
+            ConvLSTM2D(3, 3, in_channels=5).load_keras_weights(file, "enc")
+    weights = saved["files"]["functional", "weights"]
     with pytest.raises(ValueError, match="expected 3 weights"):
-        ConvLSTM2D(2, (2, 3)).load_keras_weights(path, "dec")
+        ConvLSTM2D(2, (2, 3)).load_keras_weights(weights, "dec")
     with pytest.raises(ValueError, match="kernel must have shape"):
-        ConvLSTM2D(3, 3, in_channels=5).load_keras_weights(path, "enc")
+        ConvLSTM2D(3, 3, padding="same", return_sequences=True,
+                   in_channels=5).load_keras_weights(weights, "enc")
 
 
 def test_wrong_files(saved, tmp_path):
@@ -246,3 +255,67 @@ def test_keras_member_is_stored_uncompressed(saved):
         data = z.read("model.weights.h5")
     with h5py.File(io.BytesIO(data), "r") as f:
         assert "layers" in f
+
+
+@pytest.fixture(scope="module")
+def many_arguments(tmp_path_factory):
+    """A Keras model whose ConvLSTM2D sets most arguments away from their defaults."""
+    d = tmp_path_factory.mktemp("keras_arguments")
+    layer = keras.layers.ConvLSTM2D(
+        3, (3, 2), strides=(2, 1), padding="same", activation="relu",
+        recurrent_activation="hard_sigmoid", unit_forget_bias=False,
+        kernel_regularizer=keras.regularizers.L2(0.01), bias_regularizer="l1",
+        kernel_constraint=keras.constraints.MaxNorm(2.0, axis=[0, 1, 2]),
+        dropout=0.1, recurrent_dropout=0.2, return_sequences=True, go_backwards=True,
+        name="busy")
+    model = keras.Sequential([keras.Input((4, 6, 5, 2)), layer])
+    _randomize(model, 7)
+    files = {"keras": str(d / "m.keras"), "legacy": str(d / "m.h5"),
+             "weights": str(d / "m.weights.h5")}
+    model.save(files["keras"])
+    model.save(files["legacy"])
+    model.save_weights(files["weights"])
+    return model, files
+
+
+@pytest.mark.parametrize("fmt", ["keras", "legacy"])
+def test_from_keras_builds_the_layer_the_file_describes(many_arguments, fmt):
+    model, files = many_arguments
+    ours = ConvLSTM2D.from_keras(files[fmt], "busy", backend="reference")
+    assert (ours.filters, ours.kernel_size, ours.strides, ours.padding) == (3, (3, 2), (2, 1),
+                                                                           "same")
+    assert (ours.activation, ours.recurrent_activation) == ("relu", "hard_sigmoid")
+    assert not ours.unit_forget_bias and ours.go_backwards and ours.return_sequences
+    assert (ours.dropout, ours.recurrent_dropout) == (0.1, 0.2)
+    assert ours.kernel_regularizer.get_config() == {"l2": 0.01}
+    assert ours.bias_regularizer is not None and ours.kernel_constraint is not None
+    ours.eval()  # dropout off, as Keras' inference call
+    x = np.random.default_rng(8).standard_normal((2, 4, 6, 5, 2)).astype(np.float32)
+    _check_output(ours, model.layers[-1], x)
+    # the same layer built by hand loads without complaint; one argument off is named
+    ours.load_keras_weights(files[fmt], "busy")
+    other = ConvLSTM2D.from_keras(files[fmt], "busy", go_backwards=False)
+    with pytest.raises(ValueError, match=r"go_backwards: file True, layer False") as error:
+        other.load_keras_weights(files[fmt], "busy")
+    assert str(error.value).count(": file ") == 1  # nothing else differs
+
+
+def test_from_keras_errors(many_arguments, saved):
+    _, files = many_arguments
+    with pytest.raises(ValueError, match="holds no model config.*load_keras_weights"):
+        ConvLSTM2D.from_keras(files["weights"], "busy")
+    with pytest.raises(ValueError, match="'busy'.*is a ConvLSTM2D, not a ConvLSTM1D"):
+        ConvLSTM1D.from_keras(files["keras"], "busy")
+    with pytest.raises(ValueError, match="is a Dense, not a ConvLSTM2D"):
+        ConvLSTM2D.from_keras(saved["files"]["functional", "keras"], "head")
+    from convlstm_triton.layers import keras_config_arguments
+
+    config = dict(model_config(many_arguments[0]), zero_output_for_mask=True)
+    with pytest.raises(ValueError, match="zero_output_for_mask=True is not supported"):
+        keras_config_arguments(config)
+    with pytest.raises(ValueError, match=r"not supported by this library: \['new_option'\]"):
+        keras_config_arguments(dict(model_config(many_arguments[0]), new_option=1))
+
+
+def model_config(model):
+    return model.layers[-1].get_config()
