@@ -23,8 +23,27 @@ KERNEL_ACTIVATION_CODES = {
     "softplus": 11,
     "exponential": 12,
     "hard_sigmoid_legacy": 13,  # Keras 2: clip(0.2 x + 0.5, 0, 1)
+    # Keras 3's other elementwise activations, with Keras' defaults for their parameters
+    "celu": 14,  # alpha = 1
+    "hard_shrink": 15,  # threshold = 0.5
+    "hard_silu": 16,  # x * hard_sigmoid(x)
+    "hard_tanh": 17,
+    "leaky_relu": 18,  # negative_slope = 0.2 (Keras' default; torch's is 0.01)
+    "log_sigmoid": 19,
+    "mish": 20,
+    "soft_shrink": 21,  # threshold = 0.5
+    "sparse_plus": 22,
+    "sparse_sigmoid": 23,
+    "squareplus": 24,  # b = 4
+    "tanh_shrink": 25,
 }
-ALIASES = {"swish": "silu"}
+ALIASES = {"swish": "silu", "hard_swish": "hard_silu"}
+# Keras activations that cannot be a gate activation: they change the channel count (glu
+# halves it) or need arguments without defaults (threshold)
+NOT_GATE_ACTIVATIONS = {
+    "glu": "it halves the channel axis (Keras cannot use it as a ConvLSTM activation either)",
+    "threshold": "it has no default threshold and value (Keras cannot use it by name either)",
+}
 
 TORCH_ACTIVATIONS = {
     "linear": lambda x: x,
@@ -41,6 +60,21 @@ TORCH_ACTIVATIONS = {
     "softplus": F.softplus,
     "exponential": torch.exp,
     "hard_sigmoid_legacy": lambda x: torch.clamp(0.2 * x + 0.5, 0.0, 1.0),
+    # as Keras 3's torch backend computes them (keras/src/backend/torch/nn.py)
+    "celu": F.celu,
+    "hard_shrink": lambda x: F.hardshrink(x, 0.5),
+    "hard_silu": F.hardswish,
+    "hard_tanh": F.hardtanh,
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.2),
+    "log_sigmoid": F.logsigmoid,
+    "mish": lambda x: x * torch.tanh(F.softplus(x)),
+    "soft_shrink": lambda x: F.softshrink(x, 0.5),
+    "sparse_plus": lambda x: torch.where(
+        x <= -1, torch.zeros_like(x), torch.where(x < 1, 0.25 * (x + 1) ** 2, x)),
+    "sparse_sigmoid": lambda x: torch.where(
+        x <= -1, torch.zeros_like(x), torch.where(x >= 1, torch.ones_like(x), 0.5 * (x + 1))),
+    "squareplus": lambda x: (x + torch.sqrt(x * x + 4)) / 2,
+    "tanh_shrink": F.tanhshrink,
 }
 
 
@@ -55,6 +89,9 @@ def check_activation(name, argument):
             f"callable, got {type(name).__name__}"
         )
     name = ALIASES.get(name, name)
+    if name in NOT_GATE_ACTIVATIONS:
+        raise ValueError(f"{argument}={name!r} cannot be a ConvLSTM gate activation: "
+                         f"{NOT_GATE_ACTIVATIONS[name]}")
     if name not in TORCH_ACTIVATIONS:
         raise ValueError(
             f"{argument}={name!r} is not a supported activation; "

@@ -3,10 +3,14 @@
 Codes (must match ``convlstm_triton/activations.py``):
     0 linear, 1 tanh, 2 sigmoid, 3 hard_sigmoid (Keras 3: clip(x/6 + 1/2, 0, 1)), 4 relu,
     5 relu6, 6 elu (alpha 1), 7 selu, 8 silu, 9 gelu (exact, erf), 10 softsign, 11 softplus,
-    12 exponential, 13 hard_sigmoid_legacy (Keras 2: clip(0.2 x + 1/2, 0, 1)).
+    12 exponential, 13 hard_sigmoid_legacy (Keras 2: clip(0.2 x + 1/2, 0, 1)), 14 celu
+    (alpha 1), 15 hard_shrink (threshold 1/2), 16 hard_silu, 17 hard_tanh, 18 leaky_relu
+    (negative slope 0.2, Keras' default), 19 log_sigmoid, 20 mish, 21 soft_shrink (threshold
+    1/2), 22 sparse_plus, 23 sparse_sigmoid, 24 squareplus (b = 4), 25 tanh_shrink.
 Derivatives take the *pre-activation* x (backward recomputes from the saved pre-activations);
-at kinks they follow torch's autograd (relu'(0) = 0, clip passes gradient strictly inside).
-Math is fp32.
+at kinks they follow torch's autograd of the reference (relu'(0) = 0, clip passes gradient
+strictly inside, torch.where the branch it takes). NaN propagates as through torch's functions
+(comparisons are written so that a NaN takes the branch that returns it). Math is fp32.
 """
 
 import triton
@@ -45,6 +49,12 @@ def _expm1_neg(x):
 
 
 @triton.jit
+def _softplus(x):
+    # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), exact where e^x would overflow
+    return _max(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
 def activate(x, CODE: tl.constexpr):
     if CODE == 1:
         y = _tanh(x)
@@ -67,12 +77,36 @@ def activate(x, CODE: tl.constexpr):
     elif CODE == 10:
         y = x / (1.0 + tl.abs(x))
     elif CODE == 11:
-        # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), exact where e^x would overflow
-        y = _max(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+        y = _softplus(x)
     elif CODE == 12:
         y = tl.exp(x)
     elif CODE == 13:
         y = _min(_max(x * 0.2 + 0.5, 0.0), 1.0)
+    elif CODE == 14:
+        y = tl.where(x > 0.0, x, _expm1_neg(x))  # celu, alpha 1: elu's formula
+    elif CODE == 15:
+        y = tl.where((x >= -0.5) & (x <= 0.5), 0.0, x)
+    elif CODE == 16:
+        y = x * (_min(_max(x + 3.0, 0.0), 6.0) * (1.0 / 6.0))
+    elif CODE == 17:
+        y = _min(_max(x, -1.0), 1.0)
+    elif CODE == 18:
+        y = tl.where(x > 0.0, x, x * 0.2)
+    elif CODE == 19:
+        # log(sigmoid(x)) = min(x, 0) - log(1 + e^-|x|), exact where e^-x would overflow
+        y = _min(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+    elif CODE == 20:
+        y = x * _tanh(_softplus(x))
+    elif CODE == 21:
+        y = tl.where(x > 0.5, x - 0.5, tl.where(x < -0.5, x + 0.5, x * 0.0))
+    elif CODE == 22:
+        y = tl.where(x <= -1.0, 0.0, tl.where(x < 1.0, 0.25 * (x + 1.0) * (x + 1.0), x))
+    elif CODE == 23:
+        y = tl.where(x <= -1.0, 0.0, tl.where(x >= 1.0, 1.0, 0.5 * (x + 1.0)))
+    elif CODE == 24:
+        y = (x + tl.sqrt(x * x + 4.0)) * 0.5
+    elif CODE == 25:
+        y = x - _tanh(x)
     else:
         y = x
     return y
@@ -112,6 +146,30 @@ def activation_grad(x, CODE: tl.constexpr):
         g = tl.exp(x)
     elif CODE == 13:
         g = tl.where((x > -2.5) & (x < 2.5), 0.2, 0.0)
+    elif CODE == 14:
+        g = tl.where(x > 0.0, 1.0, tl.exp(_min(x, 0.0)))
+    elif CODE == 15 or CODE == 21:  # hard_shrink, soft_shrink
+        g = tl.where((x >= -0.5) & (x <= 0.5), 0.0, 1.0)
+    elif CODE == 16:
+        g = tl.where(x < -3.0, 0.0, tl.where(x <= 3.0, x * (1.0 / 3.0) + 0.5, 1.0))
+    elif CODE == 17:
+        g = tl.where((x <= -1.0) | (x >= 1.0), 0.0, 1.0)
+    elif CODE == 18:
+        g = tl.where(x > 0.0, 1.0, 0.2)
+    elif CODE == 19:
+        g = _sigmoid(-x)
+    elif CODE == 20:
+        t = _tanh(_softplus(x))
+        g = t + x * (1.0 - t * t) * _sigmoid(x)
+    elif CODE == 22:
+        g = tl.where(x <= -1.0, 0.0, tl.where(x < 1.0, 0.5 * (x + 1.0), 1.0))
+    elif CODE == 23:
+        g = tl.where((x <= -1.0) | (x >= 1.0), 0.0, 0.5)
+    elif CODE == 24:
+        g = 0.5 + 0.5 * x / tl.sqrt(x * x + 4.0)
+    elif CODE == 25:
+        t = _tanh(x)
+        g = t * t
     else:
         g = x * 0.0 + 1.0
     return g

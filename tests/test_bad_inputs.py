@@ -241,7 +241,9 @@ def test_zero_one_masks_of_any_real_dtype_equal_the_bool_mask(dtype, backend):
 # --- NaN and Inf ----------------------------------------------------------------------------
 
 # Activations built on clamps and where(): NaN must propagate through them as through torch's.
-CLAMPING_ACTIVATIONS = ("hard_sigmoid", "relu", "relu6", "elu", "selu", "hard_sigmoid_legacy")
+CLAMPING_ACTIVATIONS = ("hard_sigmoid", "relu", "relu6", "elu", "selu", "hard_sigmoid_legacy",
+                        "celu", "hard_shrink", "hard_silu", "hard_tanh", "leaky_relu",
+                        "soft_shrink", "sparse_plus", "sparse_sigmoid")
 SMOOTH_ACTIVATIONS = sorted(
     set(KERNEL_ACTIVATION_CODES) - set(CLAMPING_ACTIVATIONS) - {"exponential"})
 

@@ -22,7 +22,9 @@ def torch_cell(pre, c_prev, act, ract):
 ACTIVATION_PAIRS = [
     ("tanh", "sigmoid"), ("relu", "hard_sigmoid"), ("linear", "tanh"), ("relu6", "elu"),
     ("selu", "silu"), ("gelu", "softsign"), ("softplus", "exponential"),
-    ("tanh", "hard_sigmoid_legacy"),
+    ("tanh", "hard_sigmoid_legacy"), ("celu", "hard_silu"), ("hard_shrink", "hard_tanh"),
+    ("leaky_relu", "log_sigmoid"), ("mish", "soft_shrink"), ("sparse_plus", "sparse_sigmoid"),
+    ("squareplus", "tanh_shrink"),
 ]
 
 

@@ -227,6 +227,15 @@ def test_mask_matches_keras(spatial, kwargs, with_state, go_backwards):
         pytest.param("softplus", "sigmoid", id="softplus_sigmoid"),
         pytest.param("tanh", "exponential", id="tanh_exponential"),
         # exponential as the cell activation is exp(exp(.)) over steps: overflows on any data
+        pytest.param("celu", "hard_silu", id="celu_hard_silu"),
+        pytest.param("hard_shrink", "hard_swish", id="hard_shrink_hard_swish"),
+        pytest.param("hard_tanh", "sparse_sigmoid", id="hard_tanh_sparse_sigmoid"),
+        pytest.param("leaky_relu", "log_sigmoid", id="leaky_relu_log_sigmoid"),
+        pytest.param("mish", "sigmoid", id="mish_sigmoid"),
+        pytest.param("soft_shrink", "sigmoid", id="soft_shrink_sigmoid"),
+        pytest.param("sparse_plus", "sigmoid", id="sparse_plus_sigmoid"),
+        pytest.param("squareplus", "hard_tanh", id="squareplus_hard_tanh"),
+        pytest.param("tanh_shrink", "sigmoid", id="tanh_shrink_sigmoid"),
     ],
 )
 def test_activations_match_keras(activation, recurrent_activation):
@@ -347,3 +356,25 @@ def test_dropout_matches_keras(spatial, rates, kwargs, monkeypatch):
     # Dropout must change the result, or the comparison above proves nothing about it.
     plain = conv_lstm_reference(x, k, r, b, mask=mask, **kwargs)
     assert not torch.allclose(plain[0], ours[0])
+
+
+@pytest.mark.parametrize("name", ["glu", "threshold"])
+def test_keras_activations_that_cannot_gate_are_refused(name):
+    with pytest.raises(ValueError, match=f"activation='{name}' cannot be a ConvLSTM gate"):
+        conv_lstm_reference(*_make_case((5, 6), 2, 3, 3), activation=name)
+
+
+def test_every_elementwise_keras_activation_is_supported():
+    """Keras 3's activation names, each supported here or refused for a stated reason; the
+    channel-wise ones (softmax, log_softmax, sparsemax) are not supported yet."""
+    from keras.src.activations import ALL_OBJECTS_DICT
+
+    from convlstm_triton.activations import (ALIASES, KERNEL_ACTIVATION_CODES,
+                                             NOT_GATE_ACTIVATIONS)
+
+    channel_wise = {"softmax", "log_softmax", "sparsemax"}
+    for name in ALL_OBJECTS_DICT:
+        if name in channel_wise:
+            continue
+        canonical = ALIASES.get(name, name)
+        assert canonical in KERNEL_ACTIVATION_CODES or canonical in NOT_GATE_ACTIVATIONS, name
