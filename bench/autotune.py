@@ -1,6 +1,6 @@
 """Autotune every kernel for benchmark shapes and report each config tried.
 
-    python bench/autotune.py                                  # DESIGN.md's four shapes
+    python bench/autotune.py                                  # the four benchmark shapes
     python bench/autotune.py --shapes small --dtypes bf16 --modes train
     python bench/autotune.py --shape 16,19,64,64,1,64,5 --shape 8,10,128,3,16,3   # 2D, 1D
     python bench/autotune.py --shapes small --variants hoisted,fused_input

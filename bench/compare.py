@@ -1,6 +1,6 @@
 """Kernel comparison experiments: every ConvLSTM implementation side by side in one run.
 
-    python bench/compare.py                                   # DESIGN.md's four shapes, fp32+bf16
+    python bench/compare.py                                   # the four benchmark shapes, fp32+bf16
     python bench/compare.py --shapes small,mnist_l1 --dtypes bf16 --variants eager_cat,triton_fused
     python bench/compare.py --dry-run                         # any machine: one tiny shape, fp32
 

@@ -21,7 +21,7 @@ Triton kernels have no local arrays), dynamic shared memory (``metadata.shared``
 (``nvdisasm`` of the kernels' machine code in one batch, else ``cuobjdump -sass``; Triton's
 bundled binaries).
 
-The model (H100/H200 class, the project's DESIGN "issue bound"):
+The model (H100/H200 class, an "issue bound" read off the SASS):
     * 132 SMs; tensor cores 4096 FLOP/clk/SM for bf16/fp16, 2048 for TF32; 4 warp schedulers per
       SM, each issuing at most one instruction per clock; every warp issues every instruction of
       the loop (every warp of a warpgroup issues each HGMMA).

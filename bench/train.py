@@ -58,9 +58,9 @@ bench/eager_convlstm.py (``--peer cat``: one cuDNN conv on cat(x, h) per step, t
 ConvLSTM; ``hoisted``: the input conv of all frames first), from the same initial weights on the
 same batches, and prints both times per epoch and their ratio. On a CPU both run plain PyTorch.
 
-``--dtype bf16``: mixed precision with ``torch.autocast`` (fp32 master weights). The library does
-not follow autocast by itself yet, so the model casts the ConvLSTM inputs and weights to bf16
-under autocast (gradients flow back to the fp32 weights).
+``--dtype bf16``: mixed precision with ``torch.autocast`` (fp32 master weights). The ConvLSTM
+layers follow autocast themselves (x, the weights and h0 are cast to bf16, the kernels keep c in
+fp32; the casts are differentiable, so the fp32 weights get fp32 gradients).
 
 DDP: under torchrun (``WORLD_SIZE`` > 1) each rank trains on its own shard of every epoch with
 ``--batch-size`` sequences per step (global batch = batch size x ranks); nccl on CUDA, gloo on
@@ -296,21 +296,6 @@ def prefetch(fn, items, depth=2):
 # models
 
 
-class AutocastConvLSTM2D(ConvLSTM2D):
-    """ConvLSTM2D that follows ``torch.autocast``: the library does not yet, and takes x and the
-    weights in one dtype, so under autocast x and the weights are cast to the autocast dtype
-    (the casts are differentiable: the fp32 parameters get fp32 gradients)."""
-
-    def forward(self, x, *args, **kwargs):
-        device = x.device.type
-        if not torch.is_autocast_enabled(device):
-            return super().forward(x, *args, **kwargs)
-        dtype = torch.get_autocast_dtype(device)
-        params = {name: p.to(dtype) for name, p in self.named_parameters(recurse=False)}
-        with torch.autocast(device, enabled=False):
-            return torch.func.functional_call(self, params, (x.to(dtype), *args), kwargs)
-
-
 class EagerSequence(nn.Module):
     """An eager peer module (channels-first) returning only its output sequence."""
 
@@ -359,13 +344,13 @@ class NextFrameModel(nn.Module):
 
 
 def build_model(filters, backend, device, seed):
-    """Ours: three (Autocast)ConvLSTM2D layers, channels-last, initialized from ``seed``."""
+    """Ours: three ConvLSTM2D layers, channels-last, initialized from ``seed``."""
     torch.manual_seed(seed)
     rnns, in_channels = [], 1
     for k in KERNEL_SIZES:
-        rnns.append(AutocastConvLSTM2D(filters, k, padding="same", activation="relu",
-                                       return_sequences=True, in_channels=in_channels,
-                                       backend=backend, device=device))
+        rnns.append(ConvLSTM2D(filters, k, padding="same", activation="relu",
+                               return_sequences=True, in_channels=in_channels,
+                               backend=backend, device=device))
         in_channels = filters
     return NextFrameModel(rnns, filters, channels_last=True, device=device)
 

@@ -131,7 +131,7 @@ def test_eager_rejects_even_kernels_and_mismatched_weights():
 
 
 def test_bench_shapes_have_design_flop_counts():
-    # DESIGN.md's Benchmarks table: fwd TFLOP per shape.
+    # the benchmark shapes' forward TFLOP, as the project's plan states them (2026-11-26)
     expected = {"mnist_l1": 1.04, "mnist_l2": 0.73, "nowcast": 1.86, "small": 0.012}
     for name, tflop in expected.items():
         assert bench_convlstm.SHAPES[name].fwd_flop() / 1e12 == pytest.approx(tflop, rel=0.01)

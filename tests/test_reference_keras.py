@@ -369,8 +369,7 @@ def test_every_elementwise_keras_activation_is_supported():
     channel-wise ones (softmax, log_softmax, sparsemax) are not supported yet."""
     from keras.src.activations import ALL_OBJECTS_DICT
 
-    from convlstm_triton.activations import (ALIASES, KERNEL_ACTIVATION_CODES,
-                                             NOT_GATE_ACTIVATIONS)
+    from convlstm_triton.activations import ALIASES, KERNEL_ACTIVATION_CODES, NOT_GATE_ACTIVATIONS
 
     channel_wise = {"softmax", "log_softmax", "sparsemax"}
     for name in ALL_OBJECTS_DICT:
