@@ -399,12 +399,14 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     key = (tuning.bucket(M), F, c_in, geom.kernel_size, geom.strides, geom.dilation,
            _dtype_name(h_prev), precision, act, ract, fused_input, cell, bias is not None,
            xmask is not None, mask_t is not None, hmask is not None, peephole is not None,
-           preact_t is not None, four_dots, tma)
+           four_dots, tma)
     k_total = rec_weights.gate_major.shape[0] + (
         in_weights.gate_major.shape[0] if fused_input else 0)
     configs = step_forward_configs(F, M, k_total, four_dots, fused_input)
-    # The key leaves out whether h and c are stored: backward's recomputation (h_out, c_out
-    # None) runs forward's config, so its pre-activations are bit-identical to the saved ones.
+    # The key leaves out whether h and c are stored and whether the pre-activations are:
+    # backward's recomputation (h_out, c_out None) runs forward's config, so its
+    # pre-activations are bit-identical to the saved ones, and a forward without autograd
+    # (nothing saved) gives the training forward's bits.
     return _tuned_launch("step_forward", key, configs, launch, [h_out, c_out, preact_t],
                          h_prev.device, flop=2.0 * M * 4 * F * k_total, warm_l2=True)
 

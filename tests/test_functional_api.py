@@ -1,5 +1,7 @@
 """The functional API: argument errors, backend dispatch, fallbacks."""
 
+import warnings
+
 import pytest
 import torch
 from helpers import assert_close, triton_available_here
@@ -125,6 +127,11 @@ def test_callable_activation_runs_on_the_reference_with_a_warning(monkeypatch):
     ref = conv_lstm(x, kernel, rkernel, bias, activation="tanh", backend="reference")
     for a, r in zip(out, ref):
         assert torch.equal(a, r)
+    # once: a second call warns no more, even where Python would repeat every warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        conv_lstm(x, kernel, rkernel, bias, activation=my_tanh, backend="triton")
+    assert not [w for w in caught if "falling back" in str(w.message)]
 
 
 def test_reference_peephole_gradcheck():

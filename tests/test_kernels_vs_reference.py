@@ -237,8 +237,9 @@ def test_forward_variants_match_reference(variant, case, poison_buffers, recompu
     with torch.no_grad():
         inference = conv_lstm(x, kernel, rkernel, bias, initial_state, mask=mask,
                               backend="triton", forward_variant=variant, **options)
-    for name, a, r in zip(("seq (no grad)", "h (no grad)", "c (no grad)"), inference, ref):
-        assert_close(a, r, torch.float32, name, tol)
+    # the same kernels and configs with and without autograd: the same bits
+    for name, a, t in zip(("seq (no grad)", "h (no grad)", "c (no grad)"), inference, out):
+        assert torch.equal(a, t), name
 
 
 @pytest.mark.parametrize("case", [CASES[2], CASES[13]], ids=["2d_k3_same", "2d_mask"])

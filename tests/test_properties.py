@@ -20,11 +20,14 @@ from dataclasses import asdict, dataclass
 from unittest import mock
 
 import pytest
-import torch
-from helpers import assert_close, kernel_device, rel_err, triton_available_here
-from hypothesis import HealthCheck, Phase, assume, event, given, note, settings
-from hypothesis import strategies as st
-from test_kernels_vs_reference import make_inputs, run_with_grads, tolerance
+
+pytest.importorskip("hypothesis", reason="property tests need hypothesis (the [test] extra)")
+
+import torch  # noqa: E402
+from helpers import assert_close, kernel_device, rel_err, triton_available_here  # noqa: E402
+from hypothesis import HealthCheck, Phase, assume, event, given, note, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from test_kernels_vs_reference import make_inputs, run_with_grads, tolerance  # noqa: E402
 
 from convlstm_triton import launchers
 from convlstm_triton.activations import KERNEL_ACTIVATION_CODES
