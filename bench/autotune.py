@@ -8,7 +8,7 @@
 
 For each (shape, dtype, mode, forward variant) it runs ``conv_lstm(..., backend="triton")`` once
 (forward under ``no_grad`` for ``fwd``; forward + backward of a mean-square loss for ``train``)
-through ``convlstm_triton.tuning.tune``: every kernel launch on the way picks its config,
+through ``convlstm_triton.tune``: every kernel launch on the way picks its config,
 benchmarking the candidates the first time a (kernel, key) is met and storing the winner on disk.
 Then it prints, per kernel, a table of the configs tried: do_bench median ms, TFLOP/s where the
 launcher passed a FLOP count, % of the dense matmul peak measured in this run (torch.matmul
@@ -361,6 +361,7 @@ def main(argv=None):
     import triton
     import triton.testing
 
+    import convlstm_triton
     from convlstm_triton import tuning
 
     shapes = select_shapes(args)
@@ -389,7 +390,7 @@ def main(argv=None):
         start = time.perf_counter()
         error = None
         try:
-            tuning.tune([shape], [dtype_name], [mode], forward_variants=[variant],
+            convlstm_triton.tune([shape], [dtype_name], [mode], forward_variants=[variant],
                         device=device)
         except Exception as exc:  # recorded; the other runs still go
             error = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:300]

@@ -4,6 +4,7 @@ from ._version import __version__
 from .functional import conv_lstm
 from .layers import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D
 from .torch_modules import ConvLSTM, ConvLSTMCell
+from .tune_ahead import tune
 
 __all__ = ["__version__", "conv_lstm", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTMCell",
-           "ConvLSTM"]
+           "ConvLSTM", "tune"]

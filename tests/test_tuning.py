@@ -18,7 +18,7 @@ import pytest
 import torch
 import triton
 
-from convlstm_triton import tuning
+from convlstm_triton import tune_ahead, tuning
 
 CONFIGS = [
     {"BLOCK_M": 64, "BLOCK_F": 32, "BLOCK_K": 32, "num_warps": 4},
@@ -392,10 +392,10 @@ def test_pick_config_needs_candidates(cache_dir):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 def test_tune_without_gpu_raises(cache_dir, monkeypatch):
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-        tuning.tune([(1, 2, 5, 4, 2, 4, 3)])
+        tune_ahead.tune([(1, 2, 5, 4, 2, 4, 3)])
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-        tuning.tune([(1, 2, 5, 4, 2, 4, 3)], device="cpu")
+        tune_ahead.tune([(1, 2, 5, 4, 2, 4, 3)], device="cpu")
 
 
 def test_tune_dry_run_on_interpreter(cache_dir):
@@ -403,8 +403,8 @@ def test_tune_dry_run_on_interpreter(cache_dir):
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs the Triton interpreter (TRITON_INTERPRET=1, set on CPU machines)")
     seen = []
-    events = tuning.tune([(1, 2, 5, 2, 3, 3)], ["fp32"], ["fwd", "train"], device="cpu",
-                         progress=lambda done, total, label: seen.append((done, total, label)))
+    events = tune_ahead.tune([(1, 2, 5, 2, 3, 3)], ["fp32"], ["fwd", "train"], device="cpu",
+                             progress=lambda done, total, label: seen.append((done, total, label)))
     assert seen[0] == (0, 2, "1x2x5x2x3x3 fp32 fwd") and seen[-1] == (2, 2, "done")
     assert all(e["source"] == "default" for e in events)
     assert not cache_dir.exists()
@@ -413,17 +413,17 @@ def test_tune_dry_run_on_interpreter(cache_dir):
 def test_tune_shape_forms():
     want = dict(name="n", batch=2, steps=3, spatial=(5, 4), in_channels=2, filters=7,
                 kernel_size=(3, 3))
-    assert tuning._normalize_shape((2, 3, 5, 4, 2, 7, 3)) == dict(want, name="2x3x5x4x2x7x3x3")
-    assert tuning._normalize_shape(dict(B=2, T=3, spatial=(5, 4), C_in=2, F=7, k=3,
+    assert tune_ahead._normalize_shape((2, 3, 5, 4, 2, 7, 3)) == dict(want, name="2x3x5x4x2x7x3x3")
+    assert tune_ahead._normalize_shape(dict(B=2, T=3, spatial=(5, 4), C_in=2, F=7, k=3,
                                         name="n")) == want
-    assert tuning._normalize_shape(dict(batch=2, steps=3, spatial=[5, 4], in_channels=2,
+    assert tune_ahead._normalize_shape(dict(batch=2, steps=3, spatial=[5, 4], in_channels=2,
                                         filters=7, kernel=(3, 3), name="n")) == want
-    shape3d = tuning._normalize_shape((1, 2, 3, 4, 5, 6, 7, 3))
+    shape3d = tune_ahead._normalize_shape((1, 2, 3, 4, 5, 6, 7, 3))
     assert shape3d["spatial"] == (3, 4, 5) and shape3d["kernel_size"] == (3, 3, 3)
     with pytest.raises(ValueError, match="1 to 3 spatial"):
-        tuning._normalize_shape((1, 2, 3, 4))
+        tune_ahead._normalize_shape((1, 2, 3, 4))
     with pytest.raises(ValueError, match="missing 'filters'"):
-        tuning._normalize_shape(dict(B=1, T=1, spatial=(3,), C_in=1, k=3))
+        tune_ahead._normalize_shape(dict(B=1, T=1, spatial=(3,), C_in=1, k=3))
 
 
 # ---------------------------------------------------------------------------------------------
