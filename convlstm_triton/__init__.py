@@ -2,7 +2,7 @@
 
 from ._version import __version__
 from .functional import conv_lstm
-from .layers import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D
+from .keras.layers import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D
 from .torch_modules import ConvLSTM, ConvLSTMCell
 from .tune_ahead import tune
 

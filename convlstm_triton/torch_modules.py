@@ -8,7 +8,7 @@ the PyTorch reference otherwise; the tensors are moved to channels-last around t
 * **Rank** (1, 2 or 3 spatial dims) is fixed at construction, because the parameter shapes depend
   on it: the length of a tuple ``kernel_size`` gives it, or the keyword ``rank=``; an int
   ``kernel_size`` without ``rank`` means 2D. Inputs of another rank are a ValueError.
-* **Parameters** have the Keras layout of :mod:`convlstm_triton.layers`: ``kernel``
+* **Parameters** have the Keras layout of :mod:`convlstm_triton.keras.layers`: ``kernel``
   ``(*kernel_size, C_in, 4H)``, ``recurrent_kernel`` ``(*kernel_size, H, 4H)``, ``bias`` ``(4H,)``,
   gates ``i, f, c, o`` (nn.LSTM's ``i, f, g, o``). One bias (nn.LSTM's ``b_ih + b_hh``).
 * **Initialization** follows ``nn.LSTM``: every parameter (bias included, no forget-gate offset)

@@ -1,4 +1,4 @@
-"""Loading ConvLSTM weights from saved Keras files by layer name (``keras_files.py``).
+"""Saved Keras files by layer name (``convlstm_triton/keras/files.py``), and from_keras.
 
 The files are written by Keras 3 itself in a temporary directory; our layers must then reproduce
 the Keras model's layers on the same input."""
@@ -13,7 +13,7 @@ import torch
 from helpers import assert_close
 
 from convlstm_triton import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D
-from convlstm_triton.keras_files import list_convlstm_layers, load_keras_layer_weights
+from convlstm_triton.keras.files import list_convlstm_layers, load_keras_layer_weights
 
 keras = pytest.importorskip("keras", reason="Keras 3 writes the files these tests read")
 h5py = pytest.importorskip("h5py", reason="reading Keras files needs h5py ([keras-files] extra)")
@@ -308,7 +308,7 @@ def test_from_keras_errors(many_arguments, saved):
         ConvLSTM1D.from_keras(files["keras"], "busy")
     with pytest.raises(ValueError, match="is a Dense, not a ConvLSTM2D"):
         ConvLSTM2D.from_keras(saved["files"]["functional", "keras"], "head")
-    from convlstm_triton.layers import keras_config_arguments
+    from convlstm_triton.keras.layers import keras_config_arguments
 
     config = dict(model_config(many_arguments[0]), zero_output_for_mask=True)
     with pytest.raises(ValueError, match="zero_output_for_mask=True is not supported"):

@@ -11,8 +11,9 @@ import torch
 from helpers import TF32_TOLERANCE, assert_close, kernel_device, triton_available_here
 
 import convlstm_triton
-from convlstm_triton import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, initializers
-from convlstm_triton import layers as layers_module
+from convlstm_triton import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D
+from convlstm_triton.keras import initializers
+from convlstm_triton.keras import layers as layers_module
 
 CLASSES = {1: ConvLSTM1D, 2: ConvLSTM2D, 3: ConvLSTM3D}
 KERAS_NAMES = {1: "ConvLSTM1D", 2: "ConvLSTM2D", 3: "ConvLSTM3D"}

@@ -8,8 +8,9 @@ import pytest
 import torch
 from helpers import assert_close
 
-from convlstm_triton import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, constraints, initializers
-from convlstm_triton import regularizers as regs
+from convlstm_triton import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D
+from convlstm_triton.keras import constraints, initializers
+from convlstm_triton.keras import regularizers as regs
 
 # Keras' numpy conversion of its torch tensors warns under numpy 2 (Keras' issue).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -23,14 +23,14 @@ and ``bias`` ``(4F,)`` have the Keras shapes and gate order (i, f, c, o), so
   ``initial_state`` overrides the kept state for that call (as in Keras).
 * **Regularizers** (``kernel_regularizer``, ``recurrent_regularizer``, ``bias_regularizer``,
   ``activity_regularizer``): Keras names (``"l1"``, ``"l2"``, ``"l1_l2"``), Keras dicts or callables
-  (``convlstm_triton.regularizers``). torch has no ``layer.losses``: add
+  (``convlstm_triton.keras.regularizers``). torch has no ``layer.losses``: add
   ``layer.regularization_loss()`` to your loss. It is the weight penalties on the current
   parameters plus the activity penalty of the **last forward call** (Keras: the regularizer of each
   returned tensor -- the output, and ``h``, ``c`` with ``return_state`` -- divided by the batch
   size), kept with its autograd graph until the next call.
 * **Constraints** (``kernel_constraint``, ``recurrent_constraint``, ``bias_constraint``): Keras
   names (``"max_norm"``, ``"non_neg"``, ``"unit_norm"``, ``"min_max_norm"``), Keras dicts or
-  callables (``convlstm_triton.constraints``; norms over ``axis`` of the Keras-layout weight).
+  callables (``convlstm_triton.keras.constraints``; norms over ``axis`` of the Keras-layout weight).
   Keras applies them after every optimizer update: call ``layer.apply_constraints()`` after
   ``optimizer.step()``.
 * **cuda_graph** (False, True, "auto"): ``conv_lstm``'s option: replay the Triton path's time
@@ -46,11 +46,11 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter, is_lazy
 
+from ..activations import check_activation
+from ..functional import conv_lstm
+from ..geometry import ConvGeometry, normalize_tuple
+from ..validation import check_cuda_graph_option
 from . import constraints, initializers, regularizers
-from .activations import check_activation
-from .functional import conv_lstm
-from .geometry import ConvGeometry, normalize_tuple
-from .validation import check_cuda_graph_option
 
 __all__ = ["ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"]
 
@@ -349,14 +349,14 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
         """Load the weights of Keras layer ``layer_name`` from a saved Keras file.
 
         ``path``: a ``.keras`` file, a ``.weights.h5`` file or a legacy Keras ``.h5`` file; read
-        with h5py (Keras is not needed). See ``convlstm_triton.keras_files``. Where the file
+        with h5py (Keras is not needed). See ``convlstm_triton.keras.files``. Where the file
         holds the layer's config (``.keras``, legacy ``.h5`` models), it is compared with this
         layer's arguments first: a ValueError lists every argument that differs (the
         initializers and ``seed`` are not compared: the loaded weights replace what they draw).
         Then as ``set_keras_weights`` (initializes a lazy layer, validates shapes). Returns
         ``self``. ``from_keras`` builds the layer from the file's config instead.
         """
-        from .keras_files import load_keras_layer_config, load_keras_layer_weights
+        from .files import load_keras_layer_config, load_keras_layer_weights
 
         found = load_keras_layer_config(path, layer_name)
         if found is not None:
@@ -385,7 +385,7 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
         ValueError names a layer of another class, and Keras arguments this layer does not
         support (``zero_output_for_mask=True``, keys of a newer Keras). Keras' dtype policy is
         not applied: the parameters take ``dtype`` (default: torch's default dtype)."""
-        from .keras_files import load_keras_layer_config, load_keras_layer_weights
+        from .files import load_keras_layer_config, load_keras_layer_weights
 
         found = load_keras_layer_config(path, layer_name)
         if found is None:
@@ -737,7 +737,7 @@ class ConvLSTM1D(_ConvLSTM):
     x ``(B, T, W, C)`` (channels_last) or ``(B, T, C, W)`` (channels_first). Arguments as in Keras
     (same names and order), then keyword-only ``in_channels`` (None: lazy), ``backend``
     ("auto", "triton", "reference"), ``cuda_graph`` (False, True, "auto"), ``device``,
-    ``dtype``. See ``convlstm_triton.layers``.
+    ``dtype``. See ``convlstm_triton.keras.layers``.
     """
 
     def __init__(self, *args, **kwargs):
@@ -752,7 +752,7 @@ class ConvLSTM2D(_ConvLSTM):
     x ``(B, T, H, W, C)`` (channels_last) or ``(B, T, C, H, W)`` (channels_first). Arguments as
     in Keras (same names and order), then keyword-only ``in_channels`` (None: lazy), ``backend``
     ("auto", "triton", "reference"), ``cuda_graph`` (False, True, "auto"), ``device``,
-    ``dtype``. See ``convlstm_triton.layers``.
+    ``dtype``. See ``convlstm_triton.keras.layers``.
     """
 
     def __init__(self, *args, **kwargs):
@@ -767,7 +767,7 @@ class ConvLSTM3D(_ConvLSTM):
     x ``(B, T, D, H, W, C)`` (channels_last) or ``(B, T, C, D, H, W)`` (channels_first).
     Arguments as in Keras (same names and order), then keyword-only ``in_channels`` (None: lazy),
     ``backend`` ("auto", "triton", "reference"), ``cuda_graph`` (False, True, "auto"),
-    ``device``, ``dtype``. See ``convlstm_triton.layers``.
+    ``device``, ``dtype``. See ``convlstm_triton.keras.layers``.
     """
 
     def __init__(self, *args, **kwargs):

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from ._keras_dicts import KERAS_DICT_KEYS as _KERAS_DICT_KEYS
+from .identifiers import resolve
 
 __all__ = ["L1", "L2", "L1L2", "KNOWN_REGULARIZERS", "get"]
 
@@ -156,38 +156,13 @@ def get(identifier, argument="regularizer"):
 
     Raises a ValueError naming ``argument`` and listing the accepted forms for anything else.
     """
-    if identifier is None:
-        return None
-    if isinstance(identifier, str):
-        make = _NAMES.get(identifier)
-        if make is None:
-            raise ValueError(
-                f"{argument}={identifier!r} is not a known regularizer; accepted: {_FORMS}"
-            )
-        return make()
-    if isinstance(identifier, dict):
-        if "class_name" in identifier:
-            extra = set(identifier) - _KERAS_DICT_KEYS
-            if extra:
-                raise ValueError(
-                    f"{argument}={identifier!r}: unexpected keys {sorted(extra)}; accepted: "
-                    + _FORMS
-                )
-            return _from_class(
-                identifier["class_name"], identifier.get("config", {}), argument, identifier
-            )
-        if identifier and set(identifier) <= {"l1", "l2"}:
-            return _from_class("L1L2", identifier, argument, identifier)
-        raise ValueError(f"{argument}={identifier!r} is not a regularizer; accepted: {_FORMS}")
-    if isinstance(identifier, L1L2):
-        return identifier
-    # A Keras L1 / L2 / L1L2 object: rebuild ours from its config (works with any Keras backend).
-    cls_name = type(identifier).__name__
-    if cls_name in ("L1", "L2", "L1L2") and hasattr(identifier, "get_config"):
-        return _from_class(cls_name, dict(identifier.get_config()), argument, identifier)
-    if callable(identifier):
-        return identifier
-    raise ValueError(
-        f"{argument}={identifier!r} (type {type(identifier).__name__}) is not a regularizer; "
-        f"accepted: {_FORMS}"
-    )
+    return resolve(identifier, argument, "regularizer", names=_NAMES,
+                   keras_classes=("L1", "L2", "L1L2"), own_type=L1L2, from_class=_from_class,
+                   forms=_FORMS, plain_dict=_plain_dict)
+
+
+def _plain_dict(identifier, argument):
+    """``{"l1": .., "l2": ..}`` -> L1L2 (missing factors 0)."""
+    if identifier and set(identifier) <= {"l1", "l2"}:
+        return _from_class("L1L2", identifier, argument, identifier)
+    return None

@@ -27,7 +27,7 @@ the same shape. Constraints are applied by ``layer.apply_constraints()``, which 
 
 import torch
 
-from ._keras_dicts import KERAS_DICT_KEYS as _KERAS_DICT_KEYS
+from .identifiers import resolve
 
 __all__ = ["MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm", "KNOWN_CONSTRAINTS", "get", "EPSILON"]
 
@@ -191,31 +191,6 @@ def get(identifier, argument="constraint"):
 
     Raises a ValueError naming ``argument`` and listing the accepted forms for anything else.
     """
-    if identifier is None:
-        return None
-    if isinstance(identifier, str):
-        cls = _CLASSES.get(identifier)
-        if cls is None:
-            raise ValueError(
-                f"{argument}={identifier!r} is not a known constraint; accepted: {_FORMS}"
-            )
-        return cls()
-    if isinstance(identifier, dict):
-        extra = set(identifier) - _KERAS_DICT_KEYS
-        if "class_name" not in identifier or extra:
-            raise ValueError(f"{argument}={identifier!r} is not a constraint; accepted: {_FORMS}")
-        return _from_class(
-            identifier["class_name"], identifier.get("config", {}), argument, identifier
-        )
-    if isinstance(identifier, Constraint):
-        return identifier
-    # A Keras MaxNorm / NonNeg / ... object: rebuild ours from its config (any Keras backend).
-    cls_name = type(identifier).__name__
-    if cls_name in _CLASSES and hasattr(identifier, "get_config"):
-        return _from_class(cls_name, dict(identifier.get_config()), argument, identifier)
-    if callable(identifier):
-        return identifier
-    raise ValueError(
-        f"{argument}={identifier!r} (type {type(identifier).__name__}) is not a constraint; "
-        f"accepted: {_FORMS}"
-    )
+    return resolve(identifier, argument, "constraint", names=_CLASSES,
+                   keras_classes=_CLASSES, own_type=Constraint, from_class=_from_class,
+                   forms=_FORMS)

@@ -47,7 +47,7 @@ import math
 
 import torch
 
-from ._keras_dicts import KERAS_DICT_KEYS as _KERAS_DICT_KEYS
+from .identifiers import KERAS_DICT_KEYS as _KERAS_DICT_KEYS
 
 __all__ = [
     "KNOWN_INITIALIZERS", "get", "initialize", "initialize_", "compute_fans", "constant",
