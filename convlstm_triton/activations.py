@@ -1,5 +1,10 @@
 """Activation names (Keras spelling) -> torch functions for the reference, codes for the kernels.
 
+The torch functions take the gate tensors channels-first, (B, F, *spatial), as the reference and
+the eager peers hold them: the channel-wise activations (softmax, log_softmax, sparsemax: Keras
+applies them over the last axis of its channels-last gate tensors, the F channels) reduce over
+dim 1. They run on the reference only (the kernels work per element).
+
 The kernel codes must match ``kernels/activations.py``. Backward recomputes every activation and
 its derivative from the saved pre-activation, so any elementwise function can be a kernel code.
 """
@@ -75,7 +80,27 @@ TORCH_ACTIVATIONS = {
         x <= -1, torch.zeros_like(x), torch.where(x >= 1, torch.ones_like(x), 0.5 * (x + 1))),
     "squareplus": lambda x: (x + torch.sqrt(x * x + 4)) / 2,
     "tanh_shrink": F.tanhshrink,
+    # channel-wise: over dim 1, the channels (see the module docstring)
+    "softmax": lambda x: torch.softmax(x, dim=1),
+    "log_softmax": lambda x: torch.log_softmax(x, dim=1),
+    "sparsemax": lambda x: _sparsemax(x, dim=1),
 }
+# the activations that are not elementwise (no kernel code: the reference runs them)
+CHANNEL_WISE_ACTIVATIONS = ("softmax", "log_softmax", "sparsemax")
+
+
+def _sparsemax(x, dim):
+    """Keras 3's sparsemax (keras/src/backend/torch/nn.py), along ``dim``."""
+    z, _ = torch.sort(x, dim=dim, descending=True)
+    cumsum = torch.cumsum(z, dim=dim)
+    shape = [1] * x.dim()
+    shape[dim] = -1
+    r = torch.arange(1, x.shape[dim] + 1, device=x.device, dtype=x.dtype).view(shape)
+    support = z - (cumsum - 1) / r > 0
+    k = torch.sum(support, dim=dim, keepdim=True)
+    tau = (torch.sum(torch.where(support, cumsum, torch.zeros_like(cumsum)), dim=dim,
+                     keepdim=True) - 1) / k
+    return torch.clamp(x - tau, min=0.0)
 
 
 def check_activation(name, argument):

@@ -62,6 +62,8 @@ def _fallback_reason(x, activation, recurrent_activation):
     for name in (activation, recurrent_activation):
         if callable(name):
             return f"a Python callable as activation ({getattr(name, '__name__', name)!r})"
+        if name not in KERNEL_ACTIVATION_CODES:
+            return f"the channel-wise activation {name!r} (the kernels work per element)"
     return None
 
 

@@ -152,3 +152,24 @@ def test_peephole_shape_is_checked():
     x, kernel, rkernel, bias = small_inputs()
     with pytest.raises(ValueError, match="peephole must have shape \\(3, 4\\)"):
         conv_lstm(x, kernel, rkernel, bias, peephole=torch.zeros(4, 4))
+
+
+@pytest.mark.skipif(not triton_available_here(), reason="needs a GPU or TRITON_INTERPRET=1")
+def test_channel_wise_activation_runs_on_the_reference_with_a_warning(monkeypatch):
+    monkeypatch.setattr(functional, "_warned", set())
+    x, kernel, rkernel, bias = small_inputs()
+    with pytest.warns(UserWarning, match="channel-wise activation 'softmax'.*falling back"):
+        out = conv_lstm(x, kernel, rkernel, bias, recurrent_activation="softmax",
+                        backend="triton")
+    ref = conv_lstm(x, kernel, rkernel, bias, recurrent_activation="softmax",
+                    backend="reference")
+    for a, r in zip(out, ref):
+        assert torch.equal(a, r)
+
+
+def test_channel_wise_activation_with_channels_first_is_refused():
+    from convlstm_triton import ConvLSTM2D
+
+    with pytest.raises(ValueError, match="activation='sparsemax' with data_format="):
+        ConvLSTM2D(3, 3, activation="sparsemax", data_format="channels_first")
+    ConvLSTM2D(3, 3, activation="sparsemax")  # channels_last: over the channels, as Keras

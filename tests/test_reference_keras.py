@@ -236,6 +236,10 @@ def test_mask_matches_keras(spatial, kwargs, with_state, go_backwards):
         pytest.param("sparse_plus", "sigmoid", id="sparse_plus_sigmoid"),
         pytest.param("squareplus", "hard_tanh", id="squareplus_hard_tanh"),
         pytest.param("tanh_shrink", "sigmoid", id="tanh_shrink_sigmoid"),
+        # channel-wise: over the F channels of Keras' channels-last gates
+        pytest.param("softmax", "sigmoid", id="softmax_sigmoid"),
+        pytest.param("tanh", "log_softmax", id="tanh_log_softmax"),
+        pytest.param("sparsemax", "softmax", id="sparsemax_softmax"),
     ],
 )
 def test_activations_match_keras(activation, recurrent_activation):
@@ -365,15 +369,18 @@ def test_keras_activations_that_cannot_gate_are_refused(name):
 
 
 def test_every_elementwise_keras_activation_is_supported():
-    """Keras 3's activation names, each supported here or refused for a stated reason; the
-    channel-wise ones (softmax, log_softmax, sparsemax) are not supported yet."""
+    """Keras 3's activation names, each supported here (in the kernels, or channel-wise on the
+    reference) or refused for a stated reason."""
     from keras.src.activations import ALL_OBJECTS_DICT
 
-    from convlstm_triton.activations import ALIASES, KERNEL_ACTIVATION_CODES, NOT_GATE_ACTIVATIONS
+    from convlstm_triton.activations import (
+        ALIASES,
+        CHANNEL_WISE_ACTIVATIONS,
+        KERNEL_ACTIVATION_CODES,
+        NOT_GATE_ACTIVATIONS,
+    )
 
-    channel_wise = {"softmax", "log_softmax", "sparsemax"}
     for name in ALL_OBJECTS_DICT:
-        if name in channel_wise:
-            continue
         canonical = ALIASES.get(name, name)
-        assert canonical in KERNEL_ACTIVATION_CODES or canonical in NOT_GATE_ACTIVATIONS, name
+        assert (canonical in KERNEL_ACTIVATION_CODES or canonical in CHANNEL_WISE_ACTIVATIONS
+                or canonical in NOT_GATE_ACTIVATIONS), name

@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter, is_lazy
 
-from ..activations import check_activation
+from ..activations import CHANNEL_WISE_ACTIVATIONS, check_activation
 from ..functional import conv_lstm
 from ..geometry import ConvGeometry, normalize_tuple
 from ..validation import check_cuda_graph_option
@@ -147,6 +147,14 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
             "linear" if recurrent_activation is None else recurrent_activation,
             "recurrent_activation",
         )
+        for argument in ("activation", "recurrent_activation"):
+            name = getattr(self, argument)
+            if self.data_format == "channels_first" and name in CHANNEL_WISE_ACTIVATIONS:
+                # Keras applies it over the last axis of its gate tensors: W, not the channels
+                raise ValueError(
+                    f"{argument}={name!r} with data_format='channels_first' is not supported: "
+                    "Keras reduces it over the last spatial axis there; use channels_last"
+                )
         self.use_bias = bool(use_bias)
         # Resolve now so that a bad name fails at construction, not at the first forward.
         initializers.get(kernel_initializer, "kernel_initializer")
