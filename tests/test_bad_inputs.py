@@ -204,8 +204,10 @@ def bad_calls():
         ("recompute_gates must be True, False or 'auto'", TypeError, dict(recompute_gates=1)),
         ("forward_variant='unfused' .* supports neither mask nor peephole", ValueError,
          dict(forward_variant="unfused", peephole=zeros(3, F))),
-        ("activation='softmax' is not a supported activation", ValueError,
-         dict(activation="softmax")),
+        ("activation='softsine' is not a supported activation", ValueError,
+         dict(activation="softsine")),
+        ("activation='glu' cannot be a ConvLSTM gate activation", ValueError,
+         dict(activation="glu")),
     ]
 
 

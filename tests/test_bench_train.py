@@ -221,7 +221,8 @@ def test_script_trains_and_writes_metrics(tmp_path, data_file):
     out = tmp_path / "out"
     result = _run([*TINY, "--data", data_file, "--out", out])
     assert result.returncode == 0, result.stderr
-    assert "[ours_reference] epoch 1/1 3/3 loss" in result.stderr  # the plain progress line
+    # the plain progress line
+    assert "[ours_reference] epoch 1/1 3/3 last step loss" in result.stderr
     assert "time per epoch" in result.stdout
     metrics = _metrics(out)
     assert metrics["config"]["backend"] == "reference" and metrics["config"]["world_size"] == 1
