@@ -1,0 +1,126 @@
+"""A saved Keras Sequential model as a torch module (``convlstm_triton.keras.load_model``),
+against Keras itself on the same input: inference and training mode (BatchNormalization on
+batch statistics, and its moving statistics after the step)."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_close
+
+from convlstm_triton.keras import load_model
+
+keras = pytest.importorskip("keras", reason="Keras 3 writes the files these tests read")
+pytest.importorskip("h5py", reason="reading Keras files needs h5py")
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file"),
+]
+TOL = 1e-5
+
+
+def _randomize(model, seed):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = weights
+            layer.set_weights([1 + 0.2 * rng.standard_normal(gamma.shape),
+                               0.2 * rng.standard_normal(beta.shape),
+                               0.2 * rng.standard_normal(mean.shape),
+                               0.5 + rng.random(var.shape)])
+        elif weights:
+            layer.set_weights([(0.3 * rng.standard_normal(w.shape)).astype(w.dtype)
+                               for w in weights])
+
+
+@pytest.fixture(scope="module")
+def next_frame(tmp_path_factory):
+    """Keras' video-prediction example, small: ConvLSTM2D + BatchNormalization twice, Conv3D."""
+    d = tmp_path_factory.mktemp("keras_models")
+    model = keras.Sequential([
+        keras.Input((4, 6, 5, 1)),
+        keras.layers.ConvLSTM2D(4, 3, padding="same", return_sequences=True, activation="relu"),
+        keras.layers.BatchNormalization(),
+        keras.layers.ConvLSTM2D(3, (1, 1), padding="same", return_sequences=True,
+                                activation="relu"),
+        keras.layers.BatchNormalization(),
+        keras.layers.Conv3D(1, (3, 3, 3), activation="sigmoid", padding="same"),
+    ])
+    _randomize(model, 0)
+    files = {"keras": str(d / "m.keras"), "legacy": str(d / "m.h5")}
+    model.save(files["keras"])
+    model.save(files["legacy"])
+    return model, files
+
+
+def _x(seed, shape):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _keras(model, x, training):
+    return torch.from_numpy(np.asarray(keras.ops.convert_to_numpy(model(x, training=training))))
+
+
+@pytest.mark.parametrize("fmt", ["keras", "legacy"])
+def test_next_frame_model_matches_keras(next_frame, fmt):
+    model, files = next_frame
+    ours = load_model(files[fmt])
+    assert list(ours.layers) == [layer.name for layer in model.layers]
+    x = _x(1, (2, 4, 6, 5, 1))
+    ours.eval()
+    assert_close(ours(torch.from_numpy(x)).detach(), _keras(model, x, False), torch.float32,
+                 "inference", tol=TOL)
+
+
+def test_next_frame_model_matches_keras_in_training_mode(next_frame, tmp_path):
+    model, files = next_frame
+    ours = load_model(files["keras"]).train()
+    twin = keras.models.load_model(files["keras"])  # Keras' own copy: its statistics move
+    x = _x(2, (3, 4, 6, 5, 1))
+    assert_close(ours(torch.from_numpy(x)).detach(), _keras(twin, x, True), torch.float32,
+                 "training mode", tol=TOL)
+    for layer in twin.layers:  # the moving statistics after the step
+        if isinstance(layer, keras.layers.BatchNormalization):
+            mean, variance = layer.get_weights()[2:]
+            bn = ours.layers[layer.name]
+            assert_close(bn.moving_mean, torch.from_numpy(mean), torch.float32, "mean", tol=TOL)
+            assert_close(bn.moving_variance, torch.from_numpy(variance), torch.float32,
+                         "variance", tol=TOL)
+
+
+def test_dense_head_flatten_and_activation(tmp_path):
+    model = keras.Sequential([
+        keras.Input((3, 5, 2)),
+        keras.layers.ConvLSTM1D(3, 2, strides=2, return_sequences=False),
+        keras.layers.Flatten(),
+        keras.layers.Dense(4, activation="tanh"),
+        keras.layers.Dropout(0.3),
+        keras.layers.Dense(3),
+        keras.layers.Activation("softmax"),
+        keras.layers.Reshape((3, 1)),
+    ])
+    _randomize(model, 3)
+    path = str(tmp_path / "head.keras")
+    model.save(path)
+    ours = load_model(path).eval()
+    x = _x(4, (2, 3, 5, 2))
+    assert_close(ours(torch.from_numpy(x)).detach(), _keras(model, x, False), torch.float32,
+                 "dense head", tol=TOL)
+
+
+def test_what_load_model_refuses(tmp_path):
+    pooled = keras.Sequential([keras.Input((2, 4, 4, 1)),
+                               keras.layers.ConvLSTM2D(2, 3, return_sequences=True),
+                               keras.layers.MaxPooling3D((1, 2, 2))])
+    pooled.save(tmp_path / "pooled.keras")
+    with pytest.raises(ValueError, match="Keras MaxPooling3D is not supported by load_model"):
+        load_model(tmp_path / "pooled.keras")
+    inp = keras.Input((2, 4, 4, 1))
+    functional = keras.Model(inp, keras.layers.ConvLSTM2D(2, 3)(inp))
+    functional.save(tmp_path / "functional.keras")
+    with pytest.raises(ValueError, match="reads Sequential models.*'Functional'"):
+        load_model(tmp_path / "functional.keras")
+    pooled.save_weights(tmp_path / "pooled.weights.h5")
+    with pytest.raises(ValueError, match="holds no model config"):
+        load_model(tmp_path / "pooled.weights.h5")
