@@ -1,4 +1,4 @@
-"""A saved Keras Sequential model as a torch module (``convlstm_triton.keras.load_model``),
+"""Saved Keras models (Sequential, functional) as torch modules (``keras.load_model``),
 against Keras itself on the same input: inference and training mode (BatchNormalization on
 batch statistics, and its moving statistics after the step)."""
 
@@ -109,18 +109,56 @@ def test_dense_head_flatten_and_activation(tmp_path):
                  "dense head", tol=TOL)
 
 
+@pytest.fixture(scope="module")
+def encoder_forecaster(tmp_path_factory):
+    """Functional: two stacked ConvLSTMs, their outputs concatenated, pooled and upsampled frame
+    by frame (TimeDistributed), a skip added, BatchNormalization, a Conv3D head."""
+    d = tmp_path_factory.mktemp("keras_functional")
+    inp = keras.Input((3, 8, 6, 2))
+    enc = keras.layers.ConvLSTM2D(4, 3, padding="same", return_sequences=True, name="enc")(inp)
+    fore = keras.layers.ConvLSTM2D(4, (3, 1), padding="same", return_sequences=True,
+                                   activation="relu", name="forecast")(enc)
+    both = keras.layers.Concatenate(name="both")([enc, fore])
+    pooled = keras.layers.TimeDistributed(keras.layers.MaxPooling2D(2), name="pool")(both)
+    avg = keras.layers.TimeDistributed(
+        keras.layers.AveragePooling2D(3, strides=1, padding="same"), name="avg")(pooled)
+    up = keras.layers.TimeDistributed(keras.layers.UpSampling2D(2), name="up")(avg)
+    skip = keras.layers.Add(name="skip")([up, both])
+    normed = keras.layers.BatchNormalization(name="bn")(skip)
+    out = keras.layers.Conv3D(1, 3, padding="same", name="head")(normed)
+    model = keras.Model(inp, out)
+    _randomize(model, 5)
+    files = {"keras": str(d / "f.keras"), "legacy": str(d / "f.h5")}
+    model.save(files["keras"])
+    model.save(files["legacy"])
+    return model, files
+
+
+@pytest.mark.parametrize("fmt", ["keras", "legacy"])
+def test_encoder_forecaster_matches_keras(encoder_forecaster, fmt):
+    model, files = encoder_forecaster
+    ours = load_model(files[fmt])
+    x = _x(6, (2, 3, 8, 6, 2))
+    assert_close(ours.eval()(torch.from_numpy(x)).detach(), _keras(model, x, False),
+                 torch.float32, "inference", tol=TOL)
+    twin = keras.models.load_model(files["keras"])
+    assert_close(ours.train()(torch.from_numpy(x)).detach(), _keras(twin, x, True),
+                 torch.float32, "training mode", tol=TOL)
+
+
 def test_what_load_model_refuses(tmp_path):
-    pooled = keras.Sequential([keras.Input((2, 4, 4, 1)),
-                               keras.layers.ConvLSTM2D(2, 3, return_sequences=True),
-                               keras.layers.MaxPooling3D((1, 2, 2))])
-    pooled.save(tmp_path / "pooled.keras")
-    with pytest.raises(ValueError, match="Keras MaxPooling3D is not supported by load_model"):
-        load_model(tmp_path / "pooled.keras")
+    transposed = keras.Sequential([keras.Input((2, 4, 4, 1)),
+                                   keras.layers.ConvLSTM2D(2, 3, return_sequences=True),
+                                   keras.layers.Conv3DTranspose(1, 2)])
+    transposed.save(tmp_path / "transposed.keras")
+    with pytest.raises(ValueError, match="Keras Conv3DTranspose is not supported by load_model"):
+        load_model(tmp_path / "transposed.keras")
     inp = keras.Input((2, 4, 4, 1))
-    functional = keras.Model(inp, keras.layers.ConvLSTM2D(2, 3)(inp))
-    functional.save(tmp_path / "functional.keras")
-    with pytest.raises(ValueError, match="reads Sequential models.*'Functional'"):
-        load_model(tmp_path / "functional.keras")
-    pooled.save_weights(tmp_path / "pooled.weights.h5")
+    shared = keras.layers.ConvLSTM2D(1, 3, padding="same", return_sequences=True)
+    twice = keras.Model(inp, shared(shared(inp)))
+    twice.save(tmp_path / "shared.keras")
+    with pytest.raises(ValueError, match="called 2 times in the model: shared layers"):
+        load_model(tmp_path / "shared.keras")
+    transposed.save_weights(tmp_path / "transposed.weights.h5")
     with pytest.raises(ValueError, match="holds no model config"):
-        load_model(tmp_path / "pooled.weights.h5")
+        load_model(tmp_path / "transposed.weights.h5")

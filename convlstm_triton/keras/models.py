@@ -1,21 +1,24 @@
-"""A saved Keras ``Sequential`` model as a torch module, read with h5py (Keras is not needed).
+"""A saved Keras model as a torch module, read with h5py (Keras is not needed).
 
 ``load_model(path)`` reads a ``.keras`` file (config.json + model.weights.h5) or a legacy ``.h5``
-model (model_config + model_weights) and returns a ``KerasSequential``: an ``nn.Module`` that
-computes the model's function on channels-last tensors (as Keras takes them), in inference
-(``eval()``) and in training mode (``train()``: BatchNormalization on batch statistics, dropout
-drawn by torch). Its layers are torch modules named as the Keras layers (``model.layers["enc"]``);
-the ConvLSTM ones are this library's ``ConvLSTM1D/2D/3D``, on the Triton kernels on a GPU.
+model (model_config + model_weights) and returns a ``KerasModel``: an ``nn.Module`` that computes
+the model's function on channels-last tensors (as Keras takes them), in inference (``eval()``)
+and in training mode (``train()``: BatchNormalization on batch statistics, dropout drawn by
+torch). Its layers are torch modules named as the Keras layers (``model.layers["enc"]``); the
+ConvLSTM ones are this library's ``ConvLSTM1D/2D/3D``, on the Triton kernels on a GPU.
 
-Layers: InputLayer, ConvLSTM1D/2D/3D, BatchNormalization (last axis), Conv1D/2D/3D
-(channels_last, "valid" / "same"), Dense, Activation, Dropout, SpatialDropout1D/2D/3D, Flatten,
-Reshape. Any other layer, a functional model, or an option outside these is a ValueError naming
-it. Not yet: functional models, Conv*Transpose, pooling, UpSampling, TimeDistributed,
-Add/Concatenate.
+Models: Sequential, and functional models whose layers are each called once (a layer shared
+between several calls is refused), with one or more inputs and outputs. Layers: InputLayer,
+ConvLSTM1D/2D/3D, BatchNormalization (last axis), Conv1D/2D/3D (channels_last, "valid" /
+"same"), Dense, Activation, Dropout, SpatialDropout1D/2D/3D, MaxPooling1D/2D/3D,
+AveragePooling1D/2D/3D, UpSampling1D/2D/3D (nearest), Flatten, Reshape, Add, Concatenate,
+TimeDistributed of these. Any other layer or option is a ValueError naming it (not yet:
+Conv*Transpose).
 
 BatchNormalization follows Keras: normalization by the batch's biased variance in training mode,
 and moving statistics updated as ``moving = moving * momentum + batch * (1 - momentum)`` with
-that same biased variance (torch's BatchNorm would update with the unbiased one).
+that same biased variance (torch's BatchNorm would update with the unbiased one). "same"
+pooling is TensorFlow's: max over the window's valid part, average over its valid elements only.
 """
 
 import math
@@ -30,12 +33,12 @@ from ..geometry import normalize_tuple, same_pad_before
 from .files import _config_paths, _decode_names, _legacy_root, _read, _with_file
 from .layers import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, keras_config_arguments
 
-__all__ = ["load_model", "KerasSequential", "SUPPORTED_LAYERS"]
+__all__ = ["load_model", "KerasModel", "SUPPORTED_LAYERS"]
 
 
 def load_model(path):
-    """The Keras ``Sequential`` model saved at ``path`` (``.keras`` or legacy ``.h5``) as a
-    ``KerasSequential`` module with the file's weights (see the module docstring)."""
+    """The Keras model saved at ``path`` (``.keras`` or legacy ``.h5``) as a ``KerasModel``
+    with the file's weights (see the module docstring)."""
 
     def read(h5, h5py, config, source):
         if config is None:
@@ -44,46 +47,113 @@ def load_model(path):
         if not isinstance(config, dict):
             raise ValueError(f"{source} holds no model config (a .weights.h5 file has none): "
                              "load_model needs a .keras file or a legacy .h5 model")
-        if config.get("class_name") != "Sequential":
-            raise ValueError(f"{source}: load_model reads Sequential models; this one is a "
-                             f"{config.get('class_name')!r} (functional models: not yet)")
-        legacy = _legacy_root(h5)
+        if config.get("class_name") not in ("Sequential", "Functional", "Model"):
+            raise ValueError(f"{source}: load_model reads Sequential and functional models; "
+                             f"this one is a {config.get('class_name')!r}")
+        legacy = _legacy_root(h5) if "layers" not in h5 else None
         paths = _config_paths(config)
         layers = []
         for layer in config["config"]["layers"]:
-            class_name, cfg = layer["class_name"], layer.get("config") or {}
-            name = cfg.get("name")
-            if legacy is not None and "layers" not in h5:
+            cfg = layer.get("config") or {}
+            name = cfg.get("name") or layer.get("name")
+            if legacy is not None:
                 weights = _legacy_weights(legacy, h5py, name)
             else:
                 weights = _keras3_weights(h5, h5py, paths[name][0]) if name in paths else []
-            layers.append((name, class_name, cfg, weights))
-        return layers
+            layers.append((name, layer, weights))
+        return config, layers
 
-    built = []
-    for name, class_name, cfg, weights in _with_file(path, read):
-        builder = _BUILDERS.get(class_name)
-        if builder is None:
-            raise ValueError(f"layer {name!r}: Keras {class_name} is not supported by load_model "
-                             f"(supported: {', '.join(SUPPORTED_LAYERS)})")
-        module = builder(cfg, weights)
-        if module is not None:
-            built.append((name, module))
-    return KerasSequential(built)
+    config, layers = _with_file(path, read)
+    modules, graph = {}, []
+    sequential = config["class_name"] == "Sequential"
+    previous = None
+    for name, layer, weights in layers:
+        module = _build(layer["class_name"], layer.get("config") or {}, weights, name)
+        if sequential:
+            if module is None:  # the InputLayer
+                continue
+            inputs = [previous] if previous is not None else [_MODEL_INPUT]
+            previous = name
+        else:
+            inputs = _inbound(layer, name)
+        modules[name] = module if module is not None else nn.Identity()
+        graph.append((name, inputs))
+    if sequential:
+        return KerasModel(modules, graph, [_MODEL_INPUT], [previous])
+    model_inputs = [entry[0] for entry in _tensor_list(config["config"]["input_layers"])]
+    outputs = [entry[0] for entry in _tensor_list(config["config"]["output_layers"])]
+    return KerasModel(modules, graph, model_inputs, outputs)
 
 
-class KerasSequential(nn.Module):
-    """The layers of a Keras Sequential model, applied in order to channels-last tensors;
-    ``layers``: an ``nn.ModuleDict`` by Keras layer name."""
+_MODEL_INPUT = "<input>"
 
-    def __init__(self, named_layers):
+
+def _tensor_list(entries):
+    """Keras' [name, node, tensor] or a list of them -> a list of them."""
+    return [entries] if entries and isinstance(entries[0], str) else list(entries)
+
+
+def _inbound(layer, name):
+    """The names of the layers whose outputs a functional layer takes (a list, or a nested one
+    for Add/Concatenate)."""
+    nodes = layer.get("inbound_nodes") or []
+    if layer["class_name"] == "InputLayer":
+        return []
+    if len(nodes) != 1:
+        raise ValueError(f"layer {name!r} is called {len(nodes)} times in the model: shared "
+                         "layers are not supported by load_model")
+
+    def history(arg):
+        if isinstance(arg, list):
+            return [history(a) for a in arg]
+        if isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__":
+            source, node, index = arg["config"]["keras_history"]
+            if node != 0 or index != 0:
+                raise ValueError(f"layer {name!r} takes output {index} of call {node} of "
+                                 f"{source!r}: only single-output, single-call layers are "
+                                 "supported by load_model")
+            return source
+        raise ValueError(f"layer {name!r}: an argument that is not a tensor ({arg!r}) is not "
+                         "supported by load_model")
+
+    node = nodes[0]
+    return [history(arg) for arg in node.get("args", [])]
+
+
+class KerasModel(nn.Module):
+    """A Keras model's layers (``layers``: an ``nn.ModuleDict`` by Keras layer name) and how
+    they are connected; ``forward(*inputs)`` takes and returns channels-last tensors (one per
+    model output, a tuple where there are several)."""
+
+    def __init__(self, modules, graph, inputs, outputs):
         super().__init__()
-        self.layers = nn.ModuleDict(named_layers)
+        self.layers = nn.ModuleDict(modules)
+        self.graph, self.inputs, self.outputs = graph, inputs, outputs
 
-    def forward(self, x):
-        for layer in self.layers.values():
-            x = layer(x)
-        return x
+    def forward(self, *inputs):
+        if len(inputs) != len(self.inputs):
+            raise TypeError(f"the model takes {len(self.inputs)} input(s) "
+                            f"({', '.join(self.inputs)}), got {len(inputs)}")
+        values = dict(zip(self.inputs, inputs))
+        for name, sources in self.graph:
+            if name in values:  # an InputLayer
+                continue
+            args = [[values[s] for s in a] if isinstance(a, list) else values[a]
+                    for a in sources]
+            values[name] = self.layers[name](*args)
+        out = [values[name] for name in self.outputs]
+        return out[0] if len(out) == 1 else tuple(out)
+
+
+KerasSequential = KerasModel  # the name of the first version (Sequential models only)
+
+
+def _build(class_name, cfg, weights, name):
+    builder = _BUILDERS.get(class_name)
+    if builder is None:
+        raise ValueError(f"layer {name!r}: Keras {class_name} is not supported by load_model "
+                         f"(supported: {', '.join(SUPPORTED_LAYERS)})")
+    return builder(cfg, weights)
 
 
 def _json(raw):
@@ -100,7 +170,7 @@ def _keras3_weights(h5, h5py, path):
     group = h5.get(path)
     if not isinstance(group, h5py.Group):
         return []
-    for sub in ("vars", "cell/vars"):
+    for sub in ("vars", "cell/vars", "layer/vars", "layer/cell/vars"):
         vars_group = group.get(sub)
         if isinstance(vars_group, h5py.Group) and len(vars_group.keys()):
             return [_read(vars_group[k]) for k in sorted(vars_group.keys(), key=int)]
@@ -213,13 +283,8 @@ class ConvLast(nn.Module):
         lead = x.shape[:-self.rank - 1]
         x = x.reshape(-1, *x.shape[-self.rank - 1:]).movedim(-1, 1)
         if self.padding == "same":
-            pads = []
-            for n, k, s, d in zip(reversed(x.shape[2:]), reversed(self.weight.shape[2:]),
-                                  reversed(self.strides), reversed(self.dilation)):
-                before = same_pad_before(n, k, s, d)
-                total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
-                pads += [before, total - before]
-            x = F.pad(x, pads)
+            x = F.pad(x, _same_pads(x.shape[2:], self.weight.shape[2:], self.strides,
+                                    self.dilation))
         conv = (F.conv1d, F.conv2d, F.conv3d)[self.rank - 1]
         y = conv(x, self.weight, self.bias, self.strides, 0, self.dilation, self.groups)
         y = y.movedim(1, -1)
@@ -283,6 +348,119 @@ class _Reshape(nn.Module):
         return x.reshape(x.shape[0], *self.shape)
 
 
+class PoolLast(nn.Module):
+    """Keras' MaxPooling / AveragePooling on channels-last tensors ("same": TensorFlow's
+    padding, max over the valid part of a window, average over its valid elements)."""
+
+    def __init__(self, rank, kind, pool, strides, padding):
+        super().__init__()
+        self.rank, self.kind, self.pool, self.strides, self.padding = (rank, kind, pool, strides,
+                                                                       padding)
+
+    def forward(self, x):
+        lead = x.shape[:-self.rank - 1]
+        x = x.reshape(-1, *x.shape[-self.rank - 1:]).movedim(-1, 1)
+        pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d) if self.kind == "max" else (
+            F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
+        pool = pool[self.rank - 1]
+        if self.padding == "same":
+            pads = _same_pads(x.shape[2:], self.pool, self.strides, (1,) * self.rank)
+            if self.kind == "max":
+                y = pool(F.pad(x, pads, value=-math.inf), self.pool, self.strides)
+            else:
+                ones = torch.ones_like(x[:1, :1])
+                y = (pool(F.pad(x, pads), self.pool, self.strides)
+                     / pool(F.pad(ones, pads), self.pool, self.strides))
+        else:
+            y = pool(x, self.pool, self.strides)
+        y = y.movedim(1, -1)
+        return y.reshape(*lead, *y.shape[1:])
+
+
+def _same_pads(spatial, kernel, strides, dilation):
+    """F.pad's list (last dim first) of TensorFlow's "same" padding."""
+    pads = []
+    for n, k, s, d in zip(reversed(spatial), reversed(kernel), reversed(strides),
+                          reversed(dilation)):
+        before = same_pad_before(n, k, s, d)
+        total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        pads += [before, total - before]
+    return pads
+
+
+def _pool(rank, kind):
+    def build(cfg, weights):
+        _check(cfg, "data_format", ("channels_last", None), "Pooling")
+        padding = _check(cfg, "padding", ("valid", "same"), "Pooling")
+        pool = normalize_tuple(cfg.get("pool_size", 2), rank, "pool_size")
+        strides = cfg.get("strides")
+        strides = pool if strides is None else normalize_tuple(strides, rank, "strides")
+        return PoolLast(rank, kind, pool, strides, padding)
+    return build
+
+
+class UpSampleLast(nn.Module):
+    """Keras' UpSampling1D/2D/3D (nearest: each element repeated) on channels-last tensors."""
+
+    def __init__(self, rank, size):
+        super().__init__()
+        self.rank, self.size = rank, size
+
+    def forward(self, x):
+        for i, s in enumerate(self.size):
+            x = x.repeat_interleave(s, dim=x.dim() - 1 - self.rank + i)
+        return x
+
+
+def _upsample(rank):
+    def build(cfg, weights):
+        _check(cfg, "data_format", ("channels_last", None), "UpSampling")
+        _check(cfg, "interpolation", ("nearest",), "UpSampling")
+        key = "size" if "size" in cfg else "length"
+        return UpSampleLast(rank, normalize_tuple(cfg.get(key, 2), rank, "size"))
+    return build
+
+
+class _Add(nn.Module):
+    def forward(self, tensors):
+        out = tensors[0]
+        for t in tensors[1:]:
+            out = out + t
+        return out
+
+
+class _Concatenate(nn.Module):
+    def __init__(self, axis):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, tensors):
+        return torch.cat(tensors, dim=self.axis)
+
+
+class TimeDistributedLast(nn.Module):
+    """Keras' TimeDistributed: the layer on every (sample, time step) frame."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        B, T = x.shape[:2]
+        y = self.layer(x.reshape(B * T, *x.shape[2:]))
+        return y.reshape(B, T, *y.shape[1:])
+
+
+def _time_distributed(cfg, weights):
+    inner = cfg.get("layer") or {}
+    class_name = inner.get("class_name")
+    if class_name in ("TimeDistributed", "InputLayer") or class_name not in _BUILDERS:
+        raise ValueError(f"layer {cfg.get('name')!r}: TimeDistributed({class_name}) is not "
+                         "supported by load_model")
+    return TimeDistributedLast(_build(class_name, inner.get("config") or {}, weights,
+                                      cfg.get("name")))
+
+
 def _convlstm(cls):
     def build(cfg, weights):
         layer = cls(**keras_config_arguments(cfg))
@@ -308,5 +486,17 @@ _BUILDERS = {
     "SpatialDropout3D": lambda cfg, weights: _Dropout(float(cfg.get("rate", 0.0)), True),
     "Flatten": lambda cfg, weights: nn.Flatten(),
     "Reshape": lambda cfg, weights: _Reshape(cfg["target_shape"]),
+    "MaxPooling1D": _pool(1, "max"),
+    "MaxPooling2D": _pool(2, "max"),
+    "MaxPooling3D": _pool(3, "max"),
+    "AveragePooling1D": _pool(1, "avg"),
+    "AveragePooling2D": _pool(2, "avg"),
+    "AveragePooling3D": _pool(3, "avg"),
+    "UpSampling1D": _upsample(1),
+    "UpSampling2D": _upsample(2),
+    "UpSampling3D": _upsample(3),
+    "Add": lambda cfg, weights: _Add(),
+    "Concatenate": lambda cfg, weights: _Concatenate(int(cfg.get("axis", -1))),
+    "TimeDistributed": _time_distributed,
 }
 SUPPORTED_LAYERS = tuple(_BUILDERS)
