@@ -149,9 +149,9 @@ def test_encoder_forecaster_matches_keras(encoder_forecaster, fmt):
 def test_what_load_model_refuses(tmp_path):
     transposed = keras.Sequential([keras.Input((2, 4, 4, 1)),
                                    keras.layers.ConvLSTM2D(2, 3, return_sequences=True),
-                                   keras.layers.Conv3DTranspose(1, 2)])
+                                   keras.layers.GlobalAveragePooling3D()])
     transposed.save(tmp_path / "transposed.keras")
-    with pytest.raises(ValueError, match="Keras Conv3DTranspose is not supported by load_model"):
+    with pytest.raises(ValueError, match="Keras GlobalAveragePooling3D is not supported by "):
         load_model(tmp_path / "transposed.keras")
     inp = keras.Input((2, 4, 4, 1))
     shared = keras.layers.ConvLSTM2D(1, 3, padding="same", return_sequences=True)
@@ -162,3 +162,22 @@ def test_what_load_model_refuses(tmp_path):
     transposed.save_weights(tmp_path / "transposed.weights.h5")
     with pytest.raises(ValueError, match="holds no model config"):
         load_model(tmp_path / "transposed.weights.h5")
+
+
+@pytest.mark.parametrize("padding, strides, output_padding", [
+    ("same", 2, None), ("valid", 2, None), ("same", 3, 1), ("valid", 1, None)])
+def test_conv_transpose_matches_keras(tmp_path, padding, strides, output_padding):
+    model = keras.Sequential([
+        keras.Input((2, 5, 4, 3)),
+        keras.layers.ConvLSTM2D(3, 3, padding="same", return_sequences=True),
+        keras.layers.TimeDistributed(keras.layers.Conv2DTranspose(
+            2, 3, strides=strides, padding=padding, output_padding=output_padding,
+            activation="relu")),
+        keras.layers.Conv3DTranspose(1, (1, 2, 3), strides=(1, strides, 1), padding=padding),
+    ])
+    _randomize(model, 9)
+    path = str(tmp_path / "t.keras")
+    model.save(path)
+    x = _x(10, (2, 2, 5, 4, 3))
+    assert_close(load_model(path).eval()(torch.from_numpy(x)).detach(), _keras(model, x, False),
+                 torch.float32, "transposed", tol=TOL)

@@ -9,11 +9,10 @@ ConvLSTM ones are this library's ``ConvLSTM1D/2D/3D``, on the Triton kernels on 
 
 Models: Sequential, and functional models whose layers are each called once (a layer shared
 between several calls is refused), with one or more inputs and outputs. Layers: InputLayer,
-ConvLSTM1D/2D/3D, BatchNormalization (last axis), Conv1D/2D/3D (channels_last, "valid" /
-"same"), Dense, Activation, Dropout, SpatialDropout1D/2D/3D, MaxPooling1D/2D/3D,
-AveragePooling1D/2D/3D, UpSampling1D/2D/3D (nearest), Flatten, Reshape, Add, Concatenate,
-TimeDistributed of these. Any other layer or option is a ValueError naming it (not yet:
-Conv*Transpose).
+ConvLSTM1D/2D/3D, BatchNormalization (last axis), Conv1D/2D/3D and Conv1D/2D/3DTranspose
+(channels_last, "valid" / "same"), Dense, Activation, Dropout, SpatialDropout1D/2D/3D,
+MaxPooling1D/2D/3D, AveragePooling1D/2D/3D, UpSampling1D/2D/3D (nearest), Flatten, Reshape,
+Add, Concatenate, TimeDistributed of these. Any other layer or option is a ValueError naming it.
 
 BatchNormalization follows Keras: normalization by the batch's biased variance in training mode,
 and moving statistics updated as ``moving = moving * momentum + batch * (1 - momentum)`` with
@@ -348,6 +347,72 @@ class _Reshape(nn.Module):
         return x.reshape(x.shape[0], *self.shape)
 
 
+class ConvTransposeLast(nn.Module):
+    """Keras' Conv1D/2D/3DTranspose on channels-last tensors, as Keras' torch backend computes it:
+    torch's transposed conv without padding, then each spatial dim cropped (or zero-padded) to
+    the window Keras' padding and output_padding define."""
+
+    def __init__(self, rank, kernel, bias, strides, padding, output_padding, dilation,
+                 activation):
+        super().__init__()
+        self.rank, self.strides, self.dilation = rank, strides, dilation
+        # Keras (*k, F_out, C_in) -> torch (C_in, F_out, *k)
+        self.weight = nn.Parameter(kernel.permute(rank + 1, rank, *range(rank)).contiguous())
+        self.bias = nn.Parameter(bias) if bias is not None else None
+        self.crops = [_transpose_crop(k, s, d, padding, p) for k, s, d, p in zip(
+            kernel.shape[:rank], strides, dilation, output_padding)]
+        self.activation = _Activation(activation)
+
+    def forward(self, x):
+        lead = x.shape[:-self.rank - 1]
+        x = x.reshape(-1, *x.shape[-self.rank - 1:]).movedim(-1, 1)
+        conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.rank - 1]
+        y = conv(x, self.weight, None, self.strides, 0, 0, 1, self.dilation)
+        y = y[(slice(None), slice(None)) + tuple(
+            slice(max(0, left), -right if right > 0 else None) for left, right in self.crops)]
+        if any(left < 0 or right < 0 for left, right in self.crops):
+            pads = []
+            for left, right in reversed(self.crops):
+                pads += [max(0, -left), max(0, -right)]
+            y = F.pad(y, pads)
+        if self.bias is not None:
+            y = y + self.bias.view(-1, *(1,) * self.rank)
+        y = y.movedim(1, -1)
+        return self.activation(y.reshape(*lead, *y.shape[1:]))
+
+
+def _transpose_crop(kernel, stride, dilation, padding, output_padding):
+    """(left, right) crop of one spatial dim (Keras' backend_utils, the JAX padding rule)."""
+    kernel = (kernel - 1) * dilation + 1
+    if padding == "valid":
+        if output_padding is None:
+            output_padding = max(kernel, stride) - kernel
+        left, right = kernel - 1, kernel - 1 + output_padding
+    else:
+        pad = (stride + kernel - 2 if output_padding is None
+               else kernel + kernel % 2 - 2 + output_padding)
+        left = min(pad // 2 + pad % 2, kernel - 1)
+        right = pad - left
+    return kernel - 1 - left, kernel - 1 - right
+
+
+def _conv_transpose(rank):
+    def build(cfg, weights):
+        _check(cfg, "data_format", ("channels_last", None), "ConvTranspose")
+        padding = _check(cfg, "padding", ("valid", "same"), "ConvTranspose")
+        weights = [_tensor(w) for w in weights]
+        bias = weights[1] if cfg.get("use_bias", True) else None
+        output_padding = cfg.get("output_padding")
+        output_padding = ((None,) * rank if output_padding is None
+                          else normalize_tuple(output_padding, rank, "output_padding"))
+        return ConvTransposeLast(
+            rank, weights[0], bias, normalize_tuple(cfg.get("strides", 1), rank, "strides"),
+            padding, output_padding,
+            normalize_tuple(cfg.get("dilation_rate", 1), rank, "dilation_rate"),
+            cfg.get("activation"))
+    return build
+
+
 class PoolLast(nn.Module):
     """Keras' MaxPooling / AveragePooling on channels-last tensors ("same": TensorFlow's
     padding, max over the valid part of a window, average over its valid elements)."""
@@ -486,6 +551,9 @@ _BUILDERS = {
     "SpatialDropout3D": lambda cfg, weights: _Dropout(float(cfg.get("rate", 0.0)), True),
     "Flatten": lambda cfg, weights: nn.Flatten(),
     "Reshape": lambda cfg, weights: _Reshape(cfg["target_shape"]),
+    "Conv1DTranspose": _conv_transpose(1),
+    "Conv2DTranspose": _conv_transpose(2),
+    "Conv3DTranspose": _conv_transpose(3),
     "MaxPooling1D": _pool(1, "max"),
     "MaxPooling2D": _pool(2, "max"),
     "MaxPooling3D": _pool(3, "max"),
