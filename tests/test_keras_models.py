@@ -160,8 +160,24 @@ def test_what_load_model_refuses(tmp_path):
     with pytest.raises(ValueError, match="called 2 times in the model: shared layers"):
         load_model(tmp_path / "shared.keras")
     transposed.save_weights(tmp_path / "transposed.weights.h5")
-    with pytest.raises(ValueError, match="holds no model config"):
+    with pytest.raises(ValueError, match="holds no model config.*pass config="):
         load_model(tmp_path / "transposed.weights.h5")
+
+
+def test_weights_file_with_its_config(next_frame, tmp_path):
+    """A .weights.h5 file and the model's config (a dict, or a JSON file of it)."""
+    import json
+
+    model, _ = next_frame
+    weights = tmp_path / "m.weights.h5"
+    model.save_weights(weights)
+    config_file = tmp_path / "m.json"
+    config_file.write_text(model.to_json())
+    x = _x(11, (2, 4, 6, 5, 1))
+    for config in (json.loads(model.to_json()), config_file):
+        ours = load_model(weights, config=config).eval()
+        assert_close(ours(torch.from_numpy(x)).detach(), _keras(model, x, False), torch.float32,
+                     "weights + config", tol=TOL)
 
 
 @pytest.mark.parametrize("padding, strides, output_padding", [

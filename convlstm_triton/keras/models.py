@@ -35,17 +35,29 @@ from .layers import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, keras_config_arguments
 __all__ = ["load_model", "KerasModel", "SUPPORTED_LAYERS"]
 
 
-def load_model(path):
+def load_model(path, config=None):
     """The Keras model saved at ``path`` (``.keras`` or legacy ``.h5``) as a ``KerasModel``
-    with the file's weights (see the module docstring)."""
+    with the file's weights (see the module docstring). ``config``: for a ``.weights.h5`` file,
+    which holds no config, the model's config: a dict (``json.loads(model.to_json())``) or the
+    path of a JSON file of it (``model.to_json()`` written out, or a ``.keras`` file's
+    ``config.json``)."""
+    if config is not None and not isinstance(config, dict):
+        with open(config) as f:
+            parsed = _json(f.read())
+        if not isinstance(parsed, dict):
+            raise ValueError(f"config: {str(config)!r} is not a JSON model config")
+        config = parsed
+    given = config
 
     def read(h5, h5py, config, source):
+        if given is not None:
+            config = given
         if config is None:
             raw = h5.attrs.get("model_config")
             config = _json(raw.decode() if isinstance(raw, bytes) else raw)
         if not isinstance(config, dict):
             raise ValueError(f"{source} holds no model config (a .weights.h5 file has none): "
-                             "load_model needs a .keras file or a legacy .h5 model")
+                             "pass config=, or load a .keras file or a legacy .h5 model")
         if config.get("class_name") not in ("Sequential", "Functional", "Model"):
             raise ValueError(f"{source}: load_model reads Sequential and functional models; "
                              f"this one is a {config.get('class_name')!r}")
