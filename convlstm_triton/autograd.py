@@ -194,10 +194,8 @@ def _forward_steps(spec, kernel2d, recurrent_kernel2d, bias, xmask, hmask, peeph
             cell=spec.fused_cell or not store_state, four_dots=spec.four_dots, tma=spec.tma,
             **inputs)
 
-    fused = spec.input_variant != "hoisted"
-    bind = launchers.step_forward_binder(
-        recurrent_kernel2d, hmask, peephole, kernel2d=kernel2d if fused else None,
-        bias=bias if fused else None, xmask=xmask if fused else None)
+    bind = launchers.step_forward_binder(recurrent_kernel2d, hmask, peephole, kernel2d=kernel2d,
+                                         bias=bias, xmask=xmask)
     return launch_plans.Planned(jit_launch, STEP_FORWARD_SLOTS, bind=bind, shared=shared)
 
 
@@ -311,6 +309,8 @@ class _ChunkGradients:
         chunked = launchers.time_chunk(x.shape[0], x.shape[1], states.shape[2]) < x.shape[1]
         self.dx = (launchers.new_buffer(x.shape, x.device, x.dtype) if need_x and chunked
                    else None)
+        # one binder for the call's input-gradient plans: its weights converted once
+        self.input_grad_bind = launchers.input_grad_binder(kernel2d, xmask) if need_x else None
         self.dpeep = None
         self.plans, self.frames, self.problem = {}, {}, problem
         geom = spec.geometry
@@ -361,8 +361,7 @@ class _ChunkGradients:
                 # each chunk's dx into the same temporary, then copied to its frames
                 record = self._plan("input_grad", steps, lambda dg: launchers.input_grad_launch(
                     dg, kernel2d, xmask, geom, x.shape[-1], spec.precision),
-                    ("dg_ptr",), INPUT_GRAD_OWNED,
-                    launchers.input_grad_binder(kernel2d, xmask))(None, (dgates_f, 0))
+                    ("dg_ptr",), INPUT_GRAD_OWNED, self.input_grad_bind)(None, (dgates_f, 0))
                 self.dx[:, start:stop] = record.args["dx_ptr"].view(B, steps, *x.shape[2:])
         if self.need_k or self.need_b:
             self.input_weight.add(steps, (self._frames("x", x, steps), start), (dgates_f, 0))

@@ -110,7 +110,8 @@ def launch(kernel, grid, args, **kwargs):
         key = (kernel, signature, device)
         compiled = _LAUNCHED.get(key)
         if compiled is not None:
-            _run(compiled, grid, device, template)
+            _run(compiled, _grid3(grid), driver.active.get_current_stream(device), _hooks(),
+                 template)
             return Record(kernel, grid, by_name, options, compiled, signature, template)
     compiled = kernel[grid](*args, **kwargs)
     if key is not None and (launcher := _launcher_of(compiled)) is not None:
@@ -126,14 +127,22 @@ _LAUNCHED = {}
 DIRECT_DEVICE_TYPES = ("cuda",)
 
 
-def _run(kernel, grid, device, args):
-    """The compiled kernel's launch, as ``JITFunction.run`` makes it after its cache lookup."""
-    grid = tuple(grid) + (1,) * (3 - len(grid))
-    stream = driver.active.get_current_stream(device)
-    enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+def _run(kernel, grid, stream, hooks, args):
+    """The compiled kernel's launch, as ``JITFunction.run`` makes it after its cache lookup:
+    ``grid`` of 3 dims, ``hooks`` (launch enter hook, exit hook) as ``_hooks`` gives them."""
+    enter, leave = hooks
     metadata = kernel.launch_metadata(grid, stream, *args) if enter else None
     kernel.run(grid[0], grid[1], grid[2], stream, kernel.function, kernel.packed_metadata,
                metadata, enter, leave, *args)
+
+
+def _grid3(grid):
+    grid = tuple(grid)
+    return grid + (1,) * (3 - len(grid))
+
+
+def _hooks():
+    return knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
 
 
 _names = {}  # kernel -> (parameter names in order, as a set)
@@ -285,8 +294,7 @@ class StepLaunch:
         if self.template is None:
             self.template = [value.data_ptr() if isinstance(value, torch.Tensor) else value
                              for value in (record.args[name] for name in names)]
-        grid = tuple(record.grid)
-        self.grid = grid + (1,) * (3 - len(grid))
+        self.grid = _grid3(record.grid)
         kernel = _launcher_of(record.compiled) if fast_launch_enabled() else None
         self.fast = kernel is not None
         if self.fast:
@@ -308,7 +316,7 @@ class StepLaunch:
         # stream: looked up once, not at every launch
         self.device = device = driver.active.get_current_device()
         self.stream = driver.active.get_current_stream(device)
-        self.hooks = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        self.hooks = _hooks()
         return device
 
     def __call__(self, *frames):
@@ -335,11 +343,7 @@ class StepLaunch:
                 self.compiled[(pattern, self.device)] = kernel
             return record
         self.replays += 1
-        grid, stream = self.grid, self.stream
-        enter, leave = self.hooks  # as _run
-        metadata = kernel.launch_metadata(grid, stream, *args) if enter else None
-        kernel.run(grid[0], grid[1], grid[2], stream, kernel.function, kernel.packed_metadata,
-                   metadata, enter, leave, *args)
+        _run(kernel, self.grid, self.stream, self.hooks, args)
         return self.record
 
 

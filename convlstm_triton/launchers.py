@@ -427,7 +427,7 @@ def _step_weights(block_f, four_dots, rec_weights, in_weights, bias, xmask, hmas
 def step_forward_binder(rk2d, hmask, peephole, kernel2d=None, bias=None, xmask=None):
     """A launch plan's binder (``launch_plans.Planned``) for a sequence's ``step_forward``
     launches: the per-step pointers are its slots. ``kernel2d``, ``bias``, ``xmask``: the
-    fused input conv's (as passed to ``step_forward`` with ``x_t``)."""
+    fused input conv's, bound only where the recorded launch fused it (``FUSED_INPUT``)."""
     rec_weights = GateWeights.of(rk2d)
     in_weights = GateWeights.of(kernel2d) if kernel2d is not None else None
     device = rec_weights.gate_major.device

@@ -156,8 +156,6 @@ class KerasModel(nn.Module):
         return out[0] if len(out) == 1 else tuple(out)
 
 
-KerasSequential = KerasModel  # the name of the first version (Sequential models only)
-
 
 def _build(class_name, cfg, weights, name):
     builder = _BUILDERS.get(class_name)
