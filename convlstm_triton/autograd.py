@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from . import launch_plans, launchers, tuning
-from .launch_plans import Frames
+from .launch_plans import Frames, views
 from .launchers import KernelGeometry
 
 # Differentiable inputs of the forward op, in order (the rest are masks and config).
@@ -113,8 +113,20 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
     kernel2d = launchers.GateWeights(kernel2d)
     recurrent_kernel2d = launchers.GateWeights(recurrent_kernel2d)
     states = launchers.new_buffer((B, T, P, F), x.device, x.dtype)
-    c_all = launchers.new_buffer((B, T + 1 if training else 2, P, F), x.device, torch.float32)
-    c_all[:, 0] = c0
+    if training:  # c_0 .. c_T for backward; the last one copied out as c_T
+        c_all = launchers.new_buffer((B, T + 1, P, F), x.device, torch.float32)
+        c_all[:, 0] = c0
+        c_f = Frames(c_all)
+        c_frames = [(c_f, s) for s in range(T + 1)]
+        c_final = None
+    else:
+        # Inference keeps no cell states: step 0 reads c0 itself, the steps between ping-pong
+        # two slots, and the last writes the returned c_T (no copies in or out).
+        c_final = launchers.new_buffer((B, P, F), x.device, torch.float32)
+        c_pong = (Frames(launchers.new_buffer((B, 2, P, F), x.device, torch.float32))
+                  if T > 1 else None)
+        c_frames = ([(Frames.of_state(c0.float().contiguous()), 0)]
+                    + [(c_pong, s % 2) for s in range(1, T)] + [(Frames.of_state(c_final), 0)])
     # Pre-activations: all steps when backward reads them; one step's scratch for the
     # unfused cell kernel otherwise.
     keep_preact = training and spec.save_preact
@@ -124,28 +136,30 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
                                       x.dtype)
     step = _forward_steps(spec, kernel2d, recurrent_kernel2d, bias, xmask, hmask, peephole,
                           shared=problem.setdefault("step_forward", {}))
-    h0_f, states_f, c_f = Frames.of_state(h0), Frames(states), Frames(c_all)
+    h0_f, states_f = Frames.of_state(h0), Frames(states)
     preact_f = Frames(preact) if preact is not None else None
     x_f = Frames(x) if xg is None else None
     mask_f = Frames(mask) if mask is not None else None
     for s in range(T):
-        c_in, c_out = (s, s + 1) if training else (s % 2, (s + 1) % 2)
         xg_t = xg.frame(s) if xg is not None else None
         preact_t = (preact_f, s if keep_preact else 0) if preact_f is not None else None
-        # plans: step 0 reads h0 (another sample stride), a shorter last chunk of xg too
-        step((s == 0, xg_t[0].stride0 if xg_t is not None else None),
-             (h0_f, 0) if s == 0 else (states_f, s - 1), (c_f, c_in), xg_t,
-             (x_f, s) if x_f is not None else None, (states_f, s), (c_f, c_out), preact_t,
+        # plans: step 0 reads h0 (and in inference c0), the last step writes c_T in inference
+        # (other sample strides), a shorter last chunk of xg has another one too
+        step((s == 0, s == T - 1 and not training,
+              xg_t[0].stride0 if xg_t is not None else None),
+             (h0_f, 0) if s == 0 else (states_f, s - 1), c_frames[s], xg_t,
+             (x_f, s) if x_f is not None else None, (states_f, s), c_frames[s + 1], preact_t,
              (mask_f, s) if mask_f is not None else None)
         if not spec.fused_cell:
-            launchers.cell_forward(preact_f.view(preact_t[1]), c_all[:, c_in], spec.act,
-                                   spec.ract,
-                                   h_out=states[:, s], c_out=c_all[:, c_out])
+            c_prev, c_next = views(c_frames[s: s + 2])
+            launchers.cell_forward(preact_f.view(preact_t[1]), c_prev, spec.act, spec.ract,
+                                   h_out=states[:, s], c_out=c_next)
     del xg, step  # the plans' records hold xg's buffer too
     # Fresh contiguous outputs: a custom op's outputs may not alias each other.
-    c_final = c_all[:, T if training else T % 2].clone(memory_format=torch.contiguous_format)
     h_final = states[:, T - 1].clone(memory_format=torch.contiguous_format)
-    if not training:
+    if training:
+        c_final = c_all[:, T].clone(memory_format=torch.contiguous_format)
+    else:
         c_all = x.new_empty((0,), dtype=torch.float32)
     if not keep_preact:
         preact = x.new_empty((0,))
@@ -354,14 +368,14 @@ class _ChunkGradients:
         steps = stop - start
         dgates_f = Frames(dgates, steps)
         if self.need_x:
-            if self.dx is None:  # one chunk: its launch writes dx
-                self.dx = launchers.input_grad(dgates, kernel2d, xmask, geom, x.shape[-1],
-                                               spec.precision).view(x.shape)
+            # each chunk's dx into one temporary (the plan's), then copied to its frames; a
+            # sequence of one chunk: the call's own temporary (the binder's) is dx
+            record = self._plan("input_grad", steps, lambda dg: launchers.input_grad_launch(
+                dg, kernel2d, xmask, geom, x.shape[-1], spec.precision),
+                ("dg_ptr",), INPUT_GRAD_OWNED, self.input_grad_bind)(None, (dgates_f, 0))
+            if self.dx is None:
+                self.dx = record.args["dx_ptr"].view(x.shape)
             else:
-                # each chunk's dx into the same temporary, then copied to its frames
-                record = self._plan("input_grad", steps, lambda dg: launchers.input_grad_launch(
-                    dg, kernel2d, xmask, geom, x.shape[-1], spec.precision),
-                    ("dg_ptr",), INPUT_GRAD_OWNED, self.input_grad_bind)(None, (dgates_f, 0))
                 self.dx[:, start:stop] = record.args["dx_ptr"].view(B, steps, *x.shape[2:])
         if self.need_k or self.need_b:
             self.input_weight.add(steps, (self._frames("x", x, steps), start), (dgates_f, 0))

@@ -26,7 +26,7 @@ from . import autograd, cuda_graphs, ops
 from .activations import KERNEL_ACTIVATION_CODES
 from .launchers import KernelGeometry, dot_precision
 from .reference import conv_lstm_reference
-from .validation import validate_conv_lstm_args
+from .validation import call_signature, check_mask_values, validate_conv_lstm_args
 
 __all__ = ["conv_lstm"]
 
@@ -153,15 +153,13 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
             h0, c0 = initial_state
             initial_state = (_cast(h0, autocast_dtype) if isinstance(h0, torch.Tensor) else h0,
                              c0)
-    args = validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, strides,
-                                   padding, dilation_rate, activation, recurrent_activation,
-                                   go_backwards, mask, backend, input_dropout_mask,
-                                   recurrent_dropout_mask, peephole, forward_variant,
-                                   recompute_gates, cuda_graph)
-    use_graph = cuda_graphs.resolve(cuda_graph, x, cuda_graphs.step_flop(
-        args.batch, math.prod(args.geometry.out_spatial), args.in_channels, args.filters,
-        kernel.shape[:args.rank]))
-    reason = _fallback_reason(x, args.activation, args.recurrent_activation)
+    call = _validated(x, kernel, recurrent_kernel, bias, initial_state, mask, input_dropout_mask,
+                      recurrent_dropout_mask, peephole, (
+                          strides, padding, dilation_rate, activation, recurrent_activation,
+                          go_backwards, backend, forward_variant, recompute_gates, cuda_graph))
+    args = call.args
+    use_graph = cuda_graphs.resolve(cuda_graph, x, call.step_flop) if cuda_graph else False
+    reason = call.fallback_reason
     if _resolve_backend(backend, x, reason) == "reference":
         if autocast_dtype is None:
             return _reference(x, kernel, recurrent_kernel, bias, initial_state, strides, padding,
@@ -175,10 +173,59 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
                               mask, input_dropout_mask, recurrent_dropout_mask, peephole)
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cudnn.allow_tf32
-    return _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards,
+    return _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, call, go_backwards,
                              mask, input_dropout_mask, recurrent_dropout_mask, peephole,
                              dot_precision(x.dtype, allow_tf32), forward_variant,
                              recompute_gates, use_graph)
+
+
+class _Call:
+    """A call signature's validated arguments and what follows from them alone."""
+
+    __slots__ = ("args", "fallback_reason", "step_flop", "geometry", "op_geometry", "act",
+                 "ract")
+
+    def __init__(self, args, x, kernel):
+        self.args = args
+        self.fallback_reason = _fallback_reason(x, args.activation, args.recurrent_activation)
+        self.step_flop = cuda_graphs.step_flop(
+            args.batch, math.prod(args.geometry.out_spatial), args.in_channels, args.filters,
+            kernel.shape[:args.rank])
+        if self.fallback_reason is None:
+            self.geometry = KernelGeometry.from_conv(args.geometry)
+            self.op_geometry = ops.geometry_to_ints(self.geometry)
+            self.act = KERNEL_ACTIVATION_CODES[args.activation]
+            self.ract = KERNEL_ACTIVATION_CODES[args.recurrent_activation]
+
+
+_calls = {}  # validation.call_signature -> _Call
+CALLS_KEPT = 1024
+
+
+def _validated(x, kernel, recurrent_kernel, bias, initial_state, mask, input_dropout_mask,
+               recurrent_dropout_mask, peephole, options):
+    """The call's ``_Call``: validated once per call signature (``call_signature``: shapes,
+    dtypes, devices, options), the mask's values at every call."""
+    key = call_signature(x, kernel, recurrent_kernel, bias, initial_state, mask,
+                         input_dropout_mask, recurrent_dropout_mask, peephole, options)
+    call = _calls.get(key) if key is not None else None
+    if call is not None:
+        if mask is not None:
+            check_mask_values(mask)
+        return call
+    strides, padding, dilation_rate, activation, recurrent_activation, go_backwards, backend, \
+        forward_variant, recompute_gates, cuda_graph = options
+    args = validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, strides,
+                                   padding, dilation_rate, activation, recurrent_activation,
+                                   go_backwards, mask, backend, input_dropout_mask,
+                                   recurrent_dropout_mask, peephole, forward_variant,
+                                   recompute_gates, cuda_graph)
+    call = _Call(args, x, kernel)
+    if key is not None:
+        if len(_calls) >= CALLS_KEPT:
+            _calls.clear()
+        _calls[key] = call
+    return call
 
 
 def _reference(x, kernel, recurrent_kernel, bias, initial_state, strides, padding, dilation_rate,
@@ -193,10 +240,10 @@ def _reference(x, kernel, recurrent_kernel, bias, initial_state, strides, paddin
     )
 
 
-def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go_backwards, mask,
+def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, call, go_backwards, mask,
                       input_dropout_mask, recurrent_dropout_mask, peephole, precision,
                       forward_variant, recompute_gates, use_graph=False):
-    geom = KernelGeometry.from_conv(args.geometry)
+    args, geom = call.args, call.geometry
     B, T, C, F = args.batch, args.steps, args.in_channels, args.filters
     P = geom.out_pixels
     frames = x.reshape(B, T, *geom.in_spatial, C)
@@ -228,8 +275,7 @@ def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, args, go
     # Keep what backward reads exactly when autograd will record the op.
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                for t in tensors)
-    op_config = (ops.geometry_to_ints(geom), KERNEL_ACTIVATION_CODES[args.activation],
-                 KERNEL_ACTIVATION_CODES[args.recurrent_activation], precision, forward_variant,
+    op_config = (list(call.op_geometry), call.act, call.ract, precision, forward_variant,
                  training, not recompute_gates)
     graphed = cuda_graphs.graphed_forward(tensors, op_config, go_backwards) if use_graph else None
     if graphed is not None:

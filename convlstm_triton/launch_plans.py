@@ -81,13 +81,25 @@ class Record:
     name (constexprs included), the launch options, and what Triton returned (the compiled
     kernel on a GPU)."""
 
-    __slots__ = ("kernel", "grid", "args", "options", "compiled", "signature", "template")
+    __slots__ = ("kernel", "grid", "_args", "options", "compiled", "signature", "template",
+                 "_constants")
 
-    def __init__(self, kernel, grid, args, options, compiled, signature=None, template=None):
-        self.kernel, self.grid, self.args = kernel, grid, args
+    def __init__(self, kernel, grid, args, options, compiled, signature=None, template=None,
+                 constants=None):
+        self.kernel, self.grid, self._args = kernel, grid, args
         self.options, self.compiled = options, compiled
         # where ``launch`` computed them: _signature(args, options) and the argument list
         self.signature, self.template = signature, template
+        # a bound plan's record: ``args`` holds its tensors, these its other arguments (merged
+        # when first read: most bound plans' records never are)
+        self._constants = constants
+
+    @property
+    def args(self):
+        if self._constants is not None:
+            self._args = {**self._constants, **self._args}
+            self._constants = None
+        return self._args
 
 
 def launch(kernel, grid, args, **kwargs):
@@ -229,10 +241,11 @@ class Skeleton:
         self.shapes = {name: (tuple(record.args[name].shape), record.args[name].dtype)
                        for name in self.fixed_names}
 
-    def bind(self, bind, jit_launch, slots, owned):
+    def bind(self, bind, jit_launch, slots, owned, context):
         """This call's plan: ``bind(self)`` gives this call's tensor for every fixed argument.
         None where it cannot replay (a fixed tensor aligned otherwise, or a binder that does
-        not give exactly the fixed arguments): the caller takes the JIT path."""
+        not give exactly the fixed arguments): the caller takes the JIT path. ``context``:
+        the call's ``launch_context()``."""
         tensors = bind(self)
         if tensors.keys() != self.fixed_names:
             return None
@@ -243,9 +256,18 @@ class Skeleton:
             pattern = (pattern << 1) | (ptr & 15 == 0)
         if pattern != self.fixed_pattern:  # as _alignment
             return None
-        record = Record(self.kernel, self.grid, {**self.constants, **tensors}, self.options,
-                        None)
-        return StepLaunch(record, slots, jit_launch, owned, skeleton=self, template=template)
+        record = Record(self.kernel, self.grid, tensors, self.options, None,
+                        constants=self.constants)
+        return StepLaunch(record, slots, jit_launch, owned, skeleton=self, template=template,
+                          context=context)
+
+
+def launch_context():
+    """(device, stream, launch hooks) of the launches made now. A plan lives for one call of
+    the sequence op, which launches on one device and stream: looked up once per call (per
+    ``Planned``), not at every launch."""
+    device = driver.active.get_current_device()
+    return device, driver.active.get_current_stream(device), _hooks()
 
 
 def _alignment(tensors):
@@ -273,7 +295,8 @@ class StepLaunch:
     recorded (``Skeleton.bind``); ``self.skeleton`` is what a later call binds (None where
     nothing can be replayed)."""
 
-    def __init__(self, record, slots, jit_launch, owned=(), skeleton=None, template=None):
+    def __init__(self, record, slots, jit_launch, owned=(), skeleton=None, template=None,
+                 context=None):
         self.slots, self.jit_launch, self.owned = slots, jit_launch, owned
         self.record = record  # its tensors stay alive for the raw pointers below
         self.replays = 0
@@ -282,7 +305,7 @@ class StepLaunch:
             self.positions, self.stride0 = skeleton.positions, skeleton.stride0
             self.template, self.grid, self.compiled = template, skeleton.grid, skeleton.compiled
             self.fast = True
-            self._launch_context()
+            self.device, self.stream, self.hooks = context or launch_context()
             return
         names = _arg_names(record.kernel)[0]
         self.positions = _positions(record.kernel, names, slots)
@@ -298,7 +321,7 @@ class StepLaunch:
         kernel = _launcher_of(record.compiled) if fast_launch_enabled() else None
         self.fast = kernel is not None
         if self.fast:
-            device = self._launch_context()
+            self.device, self.stream, self.hooks = context or launch_context()
             # compiled kernels are shared by the plans of every call with this signature: the
             # record's, with the moving pointers' alignment left out
             moving = set(slots)
@@ -308,16 +331,8 @@ class StepLaunch:
                               for entry in signature)
             self.compiled = _COMPILED.setdefault((record.kernel, signature), {})
             pattern = _alignment(record.args[name] for name in slots)
-            self.compiled[(pattern, device)] = kernel
+            self.compiled[(pattern, self.device)] = kernel
             self.skeleton = Skeleton(self, record)
-
-    def _launch_context(self):
-        # a plan lives for one call of the sequence op, which launches on one device and
-        # stream: looked up once, not at every launch
-        self.device = device = driver.active.get_current_device()
-        self.stream = driver.active.get_current_stream(device)
-        self.hooks = _hooks()
-        return device
 
     def __call__(self, *frames):
         """Launch; returns the Record of the launch made (this plan's own when replayed: its
@@ -361,6 +376,7 @@ class Planned:
         self.jit_launch, self.slots, self.owned = jit_launch, slots, owned
         self.bind, self.shared = bind, shared if bind is not None else None
         self.plans = {}
+        self.context = None  # launch_context(), looked up at the first plan bound
 
     def __call__(self, key, *frames):
         """Launch; returns the Record of the launch made (see ``StepLaunch.__call__``)."""
@@ -368,7 +384,10 @@ class Planned:
         if plan is None:
             skeleton = self.shared.get(key) if self.shared is not None else None
             if skeleton is not None:
-                plan = skeleton.bind(self.bind, self.jit_launch, self.slots, self.owned)
+                if self.context is None:
+                    self.context = launch_context()
+                plan = skeleton.bind(self.bind, self.jit_launch, self.slots, self.owned,
+                                     self.context)
             if plan is None:
                 record = self.jit_launch(*views(frames))
                 plan = self.plans[key] = StepLaunch(record, self.slots, self.jit_launch,

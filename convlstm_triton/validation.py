@@ -59,6 +59,64 @@ def _expect_like(tensor, x, name):
         raise TypeError(f"{name} has dtype {tensor.dtype} but x has dtype {x.dtype}")
 
 
+def check_mask_values(mask):
+    """A non-bool mask must hold only 0 and 1: the kernels read it as int8 (256 would wrap to
+    0, False, where the reference reads True). Reading the values needs them at trace time:
+    skipped under torch.compile. The one check of a call's values, so it runs at every call
+    (``call_signature``'s cache keeps the rest)."""
+    if (mask.dtype != torch.bool and mask.device.type != "meta"
+            and not torch.compiler.is_compiling()):
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"mask must be boolean (or 0/1 valued), got a {mask.dtype} mask "
+                             "with other values")
+
+
+def _tensor_signature(t):
+    if t is None:
+        return None
+    kind = type(t)
+    if kind is not torch.Tensor and kind is not torch.nn.Parameter:
+        raise TypeError  # not cached: validation names the argument (subclasses: every call)
+    return (t.shape, t.dtype, t.device)
+
+
+def _option_signature(value):
+    kind = type(value)  # True == 1 and hash alike: the type tells them apart
+    if kind is tuple or kind is list:
+        return (kind, *[(type(v), v) for v in value])
+    return (kind, value)
+
+
+def call_signature(x, kernel, recurrent_kernel, bias, initial_state, mask, input_dropout_mask,
+                   recurrent_dropout_mask, peephole, options):
+    """Everything ``validate_conv_lstm_args`` reads but the mask's values, as a hashable key
+    (two calls with equal keys validate alike), or None where there is none (a tensor
+    subclass or a non-tensor where a tensor belongs, an unhashable option, torch.compile
+    tracing): those calls are validated every time. ``options``: the other arguments
+    (strides, padding, dilation_rate, activations, go_backwards, backend, forward_variant,
+    recompute_gates, cuda_graph)."""
+    if torch.compiler.is_compiling():
+        return None
+    try:
+        state = None
+        if initial_state is not None:
+            kind = type(initial_state)
+            if (kind is not tuple and kind is not list) or len(initial_state) != 2:
+                return None
+            state = (_tensor_signature(initial_state[0]), _tensor_signature(initial_state[1]))
+            if state[0] is None or state[1] is None:
+                return None
+        key = (_tensor_signature(x), _tensor_signature(kernel),
+               _tensor_signature(recurrent_kernel), _tensor_signature(bias), state,
+               _tensor_signature(mask), _tensor_signature(input_dropout_mask),
+               _tensor_signature(recurrent_dropout_mask), _tensor_signature(peephole),
+               *[_option_signature(value) for value in options])
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, strides, padding,
                             dilation_rate, activation, recurrent_activation, go_backwards, mask,
                             backend, input_dropout_mask, recurrent_dropout_mask, peephole=None,
@@ -146,14 +204,7 @@ def validate_conv_lstm_args(x, kernel, recurrent_kernel, bias, initial_state, st
         if mask.dtype.is_complex:
             raise TypeError(f"mask must be a bool (or 0/1 integer or float) tensor, got "
                             f"{mask.dtype}")
-        # Reading the values needs them at trace time: skipped under torch.compile.
-        # Integer masks too: the kernels read the mask as int8 (256 would wrap to 0, False,
-        # where the reference reads True).
-        if (mask.dtype != torch.bool and mask.device.type != "meta"
-                and not torch.compiler.is_compiling()):
-            if not bool(((mask == 0) | (mask == 1)).all()):
-                raise ValueError(f"mask must be boolean (or 0/1 valued), got a {mask.dtype} mask "
-                                 "with other values")
+        check_mask_values(mask)
     for value, name, shape in (
         (input_dropout_mask, "input_dropout_mask", (4, batch, *x.shape[2:])),
         (recurrent_dropout_mask, "recurrent_dropout_mask", (4,) + state_shape),

@@ -342,3 +342,46 @@ def test_c0_in_a_wider_float_dtype_on_the_triton_path():
     got = call("triton", initial_state=(h0, c0.double()))
     for a, e in zip(got, expected):
         assert a.dtype == torch.float32 and torch.equal(a, e)
+
+
+# --- validation kept per call signature -------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_valid_call_does_not_excuse_a_later_bad_one(backend):
+    """Validation is kept per call signature (shapes, dtypes, devices, options and their
+    types): a later call that differs from a valid one only in the mask's values or in an
+    option's type is still refused."""
+    mask = torch.ones(B, T, device=DEVICE)
+    call(backend, mask=mask)
+    with pytest.raises(ValueError, match="mask must be boolean"):
+        call(backend, mask=mask * 2)
+    call(backend, go_backwards=True)
+    with pytest.raises(TypeError, match="go_backwards must be a bool"):
+        call(backend, go_backwards=1)  # == True, and hashes alike
+    call(backend, strides=(1, 1))
+    with pytest.raises(ValueError, match="strides must be an int or a tuple of 2 ints"):
+        call(backend, strides=(True, 1))
+    call(backend, recompute_gates=True)
+    with pytest.raises(TypeError, match="recompute_gates must be True, False or 'auto'"):
+        call(backend, recompute_gates=1)
+
+
+def test_calls_without_a_signature_are_validated_every_time():
+    """Unhashable options and tensor subclasses are not cached: each call is validated."""
+    from convlstm_triton.validation import call_signature
+
+    x, kernel, rkernel, bias = inputs().values()
+    options = (1, "valid", 1, "tanh", "sigmoid", False, "reference", "auto", "auto", False)
+    assert call_signature(x, kernel, rkernel, bias, None, None, None, None, None,
+                          options) is not None
+    unhashable = (np.array([1, 1]), *options[1:])
+    assert call_signature(x, kernel, rkernel, bias, None, None, None, None, None,
+                          unhashable) is None
+    with pytest.raises(ValueError, match="strides must be an int or a tuple of 2 ints"):
+        call(strides=np.array([1, 1]))
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert call_signature(x.as_subclass(Sub), kernel, rkernel, bias, None, None, None, None,
+                          None, options) is None

@@ -256,6 +256,31 @@ def test_inference_without_grad_matches_reference(case, poison_buffers):
         assert_close(a, r, torch.float32, name, tolerance(torch.float32, x.device.type))
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3])
+@pytest.mark.parametrize("c0_dtype", [torch.float32, torch.float16])
+def test_inference_reads_c0_and_writes_c_T_directly(steps, c0_dtype):
+    """Without autograd the first step reads c0 itself (any float dtype, any layout) and the
+    last writes the returned c_T: one step (c0 in, c_T out), two (no slot between) and three
+    (one ping-pong slot) give the training forward's bits and the reference's values, and c0
+    is left as it was."""
+    case = dict(spatial=(5, 6), C=3, F=5, k=(3, 3), padding="same", initial_state=True,
+                T=steps)
+    x, kernel, rkernel, bias, (h0, c0), _, options = make_inputs(case, device=kernel_device())
+    # c0 of another dtype and a non-contiguous layout: the kernels read an fp32 copy
+    c0 = c0.to(c0_dtype).transpose(1, 2).contiguous().transpose(1, 2)
+    kept = c0.clone()
+    with torch.no_grad():
+        out = conv_lstm(x, kernel, rkernel, bias, (h0, c0), backend="triton", **options)
+    train = conv_lstm(x, kernel, rkernel.requires_grad_(), bias, (h0, c0), backend="triton",
+                      **options)
+    ref = conv_lstm(x, kernel, rkernel, bias, (h0, c0), backend="reference", **options)
+    assert torch.equal(c0, kept)
+    for name, a, t, r in zip(("seq", "h", "c"), out, train, ref):
+        assert torch.equal(a, t.detach()), name
+        assert_close(a, r.detach(), torch.float32, name, tolerance(torch.float32,
+                                                                   x.device.type))
+
+
 def test_masked_leading_steps_output_zeros_and_keep_initial_state():
     case = dict(spatial=(4, 5), C=2, F=3, k=(3, 3), padding="same", T=3, B=2,
                 initial_state=True)
