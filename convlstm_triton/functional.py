@@ -157,7 +157,6 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
                       recurrent_dropout_mask, peephole, (
                           strides, padding, dilation_rate, activation, recurrent_activation,
                           go_backwards, backend, forward_variant, recompute_gates, cuda_graph))
-    args = call.args
     use_graph = cuda_graphs.resolve(cuda_graph, x, call.step_flop) if cuda_graph else False
     reason = call.fallback_reason
     if _resolve_backend(backend, x, reason) == "reference":
