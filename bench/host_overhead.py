@@ -14,16 +14,17 @@ C code and ``cuLaunchKernel`` (a few µs per launch on a real GPU), and the CUDA
 torch ops around the kernels (copies, fills, sums).
 
 Per shape and mode (forward without autograd; training = forward + backward), over repeated
-calls after a warm-up, the best of 5 repeats: the wall time of one ``conv_lstm`` call; the time
-in launch paths (launcher functions and launch plans, everything down to the compiled kernel's
-launcher) per launch; Triton's share (``JITFunction.run`` or the compiled kernel's ``run``); the
-time outside launches; the plan replays; and the torch ops per call, in and outside the launch
-paths (top-level aten ops counted by torch's profiler in a pass of its own: each is a kernel
-launch or an allocation of some µs of host time on a GPU). Then the same problem at 2T steps:
-µs per call = fixed + T x per step gives the host time per time step (per step launch: divided
-by the launches a step adds) and the fixed cost per call. On this CPU the torch ops also do
-their work, on real-sized weights and partial sums, which a GPU does asynchronously: the time
-outside launches and the fixed cost overstate what a GPU's host pays by that work.
+calls after a warm-up, the best of 5 repeats (the garbage collector off, as timeit does): the
+wall time of one ``conv_lstm`` call; the time in launch paths (launcher functions and launch
+plans, everything down to the compiled kernel's launcher) per launch; Triton's share
+(``JITFunction.run`` or the compiled kernel's ``run``); the time outside launches; the plan
+replays; and the torch ops per call, in and outside the launch paths (top-level aten ops counted
+by torch's profiler in a pass of its own: each is a kernel launch or an allocation of some µs of
+host time on a GPU). Then the same problem at 2T steps: µs per call = fixed + T x per step gives
+the host time per time step (per step launch: divided by the launches a step adds) and the fixed
+cost per call. On this CPU the torch ops also do their work, on real-sized weights and partial
+sums, which a GPU does asynchronously: the time outside launches and the fixed cost overstate
+what a GPU's host pays by that work.
 
 The tensors are CPU tensors with the shape's batch, steps, channels, kernel size and time chunk
 (so the launches are exactly the shape's) but 2x2 pixels: torch's CPU work on real-sized data
@@ -42,6 +43,7 @@ Run without TRITON_INTERPRET (the kernels must be Triton's JIT functions).
 import argparse
 import contextlib
 import dataclasses
+import gc
 import os
 import sys
 import time
@@ -289,11 +291,18 @@ def measure(shape, dtype_name, mode, calls=20, repeats=5):
         best = None
         for _ in range(repeats):
             timers = Timers()
-            with timed(timers):
-                start = time.perf_counter()
-                for _ in range(calls):
-                    call()
-                total = time.perf_counter() - start
+            # as timeit: the garbage collector off while timing (a collection of another
+            # repeat's garbage is not this call's host cost)
+            gc.collect()
+            gc.disable()
+            try:
+                with timed(timers):
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        call()
+                    total = time.perf_counter() - start
+            finally:
+                gc.enable()
             if best is None or total < best[0]:
                 best = (total, timers)
         ops_inside, ops_outside = torch_ops(call, 2)

@@ -145,8 +145,9 @@ def main(dtype_name, filters=5, in_channels=3):
     cases = [
         dict(rank=2, k=3, padding="same", mask=True, state=True, go_backwards=True,
              peephole=True),
+        # time chunks of 2 steps: backward writes each chunk's frames of dx in place
         dict(rank=1, k=4, padding="valid", strides=2, bias=False, activation="gelu",
-             recurrent_activation="hard_sigmoid", dropout=True),
+             recurrent_activation="hard_sigmoid", dropout=True, time_chunk=2),
         dict(rank=2, k=3, padding="same", strides=2, state=True, dropout=True,
              forward_variant="fused_input"),
         dict(rank=3, k=3, padding="same", forward_variant="unfused"),
@@ -174,9 +175,15 @@ def main(dtype_name, filters=5, in_channels=3):
             options["input_dropout_mask"] = torch.ones(4, *x.shape[:1], *x.shape[2:], dtype=dtype)
             options["recurrent_dropout_mask"] = torch.ones(4, 2, *(out_size,) * rank, F,
                                                            dtype=dtype)
-        seq, h, c = functional.conv_lstm(x, kernel, rkernel, bias, state, mask=mask,
-                                         backend="triton", **options)
-        (seq.float().sum() + h.float().sum() + c.float().sum()).backward()
+        saved_rows = launchers.TIME_CHUNK_MIN_ROWS
+        if case.get("time_chunk"):
+            launchers.TIME_CHUNK_MIN_ROWS = 2 * out_size ** rank * (case["time_chunk"] - 1) + 1
+        try:
+            seq, h, c = functional.conv_lstm(x, kernel, rkernel, bias, state, mask=mask,
+                                             backend="triton", **options)
+            (seq.float().sum() + h.float().sum() + c.float().sum()).backward()
+        finally:
+            launchers.TIME_CHUNK_MIN_ROWS = saved_rows
         with torch.no_grad():
             functional.conv_lstm(x, kernel, rkernel, bias, state, mask=mask, backend="triton",
                                  **options)

@@ -172,8 +172,10 @@ STEP_FORWARD_SLOTS = ("h_prev_ptr", "c_prev_ptr", "xg_ptr", "x_ptr", "h_ptr", "c
                       "preact_ptr", "mask_ptr")
 # the weight-gradient launcher's partial sums, allocated per launch (replays reuse the first's)
 WEIGHT_GRAD_OWNED = ("dw_ptr", "db_ptr")
-# the input-gradient launcher's dx and its weights converted for the reduction kernel
-INPUT_GRAD_OWNED = ("dx_ptr", "w_ptr")
+# the input-gradient launches' chunk of dgates and of dx (written in place), and the weights
+# its launcher converts for the reduction kernel
+INPUT_GRAD_SLOTS = ("dg_ptr", "dx_ptr")
+INPUT_GRAD_OWNED = ("w_ptr",)
 STEP_BACKWARD_SLOTS = ("dg_next_ptr", "dy_ptr", "preact_ptr", "c_ptr", "c_prev_ptr", "mask_ptr",
                        "dg_ptr")
 
@@ -319,10 +321,8 @@ class _ChunkGradients:
         self.xmask, self.hmask, self.spec = xmask, hmask, spec
         self.need_x, self.need_k, self.need_b = need_x, need_k, need_b
         self.need_rk, self.need_peep = need_rk, need_peep
-        # several chunks write their frames of dx into one buffer; one chunk's launch is dx
-        chunked = launchers.time_chunk(x.shape[0], x.shape[1], states.shape[2]) < x.shape[1]
-        self.dx = (launchers.new_buffer(x.shape, x.device, x.dtype) if need_x and chunked
-                   else None)
+        # each chunk's launch writes its frames of dx in place
+        self.dx = launchers.new_buffer(x.shape, x.device, x.dtype) if need_x else None
         # one binder for the call's input-gradient plans: its weights converted once
         self.input_grad_bind = launchers.input_grad_binder(kernel2d, xmask) if need_x else None
         self.dpeep = None
@@ -368,15 +368,10 @@ class _ChunkGradients:
         steps = stop - start
         dgates_f = Frames(dgates, steps)
         if self.need_x:
-            # each chunk's dx into one temporary (the plan's), then copied to its frames; a
-            # sequence of one chunk: the call's own temporary (the binder's) is dx
-            record = self._plan("input_grad", steps, lambda dg: launchers.input_grad_launch(
-                dg, kernel2d, xmask, geom, x.shape[-1], spec.precision),
-                ("dg_ptr",), INPUT_GRAD_OWNED, self.input_grad_bind)(None, (dgates_f, 0))
-            if self.dx is None:
-                self.dx = record.args["dx_ptr"].view(x.shape)
-            else:
-                self.dx[:, start:stop] = record.args["dx_ptr"].view(B, steps, *x.shape[2:])
+            self._plan("input_grad", steps, lambda dg, dx: launchers.input_grad_launch(
+                dg, kernel2d, xmask, geom, x.shape[-1], spec.precision, out=dx),
+                INPUT_GRAD_SLOTS, INPUT_GRAD_OWNED, self.input_grad_bind)(
+                None, (dgates_f, 0), (self._frames("dx", self.dx, steps), start))
         if self.need_k or self.need_b:
             self.input_weight.add(steps, (self._frames("x", x, steps), start), (dgates_f, 0))
         if self.need_rk:

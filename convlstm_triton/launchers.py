@@ -780,14 +780,17 @@ WEIGHT_GRAD_SMEM_BYTES = 227 * 1024
 INPUT_GRAD_GEMM_MIN_CHANNELS = 16
 
 
-def input_grad(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision):
+def input_grad(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision, out=None):
     """dgates (B, T, Po, 4F) contiguous, kernel2d (K, 4F) gate-major, xmask (4, B, D, H, W, C_in)
     or None -> dx (B, T, D, H, W, C_in). One launch of prod(strides) sub-pixel phases (grid
-    axis 2), each a dense conv over its own taps (see kernels/input_grad.py)."""
-    return input_grad_launch(dgates, kernel2d, xmask, geom, c_in, precision).args["dx_ptr"]
+    axis 2), each a dense conv over its own taps (see kernels/input_grad.py). ``out``: dx's
+    frames to write, contiguous frames at any sample stride (a time chunk of the sequence's
+    dx), or None (a new dx)."""
+    return input_grad_launch(dgates, kernel2d, xmask, geom, c_in, precision,
+                             out=out).args["dx_ptr"]
 
 
-def input_grad_launch(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision):
+def input_grad_launch(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, precision, out=None):
     """``input_grad``'s launch: returns its Record, whose dx_ptr is dx."""
     assert dgates.is_contiguous()
     B, T, Po, N = dgates.shape
@@ -802,7 +805,12 @@ def input_grad_launch(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, preci
     taps = geom.kernel_size[0] * geom.kernel_size[1] * geom.kernel_size[2]
     gemm = c_in >= INPUT_GRAD_GEMM_MIN_CHANNELS
     weights = _input_grad_weights(kernel2d, gemm)
-    dx = new_buffer((B, T, *geom.in_spatial, c_in), dgates.device, dgates.dtype)
+    dx_shape = (B, T, *geom.in_spatial, c_in)
+    if out is None:
+        dx = new_buffer(dx_shape, dgates.device, dgates.dtype)
+    else:
+        dx = out.view(dx_shape)
+        assert _frames_contiguous(dx), "input_grad: out's frames must be contiguous"
     d = dummy(weights.device, weights.dtype)
 
     def launch(cfg, dx):
@@ -817,9 +825,10 @@ def input_grad_launch(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, preci
             grid = (m_tiles, c_in, phases)
             extra = {}
         return launch_plans.launch(kernel, grid, (
-            dgates, weights, _ptr(xmask, d), _stride0(xmask), dx,
+            dgates, weights, _ptr(xmask, d), _stride0(xmask), dx, dx.stride(0),
             T, B * T, *geom.in_spatial, *geom.out_spatial), C=c_in, F=F,
             **geom.input_conv_constexprs(), HAS_DROPOUT=xmask is not None,
+            DX_CONTIGUOUS=B == 1 or dx.stride(0) == T * dx.stride(1),
             SPATIAL_TILES=spatial, TILE_H=tile_h, TILE_W=tile_w,
             enable_fp_fusion=FP_FUSION, **extra, **cfg,
         )
@@ -845,6 +854,16 @@ def input_grad_launch(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, preci
                          flop=2.0 * B * T * Po * taps * N * c_in)
 
 
+def _frames_contiguous(t):
+    """Whether each t[i] is contiguous (the samples of t at any stride)."""
+    expected = 1
+    for size, stride in zip(reversed(t.shape[1:]), reversed(t.stride()[1:])):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _input_grad_weights(kernel2d, gemm):
     # row-major (K, 4F); the reduction multiplies in fp32: its weight converted once per
     # launch (or per sequence, by the binder), not at every K step
@@ -853,7 +872,7 @@ def _input_grad_weights(kernel2d, gemm):
 
 def input_grad_binder(kernel2d, xmask):
     """A launch plan's binder (``launch_plans.Planned``) for a sequence's ``input_grad_launch``:
-    dgates frames are its slot; this call's weights (converted once) and a new dx."""
+    the dgates and dx frames are its slots; this call's weights (converted once)."""
     converted = {}
 
     def bind(skeleton):
@@ -861,9 +880,7 @@ def input_grad_binder(kernel2d, xmask):
         weights = converted.get(gemm)
         if weights is None:
             weights = converted[gemm] = _input_grad_weights(kernel2d, gemm)
-        shape, dtype = skeleton.shapes["dx_ptr"]
-        return {"w_ptr": weights, "xmask_ptr": _ptr(xmask, dummy(weights.device, weights.dtype)),
-                "dx_ptr": new_buffer(shape, weights.device, dtype)}
+        return {"w_ptr": weights, "xmask_ptr": _ptr(xmask, dummy(weights.device, weights.dtype))}
 
     return bind
 

@@ -461,13 +461,17 @@ def test_time_chunks_match_reference(case_id, recompute, poison_buffers, monkeyp
     """Time chunks of one step (and of two: a partial last chunk, with spatial M tiles): the
     hoisted projection and backward's gate gradients chunk by chunk, in forward, in backward's
     recomputation and across chunk boundaries of the backward recurrence, forward and every
-    gradient. A chunk of x is a (B, Tc) view with its own sample stride."""
+    gradient. A chunk of x is a (B, Tc) view with its own sample stride, and so is the chunk's
+    dx, which the input-gradient kernels (the reduction at these C_in, and the GEMM) write in
+    place."""
     from convlstm_triton import launchers
 
     case = VARIANT_CASES[case_id]
-    for chunk, waste in ((1, launchers.SPATIAL_TILE_WASTE), (2, float("inf"))):
+    tiles, gemm = launchers.SPATIAL_TILE_WASTE, launchers.INPUT_GRAD_GEMM_MIN_CHANNELS
+    for chunk, waste, gemm_channels in ((1, tiles, gemm), (2, float("inf"), gemm), (2, tiles, 1)):
         monkeypatch.setattr(launchers, "time_chunk", lambda B, T, P, chunk=chunk: min(chunk, T))
         monkeypatch.setattr(launchers, "SPATIAL_TILE_WASTE", waste)
+        monkeypatch.setattr(launchers, "INPUT_GRAD_GEMM_MIN_CHANNELS", gemm_channels)
         test_forward_variants_match_reference(
             "hoisted", case, None, recompute_gates=recompute)
 
