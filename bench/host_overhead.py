@@ -14,7 +14,7 @@ C code and ``cuLaunchKernel`` (a few µs per launch on a real GPU), and the CUDA
 torch ops around the kernels (copies, fills, sums).
 
 Per shape and mode (forward without autograd; training = forward + backward), over repeated
-calls after a warm-up, the best of 5 repeats (the garbage collector off, as timeit does): the
+calls after a warm-up, the best of 15 repeats (the garbage collector off, as timeit does): the
 wall time of one ``conv_lstm`` call; the time in launch paths (launcher functions and launch
 plans, everything down to the compiled kernel's launcher) per launch; Triton's share
 (``JITFunction.run`` or the compiled kernel's ``run``); the time outside launches; the plan
@@ -282,7 +282,7 @@ ENTRY_POINTS = ("input_projection", "step_forward", "step_backward", "weight_gra
                 "input_grad", "cell_forward", "cell_backward")
 
 
-def measure(shape, dtype_name, mode, calls=20, repeats=5):
+def measure(shape, dtype_name, mode, calls=20, repeats=15):
     """{"call_us", "launches": {kernel: (count per call, library µs, triton µs per launch)}}."""
     call, restore = problem(shape, dtype_name, mode)
     try:

@@ -93,8 +93,9 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
     leading masked steps, which the caller zeroes); h_T (B, P, F); c_T (B, P, F) fp32.
     ``training``: keep what backward reads: c_all (B, T+1, P, F) fp32 (slot 0 holds c0) and,
     with ``spec.save_preact``, preact (B, T, P, 4F) compute dtype; otherwise those two are
-    returned empty (numel 0) and nothing of their size is allocated (inference ping-pongs two
-    cell-state slots and keeps no pre-activations).
+    None and nothing of their size is allocated (inference reads c0 itself, ping-pongs two
+    cell-state slots between the first and the last step, which writes c_T, and keeps no
+    pre-activations).
     ``problem``: ``problem_plans`` of the op's call (from the op's own configuration), or
     None: from ``spec``.
     """
@@ -159,11 +160,7 @@ def sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, ma
     h_final = states[:, T - 1].clone(memory_format=torch.contiguous_format)
     if training:
         c_final = c_all[:, T].clone(memory_format=torch.contiguous_format)
-    else:
-        c_all = x.new_empty((0,), dtype=torch.float32)
-    if not keep_preact:
-        preact = x.new_empty((0,))
-    return states, h_final, c_final, c_all, preact
+    return states, h_final, c_final, c_all if training else None, preact if keep_preact else None
 
 
 # The step kernels' pointer parameters that move with the time step, in the order the

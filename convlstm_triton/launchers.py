@@ -239,7 +239,9 @@ def chunk_buffer(buffer, steps):
     """The first ``steps`` steps of a (B, Tc, P, N) chunk buffer as a *contiguous*
     (B, steps, P, N) tensor (the kernels index it as B·steps·P rows): the front of its storage,
     not ``buffer[:, :steps]``."""
-    B, _, P, N = buffer.shape
+    B, length, P, N = buffer.shape
+    if steps == length:
+        return buffer
     return buffer.view(-1)[: B * steps * P * N].view(B, steps, P, N)
 
 

@@ -104,9 +104,22 @@ def choose_forward_variant(tensors, geometry, act, ract, precision):
     return tuning.pick_config("forward_variant", key, configs, run, x.device)["variant"]
 
 
-def forward_impl(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, mask, xmask, hmask,
-                 geometry, act, ract, precision, variant, training, save_preact):
-    """The forward op's implementation (``forward``'s, and ``run_forward``'s in eager mode)."""
+def forward_impl(*args):
+    """The forward op's implementation (``forward``'s, and ``run_forward``'s when training in
+    eager mode): ``_sequence_forward`` with the buffers not kept as empty tensors."""
+    states, h, c, c_all, preact = _sequence_forward(*args)
+    x = args[0]
+    if c_all is None:
+        c_all = x.new_empty((0,), dtype=torch.float32)
+    if preact is None:
+        preact = x.new_empty((0,))
+    return states, h, c, c_all, preact
+
+
+def _sequence_forward(x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole, mask, xmask,
+                      hmask, geometry, act, ract, precision, variant, training, save_preact):
+    """``autograd.sequence_forward`` of the op's arguments: (states, h, c, c_all or None,
+    preact or None)."""
     # The caller passes these contiguous; a compiler may hand over other strides.
     x, kernel2d, recurrent_kernel2d, bias, h0, peephole, mask, xmask, hmask = _contiguous(
         x, kernel2d, recurrent_kernel2d, bias, h0, peephole, mask, xmask, hmask)
@@ -208,7 +221,8 @@ torch.library.register_autograd("convlstm_triton::backward", _no_double_backward
 
 
 def run_forward(*args):
-    """``forward(*args)``. In plain eager mode the op's implementation runs directly (through
+    """``forward(*args)`` (in plain eager mode without autograd, c_all and preact are None: the
+    caller reads neither). In plain eager mode the op's implementation runs directly (through
     an autograd.Function with the op's autograd formula when training), which saves the custom
     op's Python dispatch (~60 µs a call, and as much in backward): same kernels, same results.
     Whatever must see one opaque op goes through it: torch.compile and jit tracing, functorch
@@ -217,7 +231,7 @@ def run_forward(*args):
         return forward(*args)
     if args[15]:  # training: autograd records it
         return _Sequence.apply(*args)
-    return forward_impl(*args)
+    return _sequence_forward(*args)  # c_all and preact None: nothing reads them
 
 
 def _plain_eager(tensors):
