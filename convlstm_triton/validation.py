@@ -91,12 +91,14 @@ def call_signature(x, kernel, recurrent_kernel, bias, initial_state, mask, input
                    recurrent_dropout_mask, peephole, options):
     """Everything ``validate_conv_lstm_args`` reads but the mask's values, as a hashable key
     (two calls with equal keys validate alike), or None where there is none (a tensor
-    subclass or a non-tensor where a tensor belongs, an unhashable option, torch.compile
-    tracing): those calls are validated every time. ``options``: the other arguments
-    (strides, padding, dilation_rate, activations, go_backwards, backend, forward_variant,
-    recompute_gates, cuda_graph)."""
+    subclass or a non-tensor where a tensor belongs, an unhashable option, an activation that
+    is not a name, torch.compile tracing): those calls are validated every time. ``options``:
+    the other arguments (strides, padding, dilation_rate, activation, recurrent_activation,
+    go_backwards, backend, forward_variant, recompute_gates, cuda_graph)."""
     if torch.compiler.is_compiling():
         return None
+    if type(options[3]) is not str or type(options[4]) is not str:
+        return None  # a callable (the reference runs it): a key would keep it, and its owner
     try:
         state = None
         if initial_state is not None:

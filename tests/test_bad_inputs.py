@@ -367,7 +367,8 @@ def test_a_valid_call_does_not_excuse_a_later_bad_one(backend):
 
 
 def test_calls_without_a_signature_are_validated_every_time():
-    """Unhashable options and tensor subclasses are not cached: each call is validated."""
+    """Unhashable options, tensor subclasses and callable activations are not cached: each
+    such call is validated."""
     from convlstm_triton.validation import call_signature
 
     x, kernel, rkernel, bias = inputs().values()
@@ -385,3 +386,7 @@ def test_calls_without_a_signature_are_validated_every_time():
 
     assert call_signature(x.as_subclass(Sub), kernel, rkernel, bias, None, None, None, None,
                           None, options) is None
+    # a callable activation is not kept alive by a cache key
+    callable_activation = (*options[:3], torch.tanh, *options[4:])
+    assert call_signature(x, kernel, rkernel, bias, None, None, None, None, None,
+                          callable_activation) is None
