@@ -59,13 +59,13 @@ def test_poisoned_buffer_that_a_kernel_skips_fails(poison_buffers, monkeypatch):
     from convlstm_triton.functional import conv_lstm
 
     real_step = launchers.step_forward
-    calls = []
+    records = []
 
     def skip_last_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) < 3:
-            return real_step(*args, **kwargs)  # its launch record (launch plans keep it)
-        return None
+        if len(records) < 2:
+            records.append(real_step(*args, **kwargs))
+            return records[-1]  # its launch record (launch plans keep it)
+        return records[-1]  # launches nothing; a record, as a launcher returns
 
     monkeypatch.setattr(launchers, "step_forward", skip_last_step)
     device = kernel_device()
