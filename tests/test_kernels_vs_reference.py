@@ -258,7 +258,7 @@ def test_inference_without_grad_matches_reference(case, poison_buffers):
 
 @pytest.mark.parametrize("steps", [1, 2, 3])
 @pytest.mark.parametrize("c0_dtype", [torch.float32, torch.float16])
-def test_inference_reads_c0_and_writes_c_T_directly(steps, c0_dtype):
+def test_inference_reads_c0_and_writes_c_T_directly(steps, c0_dtype, poison_buffers):
     """Without autograd the first step reads c0 itself (any float dtype, any layout) and the
     last writes the returned c_T: one step (c0 in, c_T out), two (no slot between) and three
     (one ping-pong slot) give the training forward's bits and the reference's values, and c0
