@@ -197,3 +197,73 @@ def test_conv_transpose_matches_keras(tmp_path, padding, strides, output_padding
     x = _x(10, (2, 2, 5, 4, 3))
     assert_close(load_model(path).eval()(torch.from_numpy(x)).detach(), _keras(model, x, False),
                  torch.float32, "transposed", tol=TOL)
+
+
+@pytest.fixture(scope="module")
+def encoder_decoder(tmp_path_factory):
+    """An encoder whose states start a decoder (``initial_state=[h, c]`` from
+    ``return_state=True``), a mask from a second input (``mask=``; Keras records it again on the
+    decoder, which takes the masked sequence), a TimeDistributed head (given the mask, which it
+    ignores), and the encoder's states among the model's outputs."""
+    d = tmp_path_factory.mktemp("keras_encoder_decoder")
+    frames = keras.Input((5, 6, 4, 2), name="frames")
+    valid = keras.Input((5,), name="valid", dtype="bool")
+    seq, h, c = keras.layers.ConvLSTM2D(3, 3, padding="same", return_sequences=True,
+                                        return_state=True, name="enc")(frames, mask=valid)
+    dec = keras.layers.ConvLSTM2D(3, (3, 1), padding="same", return_sequences=True,
+                                  name="dec")(seq, initial_state=[h, c])
+    head = keras.layers.TimeDistributed(keras.layers.Conv2D(2, 1), name="head")(dec)
+    model = keras.Model([frames, valid], [head, h, c])
+    _randomize(model, 12)
+    files = {"keras": str(d / "ed.keras"), "legacy": str(d / "ed.h5")}
+    model.save(files["keras"])
+    model.save(files["legacy"])
+    return model, files
+
+
+@pytest.mark.parametrize("fmt", ["keras", "legacy"])
+def test_encoder_decoder_keywords_and_state_outputs_match_keras(encoder_decoder, fmt):
+    """initial_state= and mask= of saved layer calls are honoured, and each model output is the
+    output index the config names (not the layer's whole tuple)."""
+    model, files = encoder_decoder
+    x = _x(13, (3, 5, 6, 4, 2))
+    valid = np.array([[1, 1, 0, 1, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]], bool)
+    expected = [torch.from_numpy(np.asarray(keras.ops.convert_to_numpy(t)))
+                for t in model([x, valid], training=False)]
+    # The test can fail: without the mask (all steps valid) Keras' outputs differ.
+    unmasked = keras.ops.convert_to_numpy(model([x, np.ones_like(valid)], training=False)[0])
+    assert np.abs(unmasked - expected[0].numpy()).max() > 1e-3
+    ours = load_model(files[fmt]).eval()
+    got = ours(torch.from_numpy(x), torch.from_numpy(valid))
+    assert isinstance(got, tuple) and len(got) == 3
+    for name, g, e in zip(("head", "h", "c"), got, expected):
+        assert g.shape == e.shape, name
+        assert_close(g.detach(), e, torch.float32, name, tol=TOL)
+    # The decoder starts from the encoder's states, not from zeros.
+    decoder = ours.layers["dec"]
+    from_zeros = decoder(ours.layers["enc"](torch.from_numpy(x), mask=torch.from_numpy(valid))[0])
+    assert (ours.layers["head"](from_zeros) - got[0]).abs().max() > 1e-3
+
+
+def test_sequential_ending_in_return_state(tmp_path):
+    model = keras.Sequential([keras.Input((3, 5, 4, 2)),
+                              keras.layers.ConvLSTM2D(2, 3, return_state=True)])
+    _randomize(model, 14)
+    model.save(tmp_path / "s.keras")
+    x = _x(15, (2, 3, 5, 4, 2))
+    got = load_model(tmp_path / "s.keras").eval()(torch.from_numpy(x))
+    expected = model(x)
+    assert len(got) == len(expected) == 3
+    for g, e in zip(got, expected):
+        assert_close(g.detach(), torch.from_numpy(np.asarray(keras.ops.convert_to_numpy(e))),
+                     torch.float32, "sequential state", tol=TOL)
+
+
+def test_keywords_load_model_cannot_honour_are_refused(tmp_path):
+    """A call keyword is honoured or refused by name, never dropped."""
+    inp = keras.Input((2, 4, 4, 1))
+    seq = keras.layers.ConvLSTM2D(2, 3, padding="same", return_sequences=True)(inp)
+    always = keras.Model(inp, keras.layers.Dropout(0.5, name="mc")(seq, training=True))
+    always.save(tmp_path / "mc.keras")
+    with pytest.raises(ValueError, match="'mc' is called with training=True"):
+        load_model(tmp_path / "mc.keras")

@@ -37,3 +37,19 @@ def test_every_python_block_runs_as_written(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "['enc', 'dec']\nTrue\nTrue" in out  # the Keras ports match Keras
     assert "torch.Size([2, 6, 12, 12, 8]) torch.Size([2, 12, 12, 8])" in out  # functional
+
+
+def test_keras_block_runs_in_a_fresh_process_without_keras_backend(tmp_path):
+    """The "Port a Keras model" block as a newcomer runs it: a fresh Python, no KERAS_BACKEND set
+    (Keras would default to TensorFlow, which is not installed), the reference path on the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+                 if "import keras" in b)
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TRITON_INTERPRET")}
+    done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, timeout=900,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "['enc', 'dec']\nTrue\nTrue" in done.stdout

@@ -8,7 +8,12 @@ torch). Its layers are torch modules named as the Keras layers (``model.layers["
 ConvLSTM ones are this library's ``ConvLSTM1D/2D/3D``, on the Triton kernels on a GPU.
 
 Models: Sequential, and functional models whose layers are each called once (a layer shared
-between several calls is refused), with one or more inputs and outputs. Layers: InputLayer,
+between several calls is refused), with one or more inputs and outputs. A ConvLSTM's call
+keywords ``initial_state=`` and ``mask=`` are honoured (an encoder's ``return_state`` outputs
+starting a decoder, a mask from another input), and each of a ``return_state`` layer's outputs
+(sequence, h, c) goes where the config sends it. Any other keyword of a saved call is refused
+with a ValueError naming it (never dropped); ``training=False`` is the layer's inference mode,
+which ``train()`` overrides as Keras' ``model(x, training=True)`` does. Layers: InputLayer,
 ConvLSTM1D/2D/3D, BatchNormalization (last axis), Conv1D/2D/3D and Conv1D/2D/3DTranspose
 (channels_last, "valid" / "same"), Dense, Activation, Dropout, SpatialDropout1D/2D/3D,
 MaxPooling1D/2D/3D, AveragePooling1D/2D/3D, UpSampling1D/2D/3D (nearest), Flatten, Reshape,
@@ -75,24 +80,36 @@ def load_model(path, config=None):
         return config, layers
 
     config, layers = _with_file(path, read)
-    modules, graph = {}, []
+    modules, graph, counts = {}, [], {}
     sequential = config["class_name"] == "Sequential"
-    previous = None
+    previous = _MODEL_INPUT
     for name, layer, weights in layers:
-        module = _build(layer["class_name"], layer.get("config") or {}, weights, name)
+        cfg = layer.get("config") or {}
+        module = _build(layer["class_name"], cfg, weights, name)
         if sequential:
             if module is None:  # the InputLayer
                 continue
-            inputs = [previous] if previous is not None else [_MODEL_INPUT]
+            if counts.get(previous, 1) != 1:
+                raise ValueError(f"layer {name!r} follows {previous!r}, which returns its "
+                                 "states too (return_state=True): a Sequential model cannot "
+                                 "take them")
+            args, kwargs = [_Output(previous)], {}
             previous = name
         else:
-            inputs = _inbound(layer, name)
+            args, kwargs = _inbound(layer, name, counts)
+        counts[name] = _output_count(layer["class_name"], cfg)
         modules[name] = module if module is not None else nn.Identity()
-        graph.append((name, inputs))
-    if sequential:
-        return KerasModel(modules, graph, [_MODEL_INPUT], [previous])
+        graph.append((name, args, kwargs))
+    if sequential:  # a last layer with return_state=True returns (output, h, c), as in Keras
+        outputs = [_Output(previous, i) for i in range(counts.get(previous, 1))]
+        return KerasModel(modules, graph, [_MODEL_INPUT], outputs)
     model_inputs = [entry[0] for entry in _tensor_list(config["config"]["input_layers"])]
-    outputs = [entry[0] for entry in _tensor_list(config["config"]["output_layers"])]
+    outputs = []
+    for source, call, index in _tensor_list(config["config"]["output_layers"]):
+        if call != 0 or source not in counts or index >= counts[source]:
+            raise ValueError(f"the model's output {[source, call, index]} is not an output "
+                             "of a single-call layer of the model")
+        outputs.append(_Output(source, index))
     return KerasModel(modules, graph, model_inputs, outputs)
 
 
@@ -104,31 +121,94 @@ def _tensor_list(entries):
     return [entries] if entries and isinstance(entries[0], str) else list(entries)
 
 
-def _inbound(layer, name):
-    """The names of the layers whose outputs a functional layer takes (a list, or a nested one
-    for Add/Concatenate)."""
+class _Output:
+    """Output ``index`` of layer ``source`` in a functional model's graph."""
+
+    __slots__ = ("source", "index")
+
+    def __init__(self, source, index=0):
+        self.source, self.index = source, index
+
+    def __repr__(self):
+        return f"{self.source}[{self.index}]"
+
+
+# Keyword arguments of a saved layer call that load_model honours, per layer class. ``training``
+# is recorded by Keras in some calls; the torch module's mode (train() / eval()) decides instead,
+# as Keras does when the model itself is called with ``training=``.
+_CALL_KEYWORDS = {"ConvLSTM1D": ("initial_state", "mask"), "ConvLSTM2D": ("initial_state", "mask"),
+                  "ConvLSTM3D": ("initial_state", "mask")}
+
+
+# Layers that Keras calls without a mask (their call takes none) and so may be wrapped in a
+# TimeDistributed that is given one: the mask changes nothing.
+_MASK_FREE = frozenset(("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
+                        "Conv3DTranspose", "Dense", "Activation", "Dropout", "SpatialDropout1D",
+                        "SpatialDropout2D", "SpatialDropout3D", "Flatten", "Reshape",
+                        "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
+                        "AveragePooling2D", "AveragePooling3D", "UpSampling1D", "UpSampling2D",
+                        "UpSampling3D"))
+
+
+def _inbound(layer, name, outputs):
+    """What a functional layer's call takes: (args, kwargs) of ``_Output`` references (nested
+    lists for Add/Concatenate and ``initial_state``). ``outputs``: how many outputs each layer
+    seen so far returns. Every keyword is honoured or refused: none is dropped."""
     nodes = layer.get("inbound_nodes") or []
     if layer["class_name"] == "InputLayer":
-        return []
+        return [], {}
     if len(nodes) != 1:
         raise ValueError(f"layer {name!r} is called {len(nodes)} times in the model: shared "
                          "layers are not supported by load_model")
-
-    def history(arg):
-        if isinstance(arg, list):
-            return [history(a) for a in arg]
-        if isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__":
-            source, node, index = arg["config"]["keras_history"]
-            if node != 0 or index != 0:
-                raise ValueError(f"layer {name!r} takes output {index} of call {node} of "
-                                 f"{source!r}: only single-output, single-call layers are "
-                                 "supported by load_model")
-            return source
-        raise ValueError(f"layer {name!r}: an argument that is not a tensor ({arg!r}) is not "
-                         "supported by load_model")
-
     node = nodes[0]
-    return [history(arg) for arg in node.get("args", [])]
+    if not isinstance(node, dict):
+        raise ValueError(f"layer {name!r}: its inbound node {node!r} is in the Keras 2 "
+                         "(tf.keras) format, which load_model does not read; save the model "
+                         "with Keras 3")
+
+    def reference(arg, what):
+        if isinstance(arg, list):
+            return [reference(a, what) for a in arg]
+        if isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__":
+            source, call, index = arg["config"]["keras_history"]
+            if call != 0:
+                raise ValueError(f"layer {name!r} takes call {call} of {source!r}: only "
+                                 "single-call layers are supported by load_model")
+            if source not in outputs:
+                raise ValueError(f"layer {name!r} takes {source!r}, which comes later in the "
+                                 "model's config")
+            if index >= outputs[source]:
+                raise ValueError(f"layer {name!r} takes output {index} of {source!r}, which "
+                                 f"returns {outputs[source]}")
+            return _Output(source, index)
+        raise ValueError(f"layer {name!r}: {what} {arg!r} is not a tensor, which load_model "
+                         "does not support there")
+
+    args = [reference(arg, "the argument") for arg in node.get("args", [])]
+    kwargs = {}
+    allowed = _CALL_KEYWORDS.get(layer["class_name"], ())
+    inner = ((layer.get("config") or {}).get("layer") or {}).get("class_name")
+    for key, value in (node.get("kwargs") or {}).items():
+        if value is None or (key == "training" and value is False):
+            continue  # False: the layer's inference mode, what eval() gives and train() overrides
+        if key == "training" and value is True:
+            raise ValueError(
+                f"layer {name!r} is called with training=True (on in inference too, e.g. Monte "
+                "Carlo dropout): load_model follows the module's train() / eval() mode for "
+                "every layer and cannot honour it")
+        if key == "mask" and layer["class_name"] == "TimeDistributed" and inner in _MASK_FREE:
+            continue  # Keras passes the mask on only to a layer whose call takes one
+        if key not in allowed:
+            raise ValueError(
+                f"layer {name!r} ({layer['class_name']}) is called with {key}={value!r}: "
+                f"load_model honours {', '.join(allowed) or 'no keyword arguments'} for it, "
+                "and drops none")
+        kwargs[key] = reference(value, f"{key}=")
+    return args, kwargs
+
+
+def _output_count(class_name, cfg):
+    return 3 if class_name.startswith("ConvLSTM") and cfg.get("return_state") else 1
 
 
 class KerasModel(nn.Module):
@@ -139,6 +219,8 @@ class KerasModel(nn.Module):
     def __init__(self, modules, graph, inputs, outputs):
         super().__init__()
         self.layers = nn.ModuleDict(modules)
+        # graph: (name, args, kwargs) in call order; inputs: model input names; outputs:
+        # ``_Output`` references.
         self.graph, self.inputs, self.outputs = graph, inputs, outputs
 
     def forward(self, *inputs):
@@ -146,15 +228,20 @@ class KerasModel(nn.Module):
             raise TypeError(f"the model takes {len(self.inputs)} input(s) "
                             f"({', '.join(self.inputs)}), got {len(inputs)}")
         values = dict(zip(self.inputs, inputs))
-        for name, sources in self.graph:
+
+        def resolve(ref):
+            if isinstance(ref, list):
+                return [resolve(r) for r in ref]
+            value = values[ref.source]
+            return value[ref.index] if isinstance(value, tuple) else value
+
+        for name, args, kwargs in self.graph:
             if name in values:  # an InputLayer
                 continue
-            args = [[values[s] for s in a] if isinstance(a, list) else values[a]
-                    for a in sources]
-            values[name] = self.layers[name](*args)
-        out = [values[name] for name in self.outputs]
+            values[name] = self.layers[name](
+                *(resolve(a) for a in args), **{k: resolve(v) for k, v in kwargs.items()})
+        out = [resolve(ref) for ref in self.outputs]
         return out[0] if len(out) == 1 else tuple(out)
-
 
 
 def _build(class_name, cfg, weights, name):
