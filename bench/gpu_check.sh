@@ -6,13 +6,15 @@
 #   3. smoke            import, then one tiny forward + backward per dtype (bf16, fp16, fp32) of
 #                       conv_lstm(backend="triton") against backend="reference" (~30 s): a
 #                       broken build shows at once, and the script goes on to the tests
-#   4. tests bf16       pytest -m "gpu or kernels" -k bf16 (includes one run with autotuning on)
-#   5. tests fp32       the fp32 tests and those without a dtype in their id
-#   6. compare bf16     bench/compare.py per shape: mnist_l2, nowcast, mnist_l1, small; variants
+#   4. anchors          bench/anchor_timing.py: the performance model's anchor kernels timed
+#                       beside their forecasts and published H100 times (~60 s)
+#   5. tests bf16       pytest -m "gpu or kernels" -k bf16 (includes one run with autotuning on)
+#   6. tests fp32       the fp32 tests and those without a dtype in their id
+#   7. compare bf16     bench/compare.py per shape: mnist_l2, nowcast, mnist_l1, small; variants
 #                       eager_cat, eager_hoisted, triton_fused, triton_fused_input, triton_tma, triton_graphs
 #                       and torch.compile (compile runs last within a shape)
-#   7. compare fp32     the same shapes in fp32, while time is left
-#   8. tests fp16       the fp16 tests, while time is left
+#   8. compare fp32     the same shapes in fp32, while time is left
+#   9. tests fp16       the fp16 tests, while time is left
 #
 # For a machine that already has torch, Triton and Python and no package registry: installs
 # nothing but this repository. Run from anywhere:
@@ -33,7 +35,8 @@
 # gets a line per step (and per smoke dtype, and the failed tests) the moment it ends, and
 # compare.py appends its CSV rows and rewrites its markdown after every variant.
 #
-# Writes to $OUT: machine.txt, install.log, smoke.log, tests-{bf16,fp32,fp16}.log,
+# Writes to $OUT: machine.txt, install.log, smoke.log, anchors.{log,csv,md},
+# tests-{bf16,fp32,fp16}.log,
 # compare-<dtype>-<shape>.{log,md,png}, compare.csv (all rows), compare.md (the tables, in the
 # order run), tuning-cache/ (the autotuning cache, with warm/cold timing per entry) and
 # summary.txt. At exit, even when interrupted (an EXIT trap; INT/TERM stop the running step
@@ -43,7 +46,7 @@
 #
 # Environment knobs: PYTHON (default python, else python3), BUDGET_S (whole script, default
 # 470), BENCH_RESERVE_S (kept for the comparisons while tests run, default 200), SMOKE_S (60),
-# TESTS_BF16_S (90), TESTS_FP32_S (150), TESTS_FP16_S (90), COMPARE_SHAPE_S (cap per
+# ANCHORS_S (75), TESTS_BF16_S (90), TESTS_FP32_S (150), TESTS_FP16_S (90), COMPARE_SHAPE_S (cap per
 # compare.py run, 75), MIN_STEP_S (20), FAULT_S (60), TEST_WORKERS (pytest-xdist workers, 6),
 # COMPARE_SHAPES, COMPARE_DTYPES, COMPARE_VARIANTS, DRY_RUN, PACK, OUT.
 set -uo pipefail  # no -e: a failing step is recorded and the next one runs
@@ -59,6 +62,7 @@ DRY_RUN="${DRY_RUN:-0}"
 BUDGET_S="${BUDGET_S:-470}"
 BENCH_RESERVE_S="${BENCH_RESERVE_S:-200}"
 SMOKE_S="${SMOKE_S:-60}"
+ANCHORS_S="${ANCHORS_S:-75}"
 TESTS_BF16_S="${TESTS_BF16_S:-90}"
 TESTS_FP32_S="${TESTS_FP32_S:-150}"
 TESTS_FP16_S="${TESTS_FP16_S:-90}"
@@ -182,7 +186,8 @@ pack() {
     [[ "${PACK:-1}" == 1 ]] || return 0
     # A lent GPU machine hands back only a few files: everything goes into one archive, and
     # only the summary, the smoke and test logs and the comparison tables stay beside it.
-    local keep=(summary.txt smoke.log compare.md tests-bf16.log tests-fp32.log tests-fp16.log)
+    local keep=(summary.txt smoke.log anchors.md compare.md tests-bf16.log tests-fp32.log
+                tests-fp16.log)
     local tmp="${TMPDIR:-/tmp}/all-results.$$.tar.gz" f name k kept
     if tar czf "$tmp" -C "$OUT" --exclude=./all-results.tar.gz . && mv -f "$tmp" "$OUT/all-results.tar.gz"; then
         shopt -s nullglob dotglob
@@ -381,6 +386,13 @@ EOF
 # benchmarks.
 run_step smoke "$(limit "$SMOKE_S")" "$OUT/smoke.log" \
     env CONVLSTM_TRITON_AUTOTUNE=0 SMOKE_SUMMARY="$SUMMARY" "$PYTHON" "$OUT/smoke.py"
+
+# The performance model's anchors: public kernels' published H100 times, timed here beside their
+# FORECAST (bench/anchor_timing.py): the first GPU run checks the model that steers the kernels.
+anchor_args=(--csv "$OUT/anchors.csv" --markdown "$OUT/anchors.md")
+[[ "$DRY_RUN" == 1 ]] && anchor_args+=(--dry-run)  # no GPU: one anchor forecast, no timing
+run_step anchors "$(limit "$ANCHORS_S" "$BENCH_RESERVE_S")" "$OUT/anchors.log" \
+    env -u TRITON_INTERPRET "$PYTHON" bench/anchor_timing.py "${anchor_args[@]}"
 
 # ---------------------------------------------------------------------------------------------
 # GPU tests, bf16 first. Correctness with the default config per kernel (autotuning every

@@ -4,9 +4,9 @@ The interpreter does not check what only the GPU compiler does (``tl.dot`` block
 rules, layouts, register and shared-memory limits at ptxas time). This script runs the real
 launchers on CPU tensors with ``JITFunction.run`` replaced by an ahead-of-time compile for
 ``GPUTarget("cuda", 90, 32)`` through Triton's NVIDIA backend (its bundled ptxas), specialized
-as Triton's JIT would on the GPU (``_jit_specialization``): every (kernel, signature,
-constexprs) the forward and backward launch is compiled once; nothing runs. ``compile_launch``
-is the hook, shared with ``bench/static_perf.py``.
+as Triton's JIT would on the GPU (``perfmodel.compiling.compile_launch``, the hook
+``bench/static_perf.py`` uses too): every (kernel, signature, constexprs) the forward and
+backward launch is compiled once; nothing runs.
 
     python bench/sm90_compile.py fp32|bf16|fp16            exit 0 when everything compiled
     python bench/sm90_compile.py bf16 --report             + what the compiled code does
@@ -19,114 +19,21 @@ Must run in a process without TRITON_INTERPRET (the kernels are plain JITFunctio
 """
 
 import argparse
-import inspect
 import os
 import re
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("run without TRITON_INTERPRET: the kernels must be compiled, not interpreted")
 
 import torch  # noqa: E402
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from perfmodel import sass  # noqa: E402
+from perfmodel.compiling import compile_launch, compiled  # noqa: E402, F401
 from triton.runtime.jit import JITFunction  # noqa: E402
 
-TARGET = GPUTarget("cuda", 90, 32)
-POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16",
-                 torch.int8: "*i8", torch.int32: "*i32", torch.int64: "*i64"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-compiled = {}
-
-
-def _signature(kernel, args, kwargs):
-    """Types, constexprs, and the divisibility-by-16 hints that Triton's JIT gives a launch
-    (integers that are multiples of 16, 16-byte aligned pointers): without them the compiler
-    could not vectorize what it does on the GPU. The fallback of ``_jit_specialization`` for a
-    Triton without the JIT's own binder."""
-    params = list(inspect.signature(kernel.fn).parameters.values())
-    bound = dict(zip((p.name for p in params), args))
-    bound.update(kwargs)
-    signature, constexprs, attrs = {}, {}, {}
-    for index, param in enumerate(params):
-        value = bound[param.name]
-        if "constexpr" in str(param.annotation):
-            signature[param.name] = "constexpr"
-            constexprs[(index,)] = value
-            continue
-        if isinstance(value, torch.Tensor):
-            signature[param.name] = POINTER_TYPES[value.dtype]
-            divisible = value.data_ptr() % 16 == 0
-        elif isinstance(value, bool):
-            signature[param.name] = "i1"
-            divisible = False
-        elif isinstance(value, int):
-            signature[param.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-            divisible = value % 16 == 0
-        else:
-            raise TypeError(f"{kernel.fn.__name__}: cannot type argument {param.name}={value!r}")
-        if divisible:
-            attrs[(index,)] = [["tt.divisibility", 16]]
-    # launch options (num_warps, num_stages, enable_fp_fusion, ...): the keywords that are not
-    # kernel parameters
-    names = {param.name for param in params}
-    options = {"num_warps": 4, "num_stages": 3} | {k: v for k, v in kwargs.items()
-                                                   if k not in names}
-    return signature, constexprs, attrs, options
-
-
-_binders = {}
-
-
-def _jit_specialization(kernel, args, kwargs):
-    """(signature, constexprs, attrs, options) exactly as ``JITFunction.run`` computes them on an
-    sm_90 device: Triton's own binder and ``_pack_args`` (integers equal to 1 become constexprs,
-    multiples of 16 and 16-byte aligned pointers get divisibility hints, options are the
-    backend's parsed defaults plus num_warps/num_stages). Falls back to ``_signature`` where
-    this Triton lacks those internals."""
-    try:
-        from triton.compiler.compiler import make_backend
-        from triton.runtime.jit import create_function_from_signature
-    except ImportError:
-        create_function_from_signature = None
-    if create_function_from_signature is None or not hasattr(kernel, "_pack_args"):
-        return _signature(kernel, args, kwargs)
-    if kernel not in _binders:
-        backend = make_backend(TARGET)
-        _binders[kernel] = (backend, create_function_from_signature(kernel.signature,
-                                                                    kernel.params, backend))
-    backend, binder = _binders[kernel]
-    kwargs = dict(kwargs)
-    bound_args, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args,
-                                                              specialization, options)
-    return signature, constexprs, attrs, options.__dict__
-
-
-def _hashable(value):
-    if isinstance(value, dict):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return tuple(_hashable(v) for v in value)
-    return value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
-
-
-def compile_launch(kernel, args, kwargs):
-    """(key, CompiledKernel) of one launch ``kernel[grid](*args, **kwargs)``, compiled for sm_90
-    once per (kernel, signature, constexprs, options, attrs): T time steps compile once."""
-    signature, constexprs, attrs, options = _jit_specialization(kernel, args, kwargs)
-    key = (kernel.fn.__name__, tuple(signature.items()), _hashable(constexprs),
-           _hashable({k: v for k, v in options.items() if k in ("num_warps", "num_stages")}),
-           _hashable(options), _hashable(attrs))
-    if key not in compiled:
-        kernel_bin = triton.compile(ASTSource(kernel, signature, constexprs, attrs),
-                                    target=TARGET, options=options)
-        names = list(signature)
-        flags = {names[index]: value for (index,), value in constexprs.items()
-                 if isinstance(value, bool) and value}
-        compiled[key] = (kernel_bin, sorted(flags))
-    return key, compiled[key][0]
 
 
 def compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
@@ -203,11 +110,9 @@ def cubin_usage(kernels):
     ``cuobjdump -res-usage``, spills as the bytes of the STL/LDL instructions (what ``ptxas -v``
     reports for that cubin). A second ptxas run on the PTX is not the same compile: Triton's
     ptxas flags differ by version, and with other flags the registers and spills do too."""
-    import static_perf  # the SASS tools (static_perf imports this module only lazily)
-
-    sass = static_perf.disassemble([kernel.asm["cubin"] for kernel in kernels])
-    return [(static_perf.resource_usage(kernel.asm["cubin"])["regs"],
-             static_perf.spill_bytes(instrs)) for kernel, instrs in zip(kernels, sass)]
+    code = sass.disassemble([kernel.asm["cubin"] for kernel in kernels])
+    return [(sass.resource_usage(kernel.asm["cubin"])["regs"], sass.spill_bytes(instrs))
+            for kernel, instrs in zip(kernels, code)]
 
 
 def report():

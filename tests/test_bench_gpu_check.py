@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
-KEPT = {"all-results.tar.gz", "summary.txt", "smoke.log", "compare.md", "tests-bf16.log",
-        "tests-fp32.log", "tests-fp16.log"}
+KEPT = {"all-results.tar.gz", "summary.txt", "smoke.log", "anchors.md", "compare.md",
+        "tests-bf16.log", "tests-fp32.log", "tests-fp16.log"}
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="needs bash and GNU timeout")
@@ -63,7 +63,7 @@ def test_dry_run_end_to_end(tmp_path):
     lines = summary_lines(out)
     assert proc.returncode == 0, "\n".join(lines) + proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = [line.split(":")[0] for line in lines if not line.startswith(" ")]
-    assert steps == ["install", "smoke bf16", "smoke fp16", "smoke fp32", "smoke",
+    assert steps == ["install", "smoke bf16", "smoke fp16", "smoke fp32", "smoke", "anchors",
                      "tests bf16", "tests fp32", "compare bf16 mnist_l2", "tests fp16"]
     status = {line.split(":")[0]: line for line in lines if not line.startswith(" ")}
     assert "skipped" in status["smoke bf16"]  # the interpreter's bf16 dots are wrong
@@ -76,6 +76,7 @@ def test_dry_run_end_to_end(tmp_path):
     markdown = (out / "compare.md").read_text()
     assert markdown.startswith("## bf16 mnist_l2") and "| eager_cat | triton_fused |" in markdown
     assert "tests collected" in (out / "tests-fp32.log").read_text()
+    assert "| Liger ReLU² fwd" in (out / "anchors.md").read_text()  # forecast, no timing
 
 
 def test_step_timeout_dumps_stacks_and_budget_skips(tmp_path):

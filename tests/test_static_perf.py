@@ -247,10 +247,9 @@ def test_backward_gemms_on_wgmma_at_f64(shape):
                        f"{loop.get('calls')} calls")
             continue
         # The issue bound caps a compute-bound loop; a launch whose HBM bytes take longer than
-        # its MMAs would at a 100 % issue bound (mnist_l1's input weight: C_in = 1, K = 25 in
-        # one tile, reading all of dgates for 16 GFLOP) is not limited by it, as the forward's
-        # C_in = 1 projection.
-        if (r["hbm_ms"] or 0) >= (r["compute_ms"] or 0) * (r["issue_bound"] or 0):
+        # its SM time (mnist_l1's input weight: C_in = 1, K = 25 in one tile, reading all of
+        # dgates for 16 GFLOP) is not limited by it, as the forward's C_in = 1 projection.
+        if r["limiter"] == "hbm":
             continue
         gated += 1
         if (r["issue_bound"] or 0) < BACKWARD_ISSUE_BOUND_MIN:
@@ -395,15 +394,14 @@ def test_issue_bound_and_forecast_of_the_canned_kernel():
     assert sp.issue_bound_and_bytes_per_flop(dict(loop, instructions=200), 4)[0] == 0.64
     stats = sp.KernelStats("toy_kernel", 4, 3, 157, 0, 0, 36 * 1024, 3, "regs", loop, 0.64,
                            bytes_per_flop)
-    # 132 SMs x 3 CTAs: 400 CTAs are 1.01 waves, 2 rounds; 10 K steps per CTA (no model)
+    # 132 SMs x 3 CTAs: 400 CTAs are 1.01 waves; 10 iterations per CTA
     useful = 400 * 10 * 524288
-    fc = sp.forecast_launch(stats, (400, 1, 1), {}, 4e9, useful)
-    assert fc["waves"] == 400 / 396 and fc["wave_efficiency"] == 400 / 792
-    assert fc["executed_flop"] == useful and fc["flop_source"] == "launcher"
-    compute = useful / (788e12 * 0.64 * (400 / 792))
-    assert abs(fc["compute_s"] - compute) < 1e-15 and fc["hbm_s"] == 4e9 / 4e12
-    nonloop = 8 * 4 / 4 * 2 / 1.755e9  # 8 instructions outside the loop, 2 rounds
-    assert abs(fc["forecast_s"] - (max(compute, 1e-3) + nonloop + 2e-6)) < 1e-15
+    fc = sp.forecast_launch(stats, (400, 1, 1), 4e9, useful, "h100")
+    assert fc.waves == 400 / 396 and fc.iterations == 10 and fc.executed_flop == useful
+    assert fc.bounds["hbm"] == 4e9 / sp.device("h100").hbm_bytes_per_s
+    assert fc.time_s == max(fc.bounds["sm_throughput"], fc.bounds["sm_latency"],
+                            fc.bounds["hbm"]) + fc.bounds["launch"]
+    assert fc.limiter == "hbm"  # 4 GB against 2 GFLOP
 
 
 def test_measured_csv(tmp_path):
