@@ -497,6 +497,32 @@ def test_dropout_training_seeded():
     assert torch.equal(d(x), a(x))
 
 
+def test_seeded_dropout_compiles_fullgraph_and_matches_eager():
+    """Seeded dropout has no torch.Generator to create inside a graph: the layer compiles with
+    fullgraph=True, draws the same masks as in eager mode, and advances its stream per call."""
+    x = torch.randn(2, 3, 4, 4, 2)
+    compiled_layer, eager_layer = _dropout_layer().train(), _dropout_layer().train()
+    compiled = torch.compile(compiled_layer, fullgraph=True, backend="aot_eager")
+    y1, y2 = compiled(x), compiled(x)
+    assert torch.allclose(y1, eager_layer(x), atol=1e-6)
+    assert torch.allclose(y2, eager_layer(x), atol=1e-6)
+    assert not torch.equal(y1, y2)
+    assert int(compiled_layer._dropout_draws) == int(eager_layer._dropout_draws) == 2
+
+
+def test_seeded_masks_are_the_same_on_every_device_and_uniform():
+    from convlstm_triton import seeded_random
+
+    u = seeded_random.uniform((4, 50, 40), seed=7, stream=0, draw=3, device="cpu")
+    assert u.dtype == torch.float32 and 0 <= u.min() and u.max() < 1
+    assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.var().item() - 1 / 12) < 0.005
+    assert torch.equal(u, seeded_random.uniform((4, 50, 40), 7, 0, torch.tensor(3), "cpu"))
+    for other in ((8, 0, 3), (7, 1, 3), (7, 0, 4)):  # seed, stream, draw each change it
+        assert (u != seeded_random.uniform((4, 50, 40), *other, device="cpu")).float().mean() > 0.99
+    if torch.cuda.is_available():
+        assert torch.equal(u, seeded_random.uniform((4, 50, 40), 7, 0, 3, "cuda").cpu())
+
+
 def test_dropout_masks_are_per_gate_inverted():
     layer = ConvLSTM2D(8, 3, in_channels=6, strides=2, dropout=0.25, recurrent_dropout=0.5,
                        backend="reference").train()

@@ -14,9 +14,11 @@ and ``bias`` ``(4F,)`` have the Keras shapes and gate order (i, f, c, o), so
   optimizer after that, as for torch's own lazy modules.
 * **Dropout.** In training mode with ``0 < rate < 1``, four per-gate inverted-dropout masks for
   the input (one frame's shape) and four for the state are drawn once per call and reused at every
-  time step (Keras). With ``seed`` the masks come from a ``torch.Generator`` per device seeded with
-  ``seed`` (the layer's own stream: reproducible across processes, advancing with every call);
-  without, from torch's global RNG. No dropout in eval mode.
+  time step (Keras). With ``seed`` the masks come from the layer's own counter-based stream
+  (``convlstm_triton.seeded_random``: a hash of the seed, the call number and the element; the
+  same on every device and in every process, advancing with every training call, compiling
+  with ``torch.compile(fullgraph=True)``); without, from torch's global RNG. No dropout in eval
+  mode.
 * **stateful=True.** The final ``(h, c)`` of a call (detached) is the initial state of the next
   call, kept as non-persistent buffers (they follow ``.to()`` but are not in the state_dict).
   ``reset_states()`` forgets them; after that the next call may use a new batch size. An explicit
@@ -46,6 +48,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter, is_lazy
 
+from .. import seeded_random
 from ..activations import CHANNEL_WISE_ACTIVATIONS, check_activation
 from ..functional import conv_lstm
 from ..geometry import ConvGeometry, normalize_tuple
@@ -202,7 +205,10 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         self.backend = backend
         self.cuda_graph = check_cuda_graph_option(cuda_graph)
-        self._generators = {}  # device -> torch.Generator (only with a seed)
+        # training calls that drew seeded dropout masks: the counter of the seeded stream (a
+        # buffer, so that torch.compile sees an in-place update rather than a new constant)
+        self.register_buffer("_dropout_draws", torch.zeros((), dtype=torch.int64, device=device),
+                             persistent=False)
 
         factory = {"device": device, "dtype": dtype}
         f4 = 4 * self.filters
@@ -443,25 +449,16 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
                 f"({self.data_format}), got shape {tuple(x.shape)}"
             )
 
-    def _generator(self, device):
-        if self.seed is None:
-            return None
-        key = str(device)
-        gen = self._generators.get(key)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._generators[key] = gen
-        return gen
-
-    def _dropout_masks(self, rate, shape, like):
-        """Four per-gate inverted-dropout masks ``(4, *shape)`` scaled by 1/(1-rate)."""
+    def _dropout_masks(self, rate, shape, like, stream):
+        """Four per-gate inverted-dropout masks ``(4, *shape)`` scaled by 1/(1-rate); ``stream``
+        tells the input masks (0) from the recurrent ones (1) of one seeded call."""
         keep = 1.0 - rate
-        generator = self._generator(like.device)
-        # No generator= at all without a seed: torch.compile traces torch.rand(generator=None)
-        # as the generator overload, which rejects symbolic (dynamic) sizes.
-        extra = {} if generator is None else {"generator": generator}
-        u = torch.rand((4,) + tuple(shape), device=like.device, **extra)
+        shape = (4,) + tuple(shape)
+        if self.seed is None:
+            u = torch.rand(shape, device=like.device)
+        else:
+            u = seeded_random.uniform(shape, self.seed, stream,
+                                      self._dropout_draws.to(like.device), like.device)
         return torch.where(u < keep, 1.0 / keep, 0.0).to(like.dtype)
 
     def forward(self, x, initial_state=None, mask=None):
@@ -513,16 +510,18 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
 
         input_mask = recurrent_mask = None
         if self.training and self.dropout > 0.0:
-            input_mask = self._dropout_masks(self.dropout, (batch,) + x_cl.shape[2:], x_cl)
+            input_mask = self._dropout_masks(self.dropout, (batch,) + x_cl.shape[2:], x_cl, 0)
         if self.training and self.recurrent_dropout > 0.0:
             geom = ConvGeometry.build(
                 tuple(x_cl.shape[2:-1]), self.kernel_size, self.strides, self.dilation_rate,
                 self.padding,
             )
             recurrent_mask = self._dropout_masks(
-                self.recurrent_dropout, (batch,) + geom.out_spatial + (self.filters,), x_cl
+                self.recurrent_dropout, (batch,) + geom.out_spatial + (self.filters,), x_cl, 1
             )
 
+        if self.seed is not None and (input_mask is not None or recurrent_mask is not None):
+            self._dropout_draws.add_(1)  # the next call draws the next masks of the stream
         seq, h, c = conv_lstm(
             x_cl, self.kernel, self.recurrent_kernel, self.bias, initial_state,
             strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
