@@ -543,10 +543,12 @@ def setup_context(ctx, inputs, output):
     ctx.save_preact = save_preact
     ctx.dtypes = tuple(t.dtype if t is not None else None
                        for t in (x, kernel2d, recurrent_kernel2d, bias, h0, c0, peephole))
+    ctx.inference_only = not training
     if not training:
-        # The caller asks for training buffers exactly when autograd records this op, so
-        # this is a caller bug, not a user error.
-        raise RuntimeError("convlstm_triton.forward ran with training=False under autograd")
+        # Eager calls ask for training buffers exactly when autograd records the op; a program
+        # traced or exported under torch.no_grad() keeps training=False and may still run with
+        # grad enabled: it runs, and only a backward through it fails (with what to do).
+        return
     ctx.save_for_backward(x, kernel2d, recurrent_kernel2d, bias, h0, states, c_all,
                           preact if save_preact else None, peephole, mask, xmask, hmask)
 
@@ -554,6 +556,11 @@ def setup_context(ctx, inputs, output):
 def backward(ctx, d_states, d_h, d_c, _d_c_all, _d_preact, backward_op=None):
     """``backward_op``: the backward op's implementation (eager mode, ``ops.run_forward``);
     None: the op ``torch.ops.convlstm_triton.backward``."""
+    if ctx.inference_only:
+        raise RuntimeError(
+            "convlstm_triton: this ConvLSTM ran its inference forward, which keeps nothing for "
+            "a backward pass: the program was traced or exported under torch.no_grad() (or "
+            "inference mode). To train through it, trace or export it with grad enabled.")
     needs = [bool(n) for n in ctx.needs_input_grad[:len(GRAD_INPUTS)]]
     op = backward_op if backward_op is not None else torch.ops.convlstm_triton.backward
     grads = op(d_states, d_h, d_c, *ctx.saved_tensors, *ctx.config, needs)
