@@ -10,6 +10,8 @@ backward launch is compiled once; nothing runs.
 
     python bench/sm90_compile.py fp32|bf16|fp16            exit 0 when everything compiled
     python bench/sm90_compile.py bf16 --report             + what the compiled code does
+    python bench/sm90_compile.py bf16 --no-division        exit 1 when a kernel variant calls
+                                                           a runtime division routine
 The report reads the compiled code per kernel variant, as one should before tuning: registers
 and spills (of the cubin Triton built, see ``cubin_usage``), shared memory, whether the dots
 became Hopper ``wgmma`` (or Ampere ``mma.sync``), and how many global loads are vectorized
@@ -115,6 +117,19 @@ def cubin_usage(kernels):
             for kernel, instrs in zip(kernels, code)]
 
 
+def runtime_divisions():
+    """[(kernel name, flags, what)] of the compiled variants that call a runtime routine:
+    64-bit integer division or remainder (``perfmodel.sass.runtime_division``)."""
+    rows = sorted(compiled.items(), key=lambda item: item[0][0])
+    code = sass.disassemble([kernel.asm["cubin"] for _, (kernel, _) in rows])
+    found = []
+    for (key, (kernel, flags)), instrs in zip(rows, code):
+        what = sass.runtime_division(kernel.asm["ptx"], instrs)
+        if what:
+            found.append((key[0], flags, what))
+    return found
+
+
 def report():
     """One line per compiled kernel variant: what the compiled code does."""
     print("| kernel | flags | warps | regs | spill B | smem KiB | wgmma | mma.sync | "
@@ -140,7 +155,16 @@ if __name__ == "__main__":
                         help="print registers, spills, shared memory, MMA kind, vector loads")
     parser.add_argument("--filters", type=int, default=5, help="F (default 5)")
     parser.add_argument("--in-channels", type=int, default=3, help="C_in (default 3)")
+    parser.add_argument("--no-division", action="store_true",
+                        help="exit 1 when a kernel variant calls a runtime division routine")
     cli = parser.parse_args()
     main(cli.dtype, cli.filters, cli.in_channels)
     if cli.report:
         report()
+    if cli.no_division:
+        dividing = runtime_divisions()
+        for name, flags, what in dividing:
+            print(f"runtime division: {name} [{' '.join(flags) or '-'}]: {', '.join(what)}")
+        if dividing:
+            sys.exit(1)
+        print(f"sm_90 {cli.dtype}: no runtime division in {len(compiled)} kernel variants")

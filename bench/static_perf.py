@@ -375,6 +375,7 @@ def launch_record(launch):
         "kernel": launch.kernel, "config": launch.config, "grid": list(launch.grid),
         "num_warps": s.num_warps, "num_stages": s.num_stages, "regs": s.regs,
         "spill_bytes": s.spill_bytes, "stack_bytes": s.stack, "smem_bytes": s.shared,
+        "runtime_division": list(s.runtime_division),
         "ctas_per_sm": s.ctas_per_sm, "occupancy_limit": s.occupancy_limit,
         "main_loop": {k: v for k, v in loop.items()},
         "instr_per_k_step": per_step,

@@ -24,7 +24,8 @@ Row tiles (TILES_PER_FRAME per frame, never straddling two frames, numbered fram
     otherwise       BLOCK_R consecutive pixels of one frame: a 32-bit division per row
                     (for frames whose spatial tiles would be mostly padding).
 A row tile index -> (frame, tile) -> (b, t) takes a few scalar 32-bit divisions per iteration,
-and a frame's base offsets are scalar pointers: no 64-bit or per-element division in the loop.
+and a frame's base offsets are scalar pointers: no 64-bit or per-element division in the loop,
+and no 64-bit division anywhere (ptxas makes one a call of a runtime routine).
 K blocks (K steps in conv_k_loop's order; constexpr TAP_MAJOR): one tap x BLOCK_K channels
 (per-row index math, loads contiguous along channels: k_step_a_tile), or BLOCK_K consecutive k
 of the flattened (tap, channel) index for small C such as C_in = 1 (``_flat_offsets``). A
@@ -297,10 +298,14 @@ def weight_grad_kernel(
     bias_lo = j_start
     bias_hi = j_start
     if BIAS_SUMS:
-        # int64: K_TILES x tiles per split may pass 2**31
-        n = (j_end - j_start).to(tl.int64)
-        bias_lo = j_start + (pid_k * n // K_TILES).to(tl.int32)
-        bias_hi = j_start + ((pid_k + 1) * n // K_TILES).to(tl.int32)
+        # K_TILES near-equal parts, the first n % K_TILES of them one tile longer: 32-bit
+        # math throughout (pid_k * q <= n), where pid_k * n // K_TILES needed int64 (K_TILES x
+        # tiles per split may pass 2**31), a 64-bit division: a runtime routine call
+        n = j_end - j_start
+        q = n // K_TILES
+        r = n - q * K_TILES
+        bias_lo = j_start + pid_k * q + tl.minimum(pid_k, r)
+        bias_hi = bias_lo + q + (pid_k < r).to(tl.int32)
     acc0 = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_K if K_BLOCKS == 2 else 16, BLOCK_N), dtype=tl.float32)
     # the main loop: the split's row tiles outside the bias range (one loop, so the pipeliner

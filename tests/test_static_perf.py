@@ -26,6 +26,11 @@ an issue bound >= 50 %; the FORECAST of a training step (forward + backward, bf1
 regression beyond 10 %, and the targets mnist_l1 10 ms, mnist_l2 5.7 ms, nowcast 13.2 ms as
 strict xfails while missed.
 
+Runtime division (issue 19): no launch of a GEMM kernel (forward, backward, weight- and
+input-gradient, input projection) in any problem above, any config the pruners keep, calls a
+runtime routine: no 64-bit integer division or remainder in its PTX (ptxas calls
+``__cuda_sm20_div_s64`` and the like for them) and no CALL in its SASS, anywhere in the kernel.
+
 Registers, spills and SASS depend on F, C_in, k, dtype and config, not on B·T·pixels, so the
 compile gates use a small synthetic shape; the forecasts use the benchmark's real sizes. Plus a
 unit test of the SASS parser on a canned snippet (in this process: no compile).
@@ -81,6 +86,9 @@ FORWARD_TUNED = ("step_forward", "input_projection", "forward_variant")
 # 50 % at F = 64 (the configs tuning by forecast picks, bf16, benchmark shapes)
 BACKWARD_GEMMS = ("weight_grad_kernel", "input_grad_kernel")
 BACKWARD_ISSUE_BOUND_MIN = 0.50
+# the GEMM kernels, none of which may call a runtime division routine
+GEMM_KERNELS = ("step_forward_kernel", "input_projection_kernel", "step_backward_kernel",
+                "weight_grad_kernel", "input_grad_kernel")
 ISSUE_BOUND_MIN = {"step_forward_kernel": 0.70, "input_projection_kernel": 0.60}
 ISSUE_BOUND_GATED = {"mnist_l1": ("step_forward_kernel",),  # see the module docstring
                      "mnist_l2": ("step_forward_kernel", "input_projection_kernel")}
@@ -128,7 +136,7 @@ def analyze_group(filters, dtype):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"  # silence Triton 3.9's notice; fusion is its default
     run = subprocess.run([sys.executable, "-c", WORKER, str(BENCH), json.dumps(problems)],
-                         env=env, capture_output=True, text=True, timeout=900)
+                         env=env, capture_output=True, text=True, timeout=3600)  # only a hang
     if run.returncode == 0 and run.stdout.startswith("SKIP: "):
         pytest.skip(f"this Triton cannot compile for sm_90 ahead of time: {run.stdout[6:]}")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
@@ -250,6 +258,26 @@ def test_backward_configs_have_no_spills(filters, dtype):
     assert seen, "no backward kernel config was analyzed"
     assert not failed, "configs that did not compile for sm_90:\n" + "\n".join(failed)
     assert not spills, "spilling configs:\n" + "\n".join(spills)
+
+
+@pytest.mark.parametrize("filters, dtype", [
+    pytest.param(f, d, id=f"F{f}-{d}") for f in (32, 64, 128) for d in ("bf16", "fp32")])
+def test_gemm_kernels_call_no_runtime_division(filters, dtype):
+    """Every launch of a GEMM kernel the analyses compiled (every problem of the group: the
+    forward variants, training, and in bf16 the benchmark shapes; every config the pruners
+    keep), anywhere in the kernel, not only the main loop."""
+    dividing, seen = {}, set()
+    for result in analyze_group(filters, dtype):
+        for r in result["records"]:
+            if r.get("kernel") not in GEMM_KERNELS or "runtime_division" not in r:
+                continue
+            seen.add(r["kernel"])
+            if r["runtime_division"]:
+                dividing.setdefault(_label(result["problem"], r),
+                                    ", ".join(r["runtime_division"]))
+    assert seen >= set(GEMM_KERNELS), f"GEMM kernels not analyzed: {set(GEMM_KERNELS) - seen}"
+    assert not dividing, "GEMM kernel variants calling a runtime division routine:\n" + "\n".join(
+        f"{label}: {what}" for label, what in sorted(dividing.items()))
 
 
 def _real_train(shape):

@@ -33,7 +33,13 @@ import math
 from dataclasses import dataclass, field
 
 from .device import device as _device
-from .sass import disassemble, resource_usage, sass_loop_stats, spill_bytes
+from .sass import (
+    disassemble,
+    resource_usage,
+    runtime_division,
+    sass_loop_stats,
+    spill_bytes,
+)
 
 
 def occupancy(regs, shared_bytes, num_warps, dev="h100"):
@@ -68,6 +74,7 @@ class KernelStats:
     loop: dict
     issue_bound: float | None
     bytes_per_flop: float | None
+    runtime_division: tuple = ()  # see sass.runtime_division()
 
 
 _usage_cache = {}  # compile key -> resource_usage()
@@ -115,7 +122,8 @@ def kernel_stats(items, dev="h100"):
         _stats_cache[key] = KernelStats(
             key[0], num_warps, options.get("num_stages", 3), usage["regs"],
             spill_bytes(instrs), usage["stack"] or 0, shared, ctas, limiter, loop,
-            *issue_bound_and_bytes_per_flop(loop, num_warps, block_m, dev))
+            *issue_bound_and_bytes_per_flop(loop, num_warps, block_m, dev),
+            runtime_division(kernel.asm["ptx"], instrs))
     return {key: _stats_cache[key] for key, _, _, _ in items}
 
 

@@ -402,8 +402,22 @@ def traffic(instrs, num_warps):
     return out
 
 
-def runtime_division_calls(instrs):
-    """CALLs in the kernel's own code (not inside called routines): on sm_90 Triton kernels
-    call only the runtime's division and remainder routines (``__cuda_sm20_div_s64``, ...)."""
-    subroutines = _subroutine_indices(instrs)
-    return sum(1 for i, ins in enumerate(instrs) if ins.base == "CALL" and i not in subroutines)
+# 64-bit integer division and remainder: ptxas has no instruction for them and calls a
+# routine (``__cuda_sm20_div_s64``, ``__cuda_sm20_rem_u64``, ...; 32-bit ones are inlined)
+PTX_RUNTIME_DIVISION = re.compile(r"\b(?:div|rem)\.[su]64\b")
+PTX_DIVISION_CALL = re.compile(r"\bcall(?:\.uni)?\b[^;]*?\b(\w*(?:div|rem)\w*)")
+
+
+def runtime_division(ptx, instrs):
+    """What in a compiled kernel calls a runtime routine, as sorted strings ("PTX div.s64 x2",
+    "SASS CALL x2"); empty when nothing does. The PTX's 64-bit divisions and remainders and its
+    calls of a routine named *div* or *rem*, and every CALL of the SASS: a Triton kernel's code
+    is inlined, so the CALLs it keeps are ptxas's routines (integer division, the slow paths of
+    IEEE float division)."""
+    found = Counter(PTX_RUNTIME_DIVISION.findall(ptx))
+    found.update(f"call {name}" for name in PTX_DIVISION_CALL.findall(ptx))
+    text = [f"PTX {op} x{n}" for op, n in found.items()]
+    calls = sum(ins.base == "CALL" for ins in instrs)
+    if calls:
+        text.append(f"SASS CALL x{calls}")
+    return tuple(sorted(text))
