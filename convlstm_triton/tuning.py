@@ -544,8 +544,8 @@ def _load(path, device_name):
         return {}, f"unreadable ({type(exc).__name__}: {exc})"
     try:
         data = json.loads(text)
-    except ValueError as exc:
-        return {}, f"not valid JSON ({exc})"
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
+        return {}, f"not valid JSON ({type(exc).__name__}: {str(exc)[:200]})"
     if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
         return {}, "not a tuning cache (no 'entries' object)"
     if data.get("schema") != SCHEMA_VERSION:
@@ -567,21 +567,58 @@ def _read_entries(path, device_name):
     return entries
 
 
+# How long a writer waits for the cache lock before it gives up (a writer frozen while holding
+# it, e.g. stopped by SIGSTOP, must not block every other tuning process): then the entry stays
+# in memory, with one warning.
+LOCK_TIMEOUT_S = 10.0
+# Temp files of interrupted writes (a writer killed between mkstemp and os.replace) older than
+# this are removed by the next writer.
+STALE_TEMP_S = 600.0
+
+
+class _LockTimeout(OSError):
+    pass
+
+
 @contextlib.contextmanager
 def _file_lock(path):
-    """An exclusive fcntl lock on ``path + ".lock"`` where fcntl exists; else no lock (the
-    write is still atomic, and _write_entry re-checks that its entry landed)."""
+    """An exclusive fcntl lock on ``path + ".lock"`` where fcntl exists, waited for at most
+    ``LOCK_TIMEOUT_S`` (then ``_LockTimeout``); else no lock (the write is still atomic, and
+    _write_entry re-checks that its entry landed)."""
     try:
         import fcntl
     except ImportError:
         yield
         return
     with open(path + ".lock", "a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise _LockTimeout(f"the lock {path}.lock was held for more than "
+                                       f"{LOCK_TIMEOUT_S:g} s") from None
+                time.sleep(delay)
+                delay = min(2 * delay, 0.05)
         try:
             yield
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _remove_stale_temps(directory):
+    """Remove ``.tuning-*.tmp`` files older than ``STALE_TEMP_S`` (left by killed writers)."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            if name.startswith(".tuning-") and name.endswith(".tmp"):
+                full = os.path.join(directory, name)
+                with contextlib.suppress(OSError):
+                    if now - os.stat(full).st_mtime > STALE_TEMP_S:
+                        os.remove(full)
 
 
 def _write_entry(path, device_name, entry_id, entry):
@@ -590,6 +627,7 @@ def _write_entry(path, device_name, entry_id, entry):
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, exist_ok=True)
+        _remove_stale_temps(directory)
         for _ in range(3):  # without a lock a concurrent writer may replace our write: retry
             with _file_lock(path):
                 entries, _ = _load(path, device_name)
@@ -601,15 +639,34 @@ def _write_entry(path, device_name, entry_id, entry):
                 })
             if entry_id in _load(path, device_name)[0]:
                 return
+    except _LockTimeout as exc:
+        _warn_once(("locked", path), f"convlstm_triton: tuning cache {path} not written ({exc}: "
+                   "another process holds it); tuned configs are kept in memory only")
     except OSError as exc:
         _warn_once(("unwritable", directory), f"convlstm_triton: cannot write the tuning cache "
                    f"{path} ({type(exc).__name__}: {exc}); tuned configs are kept in memory "
                    f"only (set CONVLSTM_TRITON_CACHE_DIR to a writable directory)")
 
 
+def _umask():
+    """The process umask, read without changing it where Linux tells it (setting it to read it
+    would race with other threads creating files)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path, data):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tuning-", suffix=".tmp")
     try:
+        # mkstemp makes 0600; a cache file gets the mode the umask gives new files, so that a
+        # shared cache directory works for every user it is shared with
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1)
             f.write("\n")

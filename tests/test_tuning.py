@@ -227,6 +227,8 @@ BAD_FILES = [
     pytest.param(json.dumps(header(device="NVIDIA A100")), "device", id="other_device"),
     pytest.param(json.dumps(header(entries=[])), "not a tuning cache", id="entries_list"),
     pytest.param(json.dumps([1, 2]), "not a tuning cache", id="top_level_list"),
+    # nested too deep for json's recursion: RecursionError, not ValueError
+    pytest.param("[" * 100000 + "]" * 100000, "not valid JSON", id="nested_too_deep"),
     pytest.param(json.dumps(header(entries={f"step_forward|{KEY!r}": {
         "config": [64, 32], "trials": []}})), "invalid entries", id="config_not_dict"),
     pytest.param(json.dumps(header(entries={f"step_forward|{KEY!r}": {
@@ -292,6 +294,52 @@ def test_cache_dir_that_is_a_file_tunes_in_memory(fake_bench, monkeypatch, tmp_p
     monkeypatch.setenv("CONVLSTM_TRITON_CACHE_DIR", str(blocker))
     with pytest.warns(RuntimeWarning, match="memory only"):
         assert pick() is CONFIGS[1]
+
+
+def test_lock_held_too_long_keeps_the_entry_in_memory_with_one_warning(fake_bench,
+                                                                         monkeypatch):
+    """A writer frozen while holding the lock (here: this process holds it on another open
+    file, which flock refuses as another process would) does not block tuning: the write gives
+    up after LOCK_TIMEOUT_S, the entry is kept in memory, one warning."""
+    import fcntl
+
+    monkeypatch.setattr(tuning, "LOCK_TIMEOUT_S", 0.2)
+    path = tuning.cache_path(DEVICE)
+    os.makedirs(os.path.dirname(path))
+    with open(path + ".lock", "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            start = time.monotonic()
+            assert pick() is CONFIGS[1]
+            assert pick(key=KEY[:-1] + (False,)) is CONFIGS[1]
+            assert time.monotonic() - start < 60  # bounded (a hang would be forever)
+        assert pick() is CONFIGS[1]  # a memory hit
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "memory only" in messages[0] and "lock" in messages[0]
+    assert fake_bench.calls == [64, 128, 32] * 2
+    assert not os.path.exists(path)
+    pick(key=KEY[:-1] + (True, 1))  # the lock is free again: written
+    assert len(read_cache()["entries"]) == 1
+
+
+def test_stale_temp_files_are_removed_and_the_cache_takes_the_umask(fake_bench):
+    path = tuning.cache_path(DEVICE)
+    directory = os.path.dirname(path)
+    os.makedirs(directory)
+    stale, fresh = (os.path.join(directory, f".tuning-{n}.tmp") for n in ("old", "new"))
+    for name in (stale, fresh):
+        with open(name, "w") as f:
+            f.write("{")
+    old = time.time() - tuning.STALE_TEMP_S - 60
+    os.utime(stale, (old, old))
+    previous = os.umask(0o022)
+    try:
+        pick()
+    finally:
+        os.umask(previous)
+    assert not os.path.exists(stale) and os.path.exists(fresh)  # fresh: a writer may own it
+    assert os.stat(path).st_mode & 0o777 == 0o644  # mkstemp's 0600 no more
 
 
 # ---------------------------------------------------------------------------------------------
