@@ -128,11 +128,26 @@ def launch(kernel, grid, args, **kwargs):
     compiled = kernel[grid](*args, **kwargs)
     if key is not None and (launcher := _launcher_of(compiled)) is not None:
         _LAUNCHED[key] = launcher
+        drop_oldest(_LAUNCHED, LAUNCHED_KEPT)
     return Record(kernel, grid, by_name, options, compiled, signature, template)
 
 
-# (kernel, signature of every argument, device) -> the compiled kernel Triton's JIT launched
+def drop_oldest(cache, kept):
+    """Trim a dict cache to ``kept`` entries, the oldest inserted first (FIFO: hits pay nothing;
+    an entry dropped while still in use is made again at its next miss). Tolerates another
+    thread changing the dict meanwhile."""
+    while len(cache) > kept:
+        try:
+            cache.pop(next(iter(cache)), None)
+        except (RuntimeError, StopIteration):  # changed under us, or emptied: try again / done
+            if not cache:
+                return
+
+
+# (kernel, signature of every argument, device) -> the compiled kernel Triton's JIT launched;
+# at most LAUNCHED_KEPT (a distinct size of any argument is another signature)
 _LAUNCHED = {}
+LAUNCHED_KEPT = 2048
 # Devices whose launches may skip the JIT (tools that compile or fake launches on the CPU
 # without a driver, e.g. bench/static_perf.py, must not reach the driver from here;
 # bench/host_overhead.py, which fakes one, adds "cpu").

@@ -142,12 +142,15 @@ def _prune(configs, **limits):
             cfg for cfg in configs
             if all(cfg[block] <= max(16, next_power_of_2(size))
                    for block, size in limits.items())] or configs[:1])
+        launch_plans.drop_oldest(_pruned, PRUNED_KEPT)
     return entry[1]
 
 
 # (ids of the config dicts, limits) -> (the dicts, kept): holding the dicts keeps their ids
-# theirs (usually the kernels' module-level CONFIGS, alive anyway)
+# theirs (usually the kernels' module-level CONFIGS, alive anyway); at most PRUNED_KEPT (the
+# limits are sizes: every distinct problem size adds one)
 _pruned = {}
+PRUNED_KEPT = 4096
 
 
 def _tuned_launch(name, key, configs, launch, outputs, device, flop=None, warm_l2=False):

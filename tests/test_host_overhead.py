@@ -253,3 +253,25 @@ def test_gate_interleave_layout(F, block_f):
                 channel = j * block_f + f
                 want = w[:, g * F + channel] if channel < F else torch.zeros(7)
                 assert torch.equal(out[:, col], want), (j, g, f)
+
+
+def test_caches_keyed_by_problem_size_are_capped(monkeypatch):
+    """Distinct sizes must not grow the launchers' caches without bound (a long-running
+    service sees many): the pruned-config cache and the direct-launch table keep at most
+    their caps, dropping the oldest first."""
+    from convlstm_triton.kernels import step_forward
+
+    from convlstm_triton import launchers
+
+    monkeypatch.setattr(launchers, "PRUNED_KEPT", 50)
+    monkeypatch.setattr(launchers, "_pruned", {})
+    for m in range(1, 300):
+        launchers._prune(step_forward.CONFIGS, BLOCK_M=m, BLOCK_F=m, BLOCK_K=m)
+        assert len(launchers._pruned) <= 50
+    newest = launchers._prune(step_forward.CONFIGS, BLOCK_M=299, BLOCK_F=299, BLOCK_K=299)
+    assert newest == launchers._prune(step_forward.CONFIGS, BLOCK_M=299, BLOCK_F=299,
+                                      BLOCK_K=299)  # still cached, and the same answer
+    cache = {i: str(i) for i in range(10)}
+    launch_plans.drop_oldest(cache, 4)
+    assert list(cache) == [6, 7, 8, 9]
+    assert launch_plans.LAUNCHED_KEPT > 0
