@@ -687,3 +687,55 @@ def test_triton_backend_matches_reference_through_the_module():
     tol = TF32_TOLERANCE if device == "cuda" and torch.backends.cudnn.allow_tf32 else None
     for name, out, expected in zip(names, results[1], results[0]):
         assert_close(out, expected, torch.float32, name, tol=tol)
+
+
+# ----------------------------------------------------------------------------- lazy first calls
+
+
+def test_a_failing_first_call_leaves_the_layer_lazy():
+    layer = ConvLSTM2D(4, 3, padding="same", backend="reference")
+    with pytest.raises(ValueError, match="0 channels"):
+        layer(torch.randn(1, 2, 5, 5, 0))
+    with pytest.raises(ValueError, match="rank 5"):
+        layer(torch.randn(1, 5, 5, 3))
+    assert layer.in_channels is None  # still lazy: the next call builds it
+    assert layer(torch.randn(1, 2, 5, 5, 3)).shape == (1, 5, 5, 4)
+    assert layer.in_channels == 3
+
+
+def test_first_call_from_many_threads_materializes_once():
+    """Eight threads call a fresh lazy layer at once: one materialization, and every thread's
+    output is what the final weights give (torch's LazyLinear re-initializes under the first
+    thread, or fails on '_initialize_hook')."""
+    import threading
+
+    for attempt in range(5):
+        layer = ConvLSTM2D(4, 3, padding="same", return_sequences=True, backend="reference")
+        inits = []
+        original = layer.reset_parameters
+
+        def counting(*args, original=original, inits=inits, **kwargs):
+            inits.append(1)
+            return original(*args, **kwargs)
+
+        layer.reset_parameters = counting
+        xs = [torch.randn(1, 2, 6, 5, 3) for _ in range(8)]
+        outs, errors = [None] * 8, []
+        barrier = threading.Barrier(8)
+
+        def call(i, layer=layer, xs=xs, outs=outs, errors=errors, barrier=barrier):
+            barrier.wait(timeout=60)
+            try:
+                outs[i] = layer(xs[i]).detach()
+            except Exception as exc:  # noqa: BLE001 - collected, asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not errors, errors
+        assert len(inits) == 1, f"attempt {attempt}: materialized {len(inits)} times"
+        for x, out in zip(xs, outs):
+            assert torch.equal(out, layer(x).detach())

@@ -41,6 +41,7 @@ and ``bias`` ``(4F,)`` have the Keras shapes and gate order (i, f, c, o), so
 
 import inspect
 import math
+import threading
 
 import numpy as np
 import torch
@@ -76,6 +77,12 @@ def _check_positive_int(value, argument, allow_none=False):
     if value < 1:
         raise ValueError(f"{argument} must be a positive int, got {value!r}")
     return int(value)
+
+
+# Serializes the materialization of lazy layers (rare: once per layer): threads calling a lazy
+# layer for the first time at once. One lock for all layers (a lock per layer would not survive
+# copy.deepcopy or pickling).
+_LAZY_INIT_LOCK = threading.RLock()
 
 
 class _ConvLSTM(LazyModuleMixin, nn.Module):
@@ -290,11 +297,30 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
                 self.bias.copy_(value)
 
     def initialize_parameters(self, x, *args, **kwargs):
-        """LazyModuleMixin hook: materialize and initialize from the first input's channels."""
-        if self.has_uninitialized_params():
-            self._check_input_rank(x)
-            self._materialize(int(x.shape[self._channel_axis]))
-            self.reset_parameters()
+        """LazyModuleMixin hook: materialize and initialize from the first input's channels.
+        ``x`` is checked first: an input that the call would refuse leaves the layer lazy (a
+        first call with 0 channels used to build it for 0 channels, for good)."""
+        with _LAZY_INIT_LOCK:
+            if self.has_uninitialized_params():
+                self._check_input_rank(x)
+                channels = int(x.shape[self._channel_axis])
+                if channels < 1:
+                    raise ValueError(
+                        f"{self._get_name()}: x has {channels} channels (shape "
+                        f"{tuple(x.shape)}, {self.data_format}); a layer needs at least one "
+                        "input channel")
+                self._materialize(channels)
+                self.reset_parameters()
+
+    def _infer_parameters(self, module, args, kwargs=None):
+        """LazyModuleMixin's first-call hook, once: threads calling a lazy layer for the first
+        time at once materialize it one at a time, and the later ones find it built (torch's
+        own hook materializes it again in each, re-initializing the weights under the first
+        thread's forward)."""
+        with _LAZY_INIT_LOCK:
+            if not module.has_uninitialized_params() and not hasattr(module, "_initialize_hook"):
+                return None
+            return super()._infer_parameters(module, args, kwargs)
 
     def set_keras_weights(self, weights):
         """Load ``[kernel, recurrent_kernel, bias]`` as a Keras layer's ``get_weights()`` has them.
@@ -479,7 +505,7 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
         # forward() called directly (without __call__'s lazy hook). Skipped while compiling:
         # dynamo cannot trace is_lazy(), and a compiled module must already be initialized.
         if not torch.compiler.is_compiling() and self.has_uninitialized_params():
-            self.initialize_parameters(x)
+            self.initialize_parameters(x)  # (takes the lock; it re-checks under it)
         channels_first = self.data_format == "channels_first"
         x_cl = x.movedim(2, -1) if channels_first else x
         in_channels = self.kernel.shape[-2]
