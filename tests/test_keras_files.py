@@ -319,3 +319,61 @@ def test_from_keras_errors(many_arguments, saved):
 
 def model_config(model):
     return model.layers[-1].get_config()
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+
+def test_truncated_and_corrupt_files_are_named_errors(saved, tmp_path):
+    """A cut .keras (or .h5), a .keras whose member header is broken: a ValueError that names
+    the file and what is wrong, from every entry point (load_model included)."""
+    from convlstm_triton.keras import load_model
+
+    src = saved["files"]["functional", "keras"]
+    data = open(src, "rb").read()
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(data[:len(data) // 2])
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(src) as archive:
+        offset = archive.getinfo("model.weights.h5").header_offset
+    broken.write_bytes(data[:offset] + b"XXXX" + data[offset + 4:])  # its local header's magic
+    legacy = open(saved["files"]["functional", "legacy"], "rb").read()
+    cut_h5 = tmp_path / "cut.h5"
+    cut_h5.write_bytes(legacy[:len(legacy) // 3])
+    cases = ((cut, "truncated or corrupt .keras"), (broken, "corrupt .keras"),
+             (cut_h5, "HDF5 file that cannot be read"))
+    for path, message in cases:
+        for call in (lambda p: load_keras_layer_weights(p, "enc"), list_convlstm_layers,
+                     lambda p: ConvLSTM2D.from_keras(p, "enc"), load_model):
+            with pytest.raises(ValueError, match=message) as caught:
+                call(path)
+            assert str(path) in str(caught.value)
+
+
+def test_damaged_layer_groups_are_named_errors(saved, tmp_path):
+    """A ConvLSTM whose recurrent kernel is gone from the file: every entry point says which
+    layer is damaged and how (load_model raised h5py's KeyError, list_convlstm_layers left the
+    layer out silently, from_keras called it 'not a ConvLSTM layer')."""
+    from convlstm_triton.keras import load_model
+
+    legacy = tmp_path / "damaged.h5"
+    shutil.copy(saved["files"]["functional", "legacy"], legacy)
+    with h5py.File(legacy, "r+") as f:
+        group = f["model_weights"]["enc"]
+        names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+        del group[next(n for n in names if "recurrent" in n)]
+    weights = tmp_path / "damaged.weights.h5"
+    shutil.copy(saved["files"]["functional", "weights"], weights)
+    with h5py.File(weights, "r+") as f:
+        del f["layers/conv_lstm2d/cell/vars/1"]
+    for path in (legacy, weights):
+        with pytest.raises(ValueError, match="damaged"):
+            list_convlstm_layers(path)
+        with pytest.raises(ValueError, match="damaged"):
+            load_keras_layer_weights(path, "enc" if path == legacy else "conv_lstm2d")
+    with pytest.raises(ValueError, match="'enc' is damaged"):
+        ConvLSTM2D.from_keras(legacy, "enc")
+    with pytest.raises(ValueError, match="'enc' is damaged: its weight"):
+        load_model(legacy)
+    # the undamaged layer of the same file still loads
+    assert len(load_keras_layer_weights(legacy, "dec")) == 2

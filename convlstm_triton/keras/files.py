@@ -35,6 +35,7 @@ import json
 import os
 import re
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -89,10 +90,11 @@ def _attr_str(attrs, key):
 class _Entry:
     """One saved layer of a Keras 3 weights file."""
 
-    def __init__(self, path, name, cell_vars):
+    def __init__(self, path, name, cell_vars, damage=None):
         self.path = path  # "layers/conv_lstm2d_1"
         self.name = name  # "dec", or None (older files)
         self.cell_vars = cell_vars  # the h5 group <path>/cell/vars, or None
+        self.damage = damage  # what is wrong with a ConvLSTM's cell/vars, or None
 
     @property
     def short_path(self):  # "conv_lstm2d_1", "sequential/conv_lstm2d"
@@ -121,6 +123,28 @@ def _is_convlstm_vars(group, h5py):
     return ok
 
 
+def _convlstm_damage(group, h5py):
+    """What is wrong with a ``cell/vars`` group that holds a ConvLSTM's kernel (a dataset "0" of
+    rank >= 3, or the numbered datasets of a ConvLSTM with one gone) but not a readable set of
+    ConvLSTM weights; None where it is fine or is another layer's."""
+    if group is None or _is_convlstm_vars(group, h5py):
+        return None
+    keys = sorted(group.keys())
+    kernel = group.get("0")
+    looks = (isinstance(kernel, h5py.Dataset) and len(kernel.shape) >= 3) or (
+        kernel is None and any(isinstance(group.get(k), h5py.Dataset)
+                               and len(group[k].shape) >= 3 for k in ("1", "2")))
+    if not looks:
+        return None
+    missing = [k for k in ("0", "1") if not isinstance(group.get(k), h5py.Dataset)]
+    if missing:
+        return (f"cell/vars holds {keys}: the {' and '.join(missing)} dataset(s) (kernel, "
+                "recurrent kernel) are missing")
+    return (f"cell/vars holds {keys} with shapes "
+            f"{[tuple(group[k].shape) for k in keys if isinstance(group.get(k), h5py.Dataset)]}"
+            ", which are not a ConvLSTM's kernel, recurrent kernel and bias")
+
+
 def _keras3_entries(h5, h5py):
     """Every layer group under ``layers/`` (recursing into nested models' ``layers/``)."""
     entries = []
@@ -135,9 +159,10 @@ def _keras3_entries(h5, h5py):
             name = _attr_str(vars_group.attrs, "name") if vars_group is not None else None
             cell = child.get("cell")
             cell_vars = cell.get("vars") if isinstance(cell, h5py.Group) else None
+            damage = _convlstm_damage(cell_vars, h5py)
             if not _is_convlstm_vars(cell_vars, h5py):
                 cell_vars = None
-            entries.append(_Entry(path, name, cell_vars))
+            entries.append(_Entry(path, name, cell_vars, damage))
             nested = child.get("layers")
             if isinstance(nested, h5py.Group):
                 visit(nested, f"{path}/layers")
@@ -228,6 +253,9 @@ def _find_keras3(h5, h5py, layer_name, config, source):
                " (this file stores no layer names: pass a group path as listed)")
         )
     entry = named[0]
+    if entry.damage is not None:
+        raise ValueError(f"{source}: layer {entry.describe()} is a damaged ConvLSTM layer: "
+                         f"{entry.damage}")
     if entry.cell_vars is None:
         raise ValueError(
             f"{source}: layer {entry.describe()} is not a ConvLSTM layer (no cell/vars with a "
@@ -279,14 +307,21 @@ def _find_legacy(root, h5py, layer_name, source):
         for role, wname in zip(roles, weight_names):
             ds = group.get(wname)
             if not isinstance(ds, h5py.Dataset):
-                return None
+                raise ValueError(f"{source}: layer {name!r} is damaged: its weight {wname!r} "
+                                 "(listed in weight_names) is missing from the file")
             weights[role] = _read(ds)
         k, r = weights[0].shape, weights[1].shape
         if len(k) < 3 or k[:-2] != r[:-2] or k[-1] != r[-1] or k[-1] != 4 * r[-2]:
             return None
         return weights
 
-    available = ", ".join(repr(n) for n in layer_names if convlstm_weights(n) is not None)
+    def readable(name):  # for the list of alternatives: damaged layers count as none
+        try:
+            return convlstm_weights(name) is not None
+        except ValueError:
+            return False
+
+    available = ", ".join(repr(n) for n in layer_names if readable(n))
     if layer_name not in layer_names:
         raise ValueError(
             f"{source} has no layer {layer_name!r}; ConvLSTM layers in this file: "
@@ -305,13 +340,49 @@ def _find_legacy(root, h5py, layer_name, source):
 # --------------------------------------------------------------------------- entry points
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# what a damaged zip member raises while it is read (CRC, deflate stream, early end)
+_ZIP_DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError)
+
+
+def _magic(path):
+    with open(path, "rb") as f:
+        return f.read(8)
+
+
 def _open(path, h5py):
     """(h5 file, config.json dict or None, description, handles to close after the h5 file)."""
+    head = _magic(path)
+    if head.startswith(_ZIP_MAGIC) and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path!r} is a truncated or corrupt .keras (zip) archive: it starts "
+                         "as a zip file but has no readable central directory (an interrupted "
+                         "write or copy?)")
     if zipfile.is_zipfile(path):
-        archive = zipfile.ZipFile(path)
+        try:
+            return _open_archive(path, h5py)
+        except _ZIP_DAMAGE as e:
+            raise ValueError(f"{path!r} is a corrupt .keras (zip) archive ({type(e).__name__}: "
+                             f"{e})") from None
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as e:
+        if head == _HDF5_MAGIC:
+            raise ValueError(f"{path!r} is an HDF5 file that cannot be read: truncated or "
+                             f"corrupt ({e})") from None
+        raise ValueError(
+            f"{path!r} is neither a zip nor an HDF5 file; expected {_SUPPORTED}"
+        ) from None
+    return h5, None, f"{path!r}", ()
+
+
+def _open_archive(path, h5py):
+    """``_open`` of a zip: its weights member as an h5 file, its config.json (a damaged
+    member's error comes out as ``_ZIP_DAMAGE``)."""
+    archive = zipfile.ZipFile(path)
+    try:
         names = archive.namelist()
         if _WEIGHTS_MEMBER not in names:
-            archive.close()
             sharded = any(n.endswith(".weights.json") for n in names)
             raise ValueError(
                 f"{path!r} is a zip file without {_WEIGHTS_MEMBER} (members: {names[:10]}); "
@@ -325,20 +396,17 @@ def _open(path, h5py):
             except ValueError:
                 config = None
         member = archive.open(_WEIGHTS_MEMBER)  # stored uncompressed by Keras: cheap to seek
-        try:
-            h5 = h5py.File(member, "r")
-        except OSError as e:
-            member.close()
-            archive.close()
-            raise ValueError(f"{path!r}: {_WEIGHTS_MEMBER} is not an HDF5 file ({e})") from None
-        return h5, config, f"{path!r}", (member, archive)
+    except BaseException:
+        archive.close()
+        raise
     try:
-        h5 = h5py.File(path, "r")
-    except OSError:
-        raise ValueError(
-            f"{path!r} is neither a zip nor an HDF5 file; expected {_SUPPORTED}"
-        ) from None
-    return h5, None, f"{path!r}", ()
+        h5 = h5py.File(member, "r")
+    except (OSError, *_ZIP_DAMAGE) as e:
+        member.close()
+        archive.close()
+        raise ValueError(f"{path!r}: its {_WEIGHTS_MEMBER} is not a readable HDF5 file "
+                         f"(corrupt or truncated: {type(e).__name__}: {e})") from None
+    return h5, config, f"{path!r}", (member, archive)
 
 
 def _with_file(path, fn):
@@ -351,6 +419,12 @@ def _with_file(path, fn):
     h5, config, source, extra = _open(path, h5py)
     try:
         return fn(h5, h5py, config, source)
+    except _ZIP_DAMAGE as e:  # the weights member, read as the h5 file is walked
+        raise ValueError(f"{source}: its {_WEIGHTS_MEMBER} is damaged in the archive "
+                         f"({type(e).__name__}: {e})") from None
+    except (KeyError, OSError) as e:  # h5py: a group or dataset that cannot be read
+        raise ValueError(f"{source}: an HDF5 object cannot be read, the file is damaged "
+                         f"({type(e).__name__}: {e})") from None
     finally:
         h5.close()
         for handle in extra:
@@ -392,7 +466,9 @@ def list_convlstm_layers(path):
             for name in _decode_names(legacy.attrs.get("layer_names", [])):
                 try:
                     _find_legacy(legacy, h5py, name, source)
-                except ValueError:
+                except ValueError as e:
+                    if "is damaged" in str(e):
+                        raise  # a broken layer is an error, not a layer to leave out
                     continue
                 out.append(name)
             return out
@@ -401,6 +477,9 @@ def list_convlstm_layers(path):
             by_path = {path: name for name, (path, _, _) in _config_paths(config).items()}
             for e in entries:
                 e.name = by_path.get(e.path)
+        damaged = [f"{e.describe()}: {e.damage}" for e in entries if e.damage is not None]
+        if damaged:
+            raise ValueError(f"{source} has damaged ConvLSTM layers: {'; '.join(damaged)}")
         return [e.name or e.short_path for e in entries if e.cell_vars is not None]
 
     return _with_file(path, listing)

@@ -73,9 +73,10 @@ def load_model(path, config=None):
             cfg = layer.get("config") or {}
             name = cfg.get("name") or layer.get("name")
             if legacy is not None:
-                weights = _legacy_weights(legacy, h5py, name)
+                weights = _legacy_weights(legacy, h5py, name, source)
             else:
-                weights = _keras3_weights(h5, h5py, paths[name][0]) if name in paths else []
+                weights = (_keras3_weights(h5, h5py, paths[name][0], name, source)
+                           if name in paths else [])
             layers.append((name, layer, weights))
         return config, layers
 
@@ -261,7 +262,7 @@ def _json(raw):
         return None
 
 
-def _keras3_weights(h5, h5py, path):
+def _keras3_weights(h5, h5py, path, name, source):
     """A layer's variables in Keras' order: <path>/vars/0, 1, ... (a ConvLSTM's in cell/vars)."""
     group = h5.get(path)
     if not isinstance(group, h5py.Group):
@@ -269,15 +270,27 @@ def _keras3_weights(h5, h5py, path):
     for sub in ("vars", "cell/vars", "layer/vars", "layer/cell/vars"):
         vars_group = group.get(sub)
         if isinstance(vars_group, h5py.Group) and len(vars_group.keys()):
-            return [_read(vars_group[k]) for k in sorted(vars_group.keys(), key=int)]
+            keys = sorted(vars_group.keys(), key=lambda k: int(k) if k.isdigit() else -1)
+            if keys != [str(i) for i in range(len(keys))] or not all(
+                    isinstance(vars_group[k], h5py.Dataset) for k in keys):
+                raise ValueError(f"{source}: layer {name!r} is damaged: {path}/{sub} holds "
+                                 f"{keys}, not the datasets 0..{len(keys) - 1}")
+            return [_read(vars_group[k]) for k in keys]
     return []
 
 
-def _legacy_weights(root, h5py, name):
+def _legacy_weights(root, h5py, name, source):
     group = root.get(name)
     if not isinstance(group, h5py.Group):
         return []
-    return [_read(group[w]) for w in _decode_names(group.attrs.get("weight_names", []))]
+    weights = []
+    for w in _decode_names(group.attrs.get("weight_names", [])):
+        dataset = group.get(w)
+        if not isinstance(dataset, h5py.Dataset):
+            raise ValueError(f"{source}: layer {name!r} is damaged: its weight {w!r} (listed "
+                             "in weight_names) is missing from the file")
+        weights.append(_read(dataset))
+    return weights
 
 
 def _tensor(array):
