@@ -23,7 +23,7 @@ Autocast is not registered: ``functional.conv_lstm`` casts the inputs before cal
 
 import torch
 
-from . import autograd, tuning
+from . import autograd, func_transforms, tuning
 from .autograd import FORWARD_VARIANT_FLAGS, StepSpec
 from .launchers import KernelGeometry
 
@@ -228,6 +228,9 @@ def run_forward(*args):
     Whatever must see one opaque op goes through it: torch.compile and jit tracing, functorch
     transforms, dispatch and torch-function modes, tensor subclasses."""
     if not _plain_eager(args[:10]):
+        if (torch._C._are_functorch_transforms_active()
+                and not torch.compiler.is_compiling()):
+            return func_transforms.forward(*args)  # the op's autograd cannot run there
         return forward(*args)
     if args[15]:  # training: autograd records it
         return _Sequence.apply(*args)
