@@ -26,14 +26,16 @@ from .geometry import ConvGeometry, normalize_tuple
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+# Permutations with non-negative axes only: ONNX's legacy exporter writes movedim(-1, 1) as a
+# Transpose with perm {0, -1, 1, 2}, which ONNX Runtime refuses.
 def _to_channels_first(t):
     # (N, *spatial, C) -> (N, C, *spatial)
-    return t.movedim(-1, 1)
+    return t.permute(0, t.dim() - 1, *range(1, t.dim() - 1))
 
 
 def _to_channels_last(t):
     # (N, C, *spatial) -> (N, *spatial, C)
-    return t.movedim(1, -1)
+    return t.permute(0, *range(2, t.dim()), 1)
 
 
 def _torch_weight(w, rank):
@@ -156,7 +158,8 @@ def conv_lstm_reference(
         c = _to_channels_first(initial_state[1]).to(x.dtype)
     if recurrent_dropout_mask is not None:
         # (4, B, *out_spatial, F) -> (4, B, F, *out_spatial), matching h's internal layout.
-        rmask = recurrent_dropout_mask.movedim(-1, 2)
+        d = recurrent_dropout_mask.dim()
+        rmask = recurrent_dropout_mask.permute(0, 1, d - 1, *range(2, d - 1))
         r_gates = r.chunk(4, dim=0)  # (F, F, *k) each, gate order i, f, c, o
     if mask is not None:
         # (B, T) -> (B, T, 1, ...) broadcastable against (B, F, *out_spatial) per step.

@@ -84,7 +84,8 @@ def test_step_timeout_dumps_stacks_and_budget_skips(tmp_path):
     TIMED OUT, and the steps that no longer fit the budget are SKIPPED."""
     out = tmp_path / "out"
     proc = subprocess.run(["bash", str(SCRIPT)],
-                          env=env_for(out, SMOKE_S=3, MIN_STEP_S=2, BUDGET_S=14, PACK=0),
+                          env=env_for(out, SMOKE_S=3, MIN_STEP_S=2, BUDGET_S=14, PACK=0,
+                                      BUDGET_FROM="smoke"),  # however long the install took
                           capture_output=True, text=True, timeout=200)
     lines = summary_lines(out)
     assert proc.returncode == 1

@@ -46,3 +46,40 @@ def test_program_exported_under_no_grad_compiles_with_aotinductor(tmp_path):
         program, package_path=str(tmp_path / "convlstm.pt2"))
     loaded = torch._inductor.aoti_load_package(path)  # needs `import convlstm_triton` (its op)
     assert torch.allclose(loaded(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "legacy"])
+def test_onnx_export_of_the_reference_path_runs_in_onnxruntime(dynamo, tmp_path):
+    """The documented route: set_backend(model, "reference"), then either exporter; ONNX Runtime
+    gives the layer's output (the legacy exporter used to write Transpose perm {0, -1, 1, 2},
+    which ONNX Runtime refused). Masks and recurrent dropout masks go through the same
+    permutations."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import warnings
+
+    from convlstm_triton import set_backend
+
+    model = torch.nn.Sequential(ConvLSTM2D(4, 3, in_channels=3, padding="same",
+                                           return_sequences=True, backend="triton")).eval()
+    assert set_backend(model, "reference") is model and model[0].backend == "reference"
+    x = torch.randn(2, 3, 6, 5, 3)
+    path = str(tmp_path / "convlstm.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), path, dynamo=dynamo, input_names=["x"])
+    session = onnxruntime.InferenceSession(path)
+    (y,) = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        assert abs(y - model(x).numpy()).max() < 1e-4
+
+
+def test_set_backend_refuses_what_it_cannot_set():
+    from convlstm_triton import set_backend
+
+    with pytest.raises(ValueError, match="backend must be one of"):
+        set_backend(torch.nn.Sequential(ConvLSTM2D(2, 3)), "onnx")
+    with pytest.raises(ValueError, match="holds no ConvLSTM layer"):
+        set_backend(torch.nn.Linear(2, 2), "reference")
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        set_backend("model", "reference")
