@@ -62,10 +62,13 @@ def _pad_pairs(in_spatial, out_spatial, kernel_size, strides, dilation, pad_befo
 
 
 def _conv(t, weight, bias, strides, dilation, pads, rank):
-    """Channels-first conv with explicit (possibly asymmetric) zero padding."""
-    if any(pads):
-        t = F.pad(t, pads)
-    return _CONV[rank](t, weight, bias, stride=strides, dilation=dilation)
+    """Channels-first conv with explicit (possibly asymmetric) zero padding: the conv's own
+    padding where it is symmetric (no padded copy of the input, on every step)."""
+    before, after = pads[0::2], pads[1::2]
+    if before == after:
+        return _CONV[rank](t, weight, bias, stride=strides, dilation=dilation,
+                           padding=tuple(reversed(before)))
+    return _CONV[rank](F.pad(t, pads), weight, bias, stride=strides, dilation=dilation)
 
 
 def conv_lstm_reference(
@@ -131,7 +134,8 @@ def conv_lstm_reference(
     r = _torch_weight(recurrent_kernel, rank)  # (4F, F, *k)
 
     # Input projection for all B*T frames at once: it does not depend on the state.
-    frames = _to_channels_first(x.reshape(batch * steps, *in_spatial, x.shape[-1]))
+    # contiguous: a conv over a permuted view is slower on the CPU (and its backward too)
+    frames = _to_channels_first(x.reshape(batch * steps, *in_spatial, x.shape[-1])).contiguous()
     if input_dropout_mask is None:
         xg = _conv(frames, w, bias, strides, dilation, in_pads, rank)
     else:
@@ -145,7 +149,9 @@ def conv_lstm_reference(
             b = None if bias is None else bias[sl]
             gate_outs.append(_conv(xm, w[sl], b, strides, dilation, in_pads, rank))
         xg = torch.cat(gate_outs, dim=1)
-    xg = xg.reshape(batch, steps, 4 * filters, *out_spatial)
+    # one view per step: indexing xg[:, t] in the loop would make its backward zero-fill and
+    # add a whole xg-sized gradient per step (T^2 work); unbind's backward is one stack
+    xg = xg.reshape(batch, steps, 4 * filters, *out_spatial).unbind(1)
 
     state_shape = (batch, filters, *out_spatial)
     if initial_state is None:
@@ -185,7 +191,7 @@ def conv_lstm_reference(
                 ],
                 dim=1,
             )
-        zi, zf, zc, zo = (xg[:, t] + hg).chunk(4, dim=1)
+        zi, zf, zc, zo = (xg[t] + hg).chunk(4, dim=1)
         if peephole is not None:
             zi = zi + w_ci * c
             zf = zf + w_cf * c

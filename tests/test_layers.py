@@ -4,6 +4,8 @@ parameters, Keras weight I/O, stateful, dropout, argument validation, state_dict
 import copy
 import math
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -380,6 +382,85 @@ def test_lazy_state_dict():
     other = ConvLSTM1D(2, 3, backend="reference")
     other.load_state_dict(ConvLSTM1D(2, 3).state_dict())
     assert other.has_uninitialized_params()
+
+
+BAD_FIRST_CALLS = [
+    pytest.param(lambda: (torch.randn(1, 2, 5, 5, 0),), {}, id="no_channels"),
+    pytest.param(lambda: (torch.randn(1, 2, 5, 5, 3),), {"mask": torch.ones(1, 7)},
+                 id="bad_mask"),
+    pytest.param(lambda: (torch.randn(1, 2, 5, 5, 3),),
+                 {"initial_state": (torch.zeros(1, 3, 3, 5), torch.zeros(1, 3, 3, 5))},
+                 id="bad_initial_state"),
+]
+
+
+@pytest.mark.parametrize("args,kwargs", BAD_FIRST_CALLS)
+def test_failed_first_call_leaves_the_layer_lazy(args, kwargs):
+    """A first call that raises leaves no trace: the layer stays lazy, and its real first call
+    builds it as a fresh layer's would (same weights from the same seed)."""
+    x = torch.randn(1, 2, 5, 5, 3)
+    layer = ConvLSTM2D(4, 3, backend="reference")
+    with pytest.raises(ValueError):
+        layer(*args(), **kwargs)
+    assert layer.in_channels is None and layer.has_uninitialized_params()
+    assert all(type(p) is torch.nn.parameter.UninitializedParameter for p in layer.parameters())
+    torch.manual_seed(7)
+    out = layer(x)
+    torch.manual_seed(7)
+    fresh = ConvLSTM2D(4, 3, backend="reference")
+    assert torch.equal(out, fresh(x)) and layer.in_channels == 3
+    for a, b in zip(layer.parameters(), fresh.parameters()):
+        assert torch.equal(a, b)
+    assert not layer._forward_pre_hooks  # initialized: no hook left
+
+
+def test_failed_first_call_then_load_state_dict():
+    layer = ConvLSTM2D(4, 3, backend="reference")
+    with pytest.raises(ValueError):
+        layer(torch.randn(1, 2, 5, 5, 0))
+    src = ConvLSTM2D(4, 3, in_channels=2, backend="reference")
+    layer.load_state_dict(src.state_dict())  # still lazy: materialized from the state_dict
+    x = torch.randn(1, 2, 5, 5, 2)
+    assert layer.in_channels == 2 and torch.equal(layer(x), src(x))
+
+
+def test_concurrent_first_calls_initialize_once():
+    """8 threads call a lazy layer for the first time at once: one initializes it (torch's lazy
+    modules initialize once per thread, and raised removing their hook twice), the others wait
+    and run on its weights."""
+    layer = ConvLSTM2D(3, 3, padding="same", return_sequences=True, backend="reference")
+    x = torch.randn(1, 2, 4, 4, 2)
+    materialized = []
+    materialize = layer._materialize
+
+    def slow_materialize(in_channels):
+        materialized.append(in_channels)
+        time.sleep(0.05)  # widens the race: without the lock every thread gets here
+        materialize(in_channels)
+
+    layer._materialize = slow_materialize
+    n = 8
+    barrier = threading.Barrier(n)
+    outputs, errors = [None] * n, []
+
+    def first_call(i):
+        try:
+            barrier.wait(timeout=60)
+            outputs[i] = layer(x)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_call, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)  # only catches a hang
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert materialized == [2]
+    want = layer(x)  # the weights the layer kept
+    assert all(torch.equal(out, want) for out in outputs)
+    assert not layer._forward_pre_hooks
 
 
 # ----------------------------------------------------------------------------- Keras weight I/O

@@ -11,7 +11,9 @@ and ``bias`` ``(4F,)`` have the Keras shapes and gate order (i, f, c, o), so
   built at the first call) makes the parameters ``UninitializedParameter``s
   (``torch.nn.modules.lazy.LazyModuleMixin``); they are materialized and initialized at the first
   forward (from x's channel dim), by ``set_keras_weights`` or by ``load_state_dict``. Create the
-  optimizer after that, as for torch's own lazy modules.
+  optimizer after that, as for torch's own lazy modules. A first call that fails (bad input,
+  mask, state...) leaves the layer lazy; first calls from several threads at once initialize it
+  once (the others wait for it, then run on its weights).
 * **Dropout.** In training mode with ``0 < rate < 1``, four per-gate inverted-dropout masks for
   the input (one frame's shape) and four for the state are drawn once per call and reused at every
   time step (Keras). With ``seed`` the masks come from the layer's own counter-based stream
@@ -79,9 +81,9 @@ def _check_positive_int(value, argument, allow_none=False):
     return int(value)
 
 
-# Serializes the materialization of lazy layers (rare: once per layer): threads calling a lazy
-# layer for the first time at once. One lock for all layers (a lock per layer would not survive
-# copy.deepcopy or pickling).
+# Held while a lazy layer initializes and runs its first call (one lock for all layers, not one
+# per layer: a lock would make the module unpicklable and uncopyable). Reentrant: a first call
+# that reaches another layer's first call (a callable activation...) does not deadlock.
 _LAZY_INIT_LOCK = threading.RLock()
 
 
@@ -237,6 +239,12 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
             self.register_parameter("bias", None)
         if in_channels is not None:
             self.reset_parameters()
+        # LazyModuleMixin's pre-hook initializes before forward, so a call that then fails
+        # leaves the layer built for its bad input, and two threads' first calls both
+        # initialize. Ours leaves that to forward (_initializing_forward).
+        self._initialize_hook.remove()
+        self._initialize_hook = self.register_forward_pre_hook(self._lazy_call_hook,
+                                                               with_kwargs=True)
         # stateful: the last (h, c), channels-last, detached; not part of the state_dict.
         self.register_buffer("_state_h", None, persistent=False)
         self.register_buffer("_state_c", None, persistent=False)
@@ -312,15 +320,53 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
                 self._materialize(channels)
                 self.reset_parameters()
 
+    def _unmaterialize(self, names):
+        """Make parameters ``names`` lazy again (undo a failed first call's initialization)."""
+        for name in names:
+            param = getattr(self, name)
+            setattr(self, name, UninitializedParameter(
+                requires_grad=param.requires_grad, device=param.device, dtype=param.dtype))
+
+    def _drop_lazy_hooks(self):
+        # Initialized: an ordinary module from now on, no pre-hook at every call. pop: two
+        # threads may both get here (torch's LazyModuleMixin raised AttributeError then).
+        for name in ("_initialize_hook", "_load_hook"):
+            handle = self.__dict__.pop(name, None)
+            if handle is not None:
+                handle.remove()
+
+    def _lazy_call_hook(self, module, args, kwargs):
+        """The forward pre-hook of a layer not yet called: a lazy layer initializes in forward;
+        one initialized otherwise (set_keras_weights, load_state_dict) drops the hooks."""
+        if not self.has_uninitialized_params():
+            with _LAZY_INIT_LOCK:
+                self._drop_lazy_hooks()
+
     def _infer_parameters(self, module, args, kwargs=None):
-        """LazyModuleMixin's first-call hook, once: threads calling a lazy layer for the first
-        time at once materialize it one at a time, and the later ones find it built (torch's
-        own hook materializes it again in each, re-initializing the weights under the first
-        thread's forward)."""
+        """LazyModuleMixin's initialization as torch.compile calls it, before tracing the first
+        call of a lazy layer (eager calls initialize in forward)."""
         with _LAZY_INIT_LOCK:
-            if not module.has_uninitialized_params() and not hasattr(module, "_initialize_hook"):
-                return None
-            return super()._infer_parameters(module, args, kwargs)
+            if self.has_uninitialized_params():
+                self.initialize_parameters(*args, **(kwargs or {}))
+            self._drop_lazy_hooks()
+
+    def _initializing_forward(self, x, initial_state, mask):
+        """The first call of a lazy layer: initialize the parameters from x's channels and run
+        the call; if it raises, the parameters are lazy again (a bad first input must not fix
+        the layer's channels). Under the lock from start to end: concurrent first calls
+        initialize once, the others wait and then run on the initialized weights."""
+        with _LAZY_INIT_LOCK:
+            if self.has_uninitialized_params():
+                lazy = [name for name in self._weight_shapes(0) if is_lazy(getattr(self, name))]
+                try:
+                    self.initialize_parameters(x)
+                    result = self._forward(x, initial_state, mask)
+                except BaseException:
+                    self._unmaterialize(lazy)
+                    raise
+                self._drop_lazy_hooks()
+                return result
+        return self._forward(x, initial_state, mask)
 
     def set_keras_weights(self, weights):
         """Load ``[kernel, recurrent_kernel, bias]`` as a Keras layer's ``get_weights()`` has them.
@@ -502,10 +548,13 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
             ``(B, ...)``; with ``return_state`` a tuple ``(output, h, c)``.
         """
         self._check_input_rank(x)
-        # forward() called directly (without __call__'s lazy hook). Skipped while compiling:
-        # dynamo cannot trace is_lazy(), and a compiled module must already be initialized.
+        # Skipped while compiling: dynamo cannot trace is_lazy(), and a compiled module is
+        # initialized before tracing (_infer_parameters).
         if not torch.compiler.is_compiling() and self.has_uninitialized_params():
-            self.initialize_parameters(x)  # (takes the lock; it re-checks under it)
+            return self._initializing_forward(x, initial_state, mask)
+        return self._forward(x, initial_state, mask)
+
+    def _forward(self, x, initial_state, mask):
         channels_first = self.data_format == "channels_first"
         x_cl = x.movedim(2, -1) if channels_first else x
         in_channels = self.kernel.shape[-2]
