@@ -60,22 +60,27 @@ def input_projection_kernel(
         frame_s, _, _, _, frame, od, oh, ow, row_mask = spatial_block(FRAMES, Do, Ho, Wo,
                                                                        TILE_H, TILE_W)
         rows = frame * Po + (od * Ho + oh) * Wo + ow
+        # the frame's sample: one scalar 32-bit division per program
+        sample = tl.zeros_like(oh) + frame_s // T
         if FRAMES_CONTIGUOUS:
             x_base = frame * stride_xt
         else:
             # a (B, T) view with a sample stride of its own (a time chunk of x): the frame's
-            # (b, t) by one scalar division per program
-            frame_s = frame_s.to(tl.int64)
-            x_base = frame * 0 + (frame_s // T) * stride_xb + (frame_s % T) * stride_xt
+            # (b, t), int64 only after the (32-bit) division
+            x_base = (sample.to(tl.int64) * stride_xb
+                      + (frame_s - sample * T).to(tl.int64) * stride_xt)
     else:
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_mask = rows < M
-        frame, od, oh, ow = split_rows(rows, Po, Ho, Wo)
-        frame = frame.to(tl.int64)
+        frame32, od, oh, ow = split_rows(rows, Po, Ho, Wo)
+        frame = frame32.to(tl.int64)
+        # 32-bit division by T, int64 after it: a 64-bit one is a runtime routine call
+        sample = frame32 // T
         if FRAMES_CONTIGUOUS:
-            x_base = frame * stride_xt  # frames evenly spaced: no 64-bit division by T
+            x_base = frame * stride_xt  # frames evenly spaced: no division by T
         else:
-            x_base = (frame // T) * stride_xb + (frame % T) * stride_xt
+            x_base = (sample.to(tl.int64) * stride_xb
+                      + (frame32 - sample * T).to(tl.int64) * stride_xt)
     if GATE_TILES:
         gate, cols, col_mask = gate_columns(tl.program_id(1), F, BLOCK_N)
     else:
@@ -85,7 +90,8 @@ def input_projection_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if HAS_DROPOUT:
         # this tile's gate's input-dropout mask, constant over time: the sample's frame
-        mask_base = gate.to(tl.int64) * stride_mask_gate + (frame // T) * (D * H * W * C)
+        mask_base = (gate.to(tl.int64) * stride_mask_gate
+                     + sample.to(tl.int64) * (D * H * W * C))
     else:
         mask_base = x_base
     acc = conv_k_loop(acc, x_ptr, x_base, od, oh, ow, row_mask, C, D, H, W, w_ptr, cols,

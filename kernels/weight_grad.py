@@ -303,9 +303,9 @@ def weight_grad_kernel(
         # tiles per split may pass 2**31), a 64-bit division: a runtime routine call
         n = j_end - j_start
         q = n // K_TILES
-        r = n - q * K_TILES
+        r = n % K_TILES
         bias_lo = j_start + pid_k * q + tl.minimum(pid_k, r)
-        bias_hi = bias_lo + q + (pid_k < r).to(tl.int32)
+        bias_hi = j_start + (pid_k + 1) * q + tl.minimum(pid_k + 1, r)
     acc0 = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_K if K_BLOCKS == 2 else 16, BLOCK_N), dtype=tl.float32)
     # the main loop: the split's row tiles outside the bias range (one loop, so the pipeliner
