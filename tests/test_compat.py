@@ -120,10 +120,18 @@ def test_initial_states_cell_and_refusals():
     original.load_state_dict(ours.state_dict())
     x = torch.randn(2, 4, 2, 5, 5)
     states = [[torch.randn(2, 3, 5, 5), torch.randn(2, 3, 5, 5)] for _ in range(2)]
+    for s in states:
+        for t in s:
+            t.requires_grad_()
     outs, last = ours(x, states)  # the original raises here ("todo implement stateful")
     ref_outs, ref_last = original(x, states)
     assert torch.allclose(outs[1], ref_outs[1], **TOL)
     assert torch.allclose(last[0][1], ref_last[0][1], **TOL)
+    flat = [t for s in states for t in s]
+    grads = torch.autograd.grad(outs[1].square().sum() + last[1][1].sum(), flat)
+    ref_grads = torch.autograd.grad(ref_outs[1].square().sum() + ref_last[1][1].sum(), flat)
+    for g, r in zip(grads, ref_grads):  # the initial states' gradients too
+        assert torch.allclose(g, r, **TOL)
     cell = ours.cell_list[0]
     h, c = cell.init_hidden(2, (5, 5))
     assert h.shape == (2, 3, 5, 5) and not h.any()
