@@ -134,8 +134,9 @@ def conv_lstm_reference(
     r = _torch_weight(recurrent_kernel, rank)  # (4F, F, *k)
 
     # Input projection for all B*T frames at once: it does not depend on the state.
-    # contiguous: a conv over a permuted view is slower on the CPU (and its backward too)
-    frames = _to_channels_first(x.reshape(batch * steps, *in_spatial, x.shape[-1])).contiguous()
+    # (not made contiguous: the CPU conv then takes an algorithm whose NaN spreads past the
+    # taps, and NaN positions must be the kernels')
+    frames = _to_channels_first(x.reshape(batch * steps, *in_spatial, x.shape[-1]))
     if input_dropout_mask is None:
         xg = _conv(frames, w, bias, strides, dilation, in_pads, rank)
     else:
