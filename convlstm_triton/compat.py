@@ -25,11 +25,9 @@ import torch
 from torch import nn
 
 from .functional import conv_lstm
+from .torch_modules import _check_backend
 
 __all__ = ["ConvLSTMCell", "ConvLSTM", "from_concat_conv", "concat_to_keras", "keras_to_concat"]
-
-_BACKENDS = ("auto", "triton", "reference")
-
 
 def _gate_order(gate_order):
     order = gate_order.lower().replace("g", "c")
@@ -96,8 +94,7 @@ class ConvLSTMCell(nn.Module):
     def __init__(self, input_dim, hidden_dim, kernel_size, bias, *, backend="auto",
                  device=None, dtype=None):
         super().__init__()
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        _check_backend(backend)
         for name, value in (("input_dim", input_dim), ("hidden_dim", hidden_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

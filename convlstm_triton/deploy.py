@@ -4,23 +4,22 @@ ops with the same semantics and the same weights)."""
 
 from torch import nn
 
-_BACKENDS = ("auto", "triton", "reference")
-
 
 def set_backend(model: nn.Module, backend: str) -> nn.Module:
     """Set ``backend`` on every ConvLSTM layer of ``model`` (``ConvLSTM1D/2D/3D``,
-    ``ConvLSTM``, ``ConvLSTMCell``, also inside a ``keras.load_model`` module); returns
+    ``ConvLSTM``, ``ConvLSTMCell``, ``compat``'s cells, also inside a ``keras.load_model``
+    module); returns
     ``model``. Weights, buffers and state are untouched."""
+    from . import compat
     from .keras.layers import _ConvLSTM
-    from .torch_modules import ConvLSTM, ConvLSTMCell
+    from .torch_modules import ConvLSTM, ConvLSTMCell, _check_backend
 
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    _check_backend(backend)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     found = 0
     for module in model.modules():
-        if isinstance(module, (_ConvLSTM, ConvLSTM, ConvLSTMCell)):
+        if isinstance(module, (_ConvLSTM, ConvLSTM, ConvLSTMCell, compat.ConvLSTMCell)):
             module.backend = backend
             found += 1
     if not found:

@@ -37,7 +37,19 @@ def _loop_vmap(apply, info, in_dims, args):
     return tuple(outputs), tuple(dims)
 
 
-class _Forward(torch.autograd.Function):
+class _Sliced(torch.autograd.Function):
+    """A Function run slice by slice under vmap, without forward-mode AD."""
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(_NO_FORWARD_AD)
+
+    @classmethod
+    def vmap(cls, info, in_dims, *args):
+        return _loop_vmap(cls.apply, info, in_dims, args)
+
+
+class _Forward(_Sliced):
     """``torch.ops.convlstm_triton.forward`` with its autograd formula, for functorch."""
 
     @staticmethod
@@ -54,16 +66,8 @@ class _Forward(torch.autograd.Function):
     def backward(ctx, *grads):
         return autograd.backward(ctx, *grads, backward_op=_Backward.apply)
 
-    @staticmethod
-    def jvp(ctx, *tangents):
-        raise RuntimeError(_NO_FORWARD_AD)
 
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return _loop_vmap(_Forward.apply, info, in_dims, args)
-
-
-class _Backward(torch.autograd.Function):
+class _Backward(_Sliced):
     """``torch.ops.convlstm_triton.backward`` (once differentiable), for functorch."""
 
     @staticmethod
@@ -81,14 +85,6 @@ class _Backward(torch.autograd.Function):
         raise RuntimeError("convlstm_triton: double backward through the Triton kernels is "
                            "not implemented (the backward is once differentiable); use "
                            "backend='reference' for higher-order gradients")
-
-    @staticmethod
-    def jvp(ctx, *tangents):
-        raise RuntimeError(_NO_FORWARD_AD)
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return _loop_vmap(_Backward.apply, info, in_dims, args)
 
 
 def forward(*args):

@@ -30,11 +30,11 @@ from torch.nn import functional as F
 from .activations import check_activation
 from .functional import conv_lstm
 from .geometry import ConvGeometry, normalize_tuple
-from .validation import check_cuda_graph_option
+from .validation import BACKENDS, check_cuda_graph_option
 
 __all__ = ["ConvLSTMCell", "ConvLSTM"]
 
-_BACKENDS = ("auto", "triton", "reference")
+
 _SPATIAL_NAMES = {1: "W", 2: "H, W", 3: "D, H, W"}
 
 
@@ -53,8 +53,8 @@ def _check_bool(value, argument):
 
 
 def _check_backend(backend):
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
 
 

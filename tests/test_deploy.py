@@ -83,3 +83,8 @@ def test_set_backend_refuses_what_it_cannot_set():
         set_backend(torch.nn.Linear(2, 2), "reference")
     with pytest.raises(TypeError, match="torch.nn.Module"):
         set_backend("model", "reference")
+    from convlstm_triton.compat import ConvLSTM as DropIn
+
+    drop_in = set_backend(DropIn(2, 3, (3, 3), 2), "reference")  # compat's cells too
+    assert drop_in.backend == "reference"
+    assert all(cell.backend == "reference" for cell in drop_in.cell_list)
