@@ -48,10 +48,16 @@ def next_frame(tmp_path_factory):
         keras.layers.Conv3D(1, (3, 3, 3), activation="sigmoid", padding="same"),
     ])
     _randomize(model, 0)
-    files = {"keras": str(d / "m.keras"), "legacy": str(d / "m.h5")}
-    model.save(files["keras"])
-    model.save(files["legacy"])
+    files = _save_both(model, d, "m")
     return model, files
+
+
+def _save_both(model, directory, stem):
+    """The model saved as a .keras file and a legacy .h5 model: {"keras": path, "legacy": path}."""
+    files = {"keras": str(directory / f"{stem}.keras"), "legacy": str(directory / f"{stem}.h5")}
+    for path in files.values():
+        model.save(path)
+    return files
 
 
 def _x(seed, shape):
@@ -128,9 +134,7 @@ def encoder_forecaster(tmp_path_factory):
     out = keras.layers.Conv3D(1, 3, padding="same", name="head")(normed)
     model = keras.Model(inp, out)
     _randomize(model, 5)
-    files = {"keras": str(d / "f.keras"), "legacy": str(d / "f.h5")}
-    model.save(files["keras"])
-    model.save(files["legacy"])
+    files = _save_both(model, d, "f")
     return model, files
 
 
@@ -215,9 +219,7 @@ def encoder_decoder(tmp_path_factory):
     head = keras.layers.TimeDistributed(keras.layers.Conv2D(2, 1), name="head")(dec)
     model = keras.Model([frames, valid], [head, h, c])
     _randomize(model, 12)
-    files = {"keras": str(d / "ed.keras"), "legacy": str(d / "ed.h5")}
-    model.save(files["keras"])
-    model.save(files["legacy"])
+    files = _save_both(model, d, "ed")
     return model, files
 
 
