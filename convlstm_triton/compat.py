@@ -158,7 +158,16 @@ class ConvLSTMCell(nn.Module):
 
 
 def _concat_state_dict(module, state_dict, prefix, local_metadata):
-    """state_dict hook: the original's keys and layout (conv.weight, conv.bias)."""
+    """state_dict hook: the original's keys and layout (conv.weight, conv.bias).
+
+    Not while ONNX's legacy exporter runs: it reads ``state_dict(keep_vars=True)`` for the
+    module's variables, to make them the graph's inputs (initializers); ``conv.weight`` is
+    computed from two of them, not one, so the live parameters stay under this module's names
+    there (otherwise the export fails: "Cannot insert a Tensor that requires grad as a
+    constant"). The exported file has the same weights, in this library's layout.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return state_dict
     weight, bias = keras_to_concat(state_dict.pop(prefix + "kernel"),
                                    state_dict.pop(prefix + "recurrent_kernel"),
                                    state_dict.pop(prefix + "bias", None))

@@ -34,6 +34,18 @@ def normalize_tuple(value, rank, argument):
     return values
 
 
+# Layout moves with non-negative axes only: ONNX's legacy (TorchScript) exporter writes
+# movedim(-1, 1) as Transpose(perm=[0, -1, 1, 2]), which ONNX Runtime refuses to load.
+def move_to_last(t, axis):
+    """``t`` with its dim ``axis`` (the channels) moved to the end: ``movedim(axis, -1)``."""
+    return t.movedim(axis, t.dim() - 1)
+
+
+def move_from_last(t, axis):
+    """``t`` with its last dim (the channels) moved to ``axis``: ``movedim(-1, axis)``."""
+    return t.movedim(t.dim() - 1, axis)
+
+
 def same_pad_before(size, kernel, stride, dilation):
     out = -(-size // stride)
     pad_total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)

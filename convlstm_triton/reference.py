@@ -15,6 +15,8 @@ Shapes (channels-last, rank r = 1, 2 or 3 spatial dims):
     recurrent_dropout_mask  (4, B, *out_spatial, F)
 
 Internally everything runs channels-first so that ``torch.nn.functional.convNd`` applies directly.
+The time loop is a Python loop, except under ``torch.export`` (and so ONNX's dynamo exporter),
+where it is one ``scan`` so that the exported program keeps T symbolic (``_symbolic_time``).
 """
 
 import torch
@@ -22,6 +24,11 @@ import torch.nn.functional as F
 
 from .activations import torch_activation
 from .geometry import ConvGeometry, normalize_tuple
+
+try:  # a prototype in torch 2.13: a loop that dynamo, export and ONNX (Scan) keep symbolic
+    from torch._higher_order_ops.scan import scan as _scan
+except ImportError:  # pragma: no cover - older torch
+    _scan = None
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -36,6 +43,18 @@ def _to_channels_first(t):
 def _to_channels_last(t):
     # (N, C, *spatial) -> (N, *spatial, C)
     return t.permute(0, *range(2, t.dim()), 1)
+
+
+def _symbolic_time():
+    """Whether the time loop should be one ``scan`` (a graph op over a symbolic T) instead of a
+    Python loop: under ``torch.export`` (and so ONNX's dynamo exporter), whose graphs then take
+    any T. Elsewhere the Python loop: eager calls (the fastest on a CPU), and ``torch.compile``,
+    which on torch 2.13 fails on this scan (inductor lowers it to a while_loop whose carried h
+    and c change layout: "Expected carried_inputs and body_output to have same metadata"; and
+    it refuses its backward: "scan might be aliasing the input or the output"), so compiled
+    code specializes on T.
+    """
+    return _scan is not None and torch.compiler.is_exporting()
 
 
 def _torch_weight(w, rank):
@@ -150,9 +169,7 @@ def conv_lstm_reference(
             b = None if bias is None else bias[sl]
             gate_outs.append(_conv(xm, w[sl], b, strides, dilation, in_pads, rank))
         xg = torch.cat(gate_outs, dim=1)
-    # one view per step: indexing xg[:, t] in the loop would make its backward zero-fill and
-    # add a whole xg-sized gradient per step (T^2 work); unbind's backward is one stack
-    xg = xg.reshape(batch, steps, 4 * filters, *out_spatial).unbind(1)
+    xg = xg.reshape(batch, steps, 4 * filters, *out_spatial)
 
     state_shape = (batch, filters, *out_spatial)
     if initial_state is None:
@@ -166,21 +183,24 @@ def conv_lstm_reference(
     if recurrent_dropout_mask is not None:
         # (4, B, *out_spatial, F) -> (4, B, F, *out_spatial), matching h's internal layout.
         d = recurrent_dropout_mask.dim()
-        rmask = recurrent_dropout_mask.permute(0, 1, d - 1, *range(2, d - 1))
-        r_gates = r.chunk(4, dim=0)  # (F, F, *k) each, gate order i, f, c, o
+        # (copies: scan refuses closed-over tensors that alias one another; r is a permuted
+        # view of the recurrent kernel, its chunks share its memory)
+        rmask = recurrent_dropout_mask.permute(0, 1, d - 1, *range(2, d - 1)).contiguous()
+        # (F, F, *k) each, gate order i, f, c, o
+        r_gates = [g.contiguous() for g in r.chunk(4, dim=0)]
     if mask is not None:
         # (B, T) -> (B, T, 1, ...) broadcastable against (B, F, *out_spatial) per step.
         mask = mask.to(torch.bool).reshape(batch, steps, *(1,) * (rank + 1))
-        prev_out = x.new_zeros(state_shape)
 
     if peephole is not None:
         # (3, F) -> three (1, F, 1, ...) per-channel weights against (B, F, *out_spatial)
-        w_ci, w_cf, w_co = peephole.reshape(3, 1, filters, *(1,) * rank).unbind(0)
+        # (clones: scan refuses closed-over tensors that alias one another; a few numbers)
+        w_ci, w_cf, w_co = (w.clone() for w in peephole.reshape(3, 1, filters, *(1,) * rank))
 
     ones = (1,) * rank
-    outputs = []
-    order = range(steps - 1, -1, -1) if go_backwards else range(steps)
-    for t in order:
+
+    def cell(h, c, xg_t):
+        """One step from the state and the step's input projection: (h_new, c_new)."""
         if recurrent_dropout_mask is None:
             hg = _conv(h, r, None, ones, ones, rec_pads, rank)
         else:
@@ -192,7 +212,7 @@ def conv_lstm_reference(
                 ],
                 dim=1,
             )
-        zi, zf, zc, zo = (xg[t] + hg).chunk(4, dim=1)
+        zi, zf, zc, zo = (xg_t + hg).chunk(4, dim=1)
         if peephole is not None:
             zi = zi + w_ci * c
             zf = zf + w_cf * c
@@ -202,19 +222,66 @@ def conv_lstm_reference(
         if peephole is not None:
             zo = zo + w_co * c_new
         o = ract(zo)
-        h_new = o * act(c_new)
-        if mask is None:
-            h, c = h_new, c_new
-            outputs.append(h_new)
-        else:
-            # Keras' rnn loop: masked steps keep the state and repeat the previous *output*;
-            # the output before any unmasked step is zeros, not the initial h.
-            m = mask[:, t]
-            h = torch.where(m, h_new, h)
-            c = torch.where(m, c_new, c)
-            prev_out = torch.where(m, h_new, prev_out)
-            outputs.append(prev_out)
+        return o * act(c_new), c_new
 
-    seq = _to_channels_last(torch.stack(outputs, dim=1).flatten(0, 1))
+    # Keras' rnn loop with a mask: masked steps keep the state and repeat the previous *output*;
+    # the output before any unmasked step is zeros, not the initial h.
+    if _symbolic_time():
+        seq_cf, h, c = _scan_time(cell, xg, h, c, mask, go_backwards)
+    else:
+        if mask is not None:
+            prev_out = x.new_zeros(state_shape)
+        outputs = []
+        # one view per step: indexing xg[:, t] in the loop would make its backward zero-fill
+        # and add a whole xg-sized gradient per step (T^2 work); unbind's backward is one stack
+        xg_steps = xg.unbind(1)
+        mask_steps = None if mask is None else mask.unbind(1)
+        order = range(steps - 1, -1, -1) if go_backwards else range(steps)
+        for t in order:
+            h_new, c_new = cell(h, c, xg_steps[t])
+            if mask is None:
+                h, c = h_new, c_new
+                outputs.append(h_new)
+            else:
+                m = mask_steps[t]
+                h = torch.where(m, h_new, h)
+                c = torch.where(m, c_new, c)
+                prev_out = torch.where(m, h_new, prev_out)
+                outputs.append(prev_out)
+        seq_cf = torch.stack(outputs, dim=1)  # (B, T, F, *out_spatial)
+
+    seq = _to_channels_last(seq_cf.flatten(0, 1))
     seq = seq.reshape(batch, steps, *out_spatial, filters)
     return seq, _to_channels_last(h), _to_channels_last(c)
+
+
+def _scan_time(cell, xg, h, c, mask, go_backwards):
+    """The time loop as one ``scan`` over a T that stays symbolic; returns (seq (B, T, F, ...),
+    h, c), ``seq`` in processing order as the Python loop gives it."""
+    xs = [xg.transpose(0, 1)]  # (T, B, 4F, *out_spatial)
+    if mask is not None:
+        xs.append(mask.transpose(0, 1))  # (T, B, 1, ...)
+    if go_backwards:
+        xs = [t.flip(0) for t in xs]
+    # scan wants the carry's layout to be what a step returns (h0, c0 come as permuted views)
+    h, c = h.contiguous(), c.contiguous()
+
+    if mask is None:
+
+        def step(carry, xs_t):
+            h_new, c_new = cell(carry[0], carry[1], xs_t[0])
+            return [h_new, c_new], h_new.clone()  # scan refuses an output aliasing the carry
+
+        init = [h, c]
+    else:
+
+        def step(carry, xs_t):
+            h, c, prev_out = carry
+            m = xs_t[1]
+            h_new, c_new = cell(h, c, xs_t[0])
+            out = torch.where(m, h_new, prev_out)
+            return [torch.where(m, h_new, h), torch.where(m, c_new, c), out], out.clone()
+
+        init = [h, c, torch.zeros_like(h)]
+    carry, seq = _scan(step, init, xs)
+    return seq.transpose(0, 1), carry[0], carry[1]

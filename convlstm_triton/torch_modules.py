@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from .activations import check_activation
 from .functional import conv_lstm
-from .geometry import ConvGeometry, normalize_tuple
+from .geometry import ConvGeometry, move_from_last, move_to_last, normalize_tuple
 from .validation import BACKENDS, check_cuda_graph_option
 
 __all__ = ["ConvLSTMCell", "ConvLSTM"]
@@ -174,14 +174,14 @@ class ConvLSTMCell(nn.Module):
                 if tuple(value.shape) != expected:
                     raise ValueError(f"{name} must have shape {expected} (B, hidden_channels, "
                                      f"*spatial), got {tuple(value.shape)}")
-            state = (hx[0].movedim(1, -1), hx[1].movedim(1, -1))
+            state = (move_to_last(hx[0], 1), move_to_last(hx[1], 1))
         _, h, c = conv_lstm(
-            input.movedim(1, -1).unsqueeze(1), self.kernel, self.recurrent_kernel, self.bias,
+            move_to_last(input, 1).unsqueeze(1), self.kernel, self.recurrent_kernel, self.bias,
             state, padding="same", activation=self.activation,
             recurrent_activation=self.recurrent_activation, peephole=self.peephole_weights,
             backend=self.backend, cuda_graph=self.cuda_graph,
         )
-        return h.movedim(-1, 1), c.movedim(-1, 1)
+        return move_from_last(h, 1), move_from_last(c, 1)
 
     def extra_repr(self):
         s = f"{self.in_channels}, {self.hidden_channels}, kernel_size={self.kernel_size}"
@@ -399,9 +399,9 @@ class ConvLSTM(nn.Module):
                 raise TypeError("hx must be None or a pair (h_0, c_0)")
             h0 = self._check_state(hx[0], "h_0", shapes)
             c0 = self._check_state(hx[1], "c_0", shapes)
-            states = [(h.movedim(1, -1), c.movedim(1, -1)) for h, c in zip(h0, c0)]
+            states = [(move_to_last(h, 1), move_to_last(c, 1)) for h, c in zip(h0, c0)]
 
-        x = x.movedim(2, -1)  # (B, T, *spatial, C): conv_lstm is channels-last
+        x = move_to_last(x, 2)  # (B, T, *spatial, C): conv_lstm is channels-last
         h_n, c_n = [], []
         D = self.num_directions
         for layer in range(self.num_layers):
@@ -419,12 +419,12 @@ class ConvLSTM(nn.Module):
                 )
                 # go_backwards returns the sequence in processing order: re-align it in time.
                 outputs.append(seq.flip(1) if direction == 1 else seq)
-                h_n.append(h.movedim(-1, 1))
-                c_n.append(c.movedim(-1, 1))
+                h_n.append(move_from_last(h, 1))
+                c_n.append(move_from_last(c, 1))
             x = outputs[0] if D == 1 else torch.cat(outputs, dim=-1)
             if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
                 x = F.dropout(x, self.dropout, training=True)
-        output = x.movedim(-1, 2)
+        output = move_from_last(x, 2)
         if not self.batch_first:
             output = output.transpose(0, 1)
         if all(s == shapes[0] for s in shapes):

@@ -53,3 +53,17 @@ def test_keras_block_runs_in_a_fresh_process_without_keras_backend(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "['enc', 'dec']\nTrue\nTrue" in done.stdout
+
+
+def test_onnx_example_takes_another_time_length(tmp_path, monkeypatch, capsys):
+    """The ONNX block of "PyTorch integration": the dynamo ONNX export and torch.export with a
+    dynamic T, run at another T than the example's, equal the model (the ref branch's Deploy
+    example, folded into this one)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.chdir(tmp_path)
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+                 if "torch.onnx.export" in b)
+    exec(compile(block, "README ONNX example", "exec"), {})
+    lines = [line for line in capsys.readouterr().out.splitlines() if line in ("True", "False")]
+    assert lines == ["True", "True"]

@@ -54,7 +54,7 @@ from torch.nn.parameter import UninitializedParameter, is_lazy
 from .. import seeded_random
 from ..activations import CHANNEL_WISE_ACTIVATIONS, check_activation
 from ..functional import conv_lstm
-from ..geometry import ConvGeometry, normalize_tuple
+from ..geometry import ConvGeometry, move_from_last, move_to_last, normalize_tuple
 from ..validation import check_cuda_graph_option
 from . import constraints, initializers, regularizers
 
@@ -556,7 +556,7 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
 
     def _forward(self, x, initial_state, mask):
         channels_first = self.data_format == "channels_first"
-        x_cl = x.movedim(2, -1) if channels_first else x
+        x_cl = move_to_last(x, 2) if channels_first else x
         in_channels = self.kernel.shape[-2]
         if x_cl.shape[-1] != in_channels:
             raise ValueError(
@@ -570,7 +570,7 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
                 raise ValueError("initial_state must be a pair (h0, c0)")
             h0, c0 = initial_state
             if channels_first:
-                h0, c0 = h0.movedim(1, -1), c0.movedim(1, -1)
+                h0, c0 = move_to_last(h0, 1), move_to_last(c0, 1)
             initial_state = (h0, c0)
         if self.stateful and self._state_h is not None:
             kept = self._state_h.shape[0]
@@ -613,8 +613,8 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
         # step was masked, while h is the initial state).
         output = seq if self.return_sequences else seq[:, -1]
         if channels_first:
-            output = output.movedim(-1, 2 if self.return_sequences else 1)
-            h, c = h.movedim(-1, 1), c.movedim(-1, 1)
+            output = move_from_last(output, 2 if self.return_sequences else 1)
+            h, c = move_from_last(h, 1), move_from_last(c, 1)
         result = (output, h, c) if self.return_state else output
         if self.activity_regularizer is not None:
             self._activity_penalty = self._compute_activity_penalty(result)
@@ -715,7 +715,7 @@ class _ConvLSTM(LazyModuleMixin, nn.Module):
         if self._state_h is None:
             return None
         if self.data_format == "channels_first":
-            return self._state_h.movedim(-1, 1), self._state_c.movedim(-1, 1)
+            return move_from_last(self._state_h, 1), move_from_last(self._state_c, 1)
         return self._state_h, self._state_c
 
     def reset_states(self):
