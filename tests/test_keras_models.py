@@ -269,3 +269,37 @@ def test_keywords_load_model_cannot_honour_are_refused(tmp_path):
     always.save(tmp_path / "mc.keras")
     with pytest.raises(ValueError, match="'mc' is called with training=True"):
         load_model(tmp_path / "mc.keras")
+
+
+def test_loaded_model_exports_with_onnx_legacy_exporter(tmp_path):
+    """A loaded model's own conv and channel-wise activation layers move channels with
+    non-negative axes: ONNX Runtime refuses the legacy exporter's Transpose(perm=[0, -1, ...])
+    that movedim(-1, 1) becomes. The reference path, exported, against the module."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import warnings
+
+    from convlstm_triton import set_backend
+
+    model = keras.Sequential([
+        keras.Input((3, 5, 4, 2)),
+        keras.layers.ConvLSTM2D(3, 3, padding="same", return_sequences=True),
+        keras.layers.Conv3D(4, 3, padding="same", activation="softmax"),
+    ])
+    _randomize(model, 5)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    ours = set_backend(load_model(path), "reference").eval()
+    x = torch.from_numpy(_x(6, (2, 3, 5, 4, 2)))
+    onnx_path = str(tmp_path / "m.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python values
+        torch.onnx.export(ours, (x,), onnx_path, dynamo=False)
+    for node in onnx.load(onnx_path).graph.node:
+        if node.op_type == "Transpose":
+            assert min(next(a.ints for a in node.attribute if a.name == "perm")) >= 0
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = ours(x)
+    assert_close(torch.from_numpy(got), want, torch.float32, "onnx", tol=TOL)

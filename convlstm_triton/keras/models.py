@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..activations import CHANNEL_WISE_ACTIVATIONS, TORCH_ACTIVATIONS, check_activation
-from ..geometry import normalize_tuple, same_pad_before
+from ..geometry import move_from_last, move_to_last, normalize_tuple, same_pad_before
 from .files import _config_paths, _decode_names, _legacy_root, _read, _with_file
 from .layers import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, keras_config_arguments
 
@@ -311,7 +311,7 @@ def _last_axis_activation(name):
     name = check_activation("linear" if name is None else name, "activation")
     if name in CHANNEL_WISE_ACTIVATIONS:
         channels_first = TORCH_ACTIVATIONS[name]
-        return lambda x: channels_first(x.movedim(-1, 1)).movedim(1, -1)
+        return lambda x: move_to_last(channels_first(move_from_last(x, 1)), 1)
     return TORCH_ACTIVATIONS[name]
 
 
@@ -390,13 +390,13 @@ class ConvLast(nn.Module):
 
     def forward(self, x):
         lead = x.shape[:-self.rank - 1]
-        x = x.reshape(-1, *x.shape[-self.rank - 1:]).movedim(-1, 1)
+        x = move_from_last(x.reshape(-1, *x.shape[-self.rank - 1:]), 1)
         if self.padding == "same":
             x = F.pad(x, _same_pads(x.shape[2:], self.weight.shape[2:], self.strides,
                                     self.dilation))
         conv = (F.conv1d, F.conv2d, F.conv3d)[self.rank - 1]
         y = conv(x, self.weight, self.bias, self.strides, 0, self.dilation, self.groups)
-        y = y.movedim(1, -1)
+        y = move_to_last(y, 1)
         return self.activation(y.reshape(*lead, *y.shape[1:]))
 
 
@@ -475,7 +475,7 @@ class ConvTransposeLast(nn.Module):
 
     def forward(self, x):
         lead = x.shape[:-self.rank - 1]
-        x = x.reshape(-1, *x.shape[-self.rank - 1:]).movedim(-1, 1)
+        x = move_from_last(x.reshape(-1, *x.shape[-self.rank - 1:]), 1)
         conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.rank - 1]
         y = conv(x, self.weight, None, self.strides, 0, 0, 1, self.dilation)
         y = y[(slice(None), slice(None)) + tuple(
@@ -487,7 +487,7 @@ class ConvTransposeLast(nn.Module):
             y = F.pad(y, pads)
         if self.bias is not None:
             y = y + self.bias.view(-1, *(1,) * self.rank)
-        y = y.movedim(1, -1)
+        y = move_to_last(y, 1)
         return self.activation(y.reshape(*lead, *y.shape[1:]))
 
 
@@ -534,7 +534,7 @@ class PoolLast(nn.Module):
 
     def forward(self, x):
         lead = x.shape[:-self.rank - 1]
-        x = x.reshape(-1, *x.shape[-self.rank - 1:]).movedim(-1, 1)
+        x = move_from_last(x.reshape(-1, *x.shape[-self.rank - 1:]), 1)
         pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d) if self.kind == "max" else (
             F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
         pool = pool[self.rank - 1]
@@ -548,7 +548,7 @@ class PoolLast(nn.Module):
                      / pool(F.pad(ones, pads), self.pool, self.strides))
         else:
             y = pool(x, self.pool, self.strides)
-        y = y.movedim(1, -1)
+        y = move_to_last(y, 1)
         return y.reshape(*lead, *y.shape[1:])
 
 
