@@ -35,6 +35,10 @@ CONFIGS = [
     # narrow problems (4F or, with per-gate tiles, F below 128)
     dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4),
+    # all 4F = 256 columns of a 128-row tile: each tap of x is read once per column tile, and
+    # four stages hide the short K loop's latency (192 KiB of 16-bit tiles; fp32: pruned)
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=16, num_stages=4),
 ]
 
 

@@ -43,9 +43,10 @@ from .cell import load_peephole, lstm_cell_grad
 from .conv_k_loop import conv_k_loop
 from .im2col import conv_tap_offsets, step_tile
 
-# Autotuning candidates (convlstm_triton.tuning picks one per shape), widest first: the launcher
-# (launchers.step_backward_configs) drops the blocks wider than the problem, and the first left is
-# the default, used untuned and under the interpreter. Every block dim >= 16, as tl.dot needs on a
+# Autotuning candidates (convlstm_triton.tuning picks one per shape), widest first (but the
+# four-stage twins, last): the launcher (launchers.step_backward_configs) drops the blocks wider
+# than the problem and the pipelines shared memory cannot hold, and the first left is the
+# default, used untuned and under the interpreter. Every block dim >= 16, as tl.dot needs on a
 # GPU. The MMA is BLOCK_M x BLOCK_F: N = BLOCK_F >= 64 keeps wgmma off the shared-memory operand
 # bound (N = 32 reaches 67 % of it, N = 16 40 %); 128-row tiles read the weights half as often
 # per FLOP (the defaults), 64-row ones fit more CTAs per SM. Compiled for sm_90 (Triton 3.6 and
@@ -58,6 +59,10 @@ CONFIGS = [
     dict(BLOCK_M=64, BLOCK_F=64, BLOCK_K=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=64, BLOCK_F=32, BLOCK_K=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=64, BLOCK_F=16, BLOCK_K=64, num_warps=4, num_stages=3),
+    # four stages: the dgrad's K loop (taps x 4F) is latency-bound at three (sm_90 forecast:
+    # mnist_l1 291 -> 227 us a step); 16-bit tiles (fp32: F = 128 pruned by shared memory)
+    dict(BLOCK_M=128, BLOCK_F=64, BLOCK_K=64, num_warps=8, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_F=128, BLOCK_K=64, num_warps=8, num_stages=4),
 ]
 
 # Columns of one epilogue slice (see _epilogue; narrower tiles are halved once). Compiled for

@@ -68,6 +68,12 @@ CONFIGS = [
     # F < 32 only (the launcher keeps N = 4 * BLOCK_F >= 128 from F = 32 on)
     dict(BLOCK_M=64, BLOCK_F=16, BLOCK_K=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=128, BLOCK_F=16, BLOCK_K=32, num_warps=4, num_stages=3),
+    # 128 x 256 tiles (all four gates of 64 channels): half the L2 bytes per FLOP of the 64 x
+    # 128 default, in four stages (192 KiB of 16-bit tiles; no fp32 twin fits: pruned). Four
+    # warpgroups hold the 128 x 256 accumulator at 64 registers a thread and stay at 128 with
+    # nothing spilled; with 8 warps (191-255 registers) the training epilogue spills where the
+    # K loop is unrolled (F = 64 at k = 3, sm_90).
+    dict(BLOCK_M=128, BLOCK_F=64, BLOCK_K=64, num_warps=16, num_stages=4),
 ]
 
 

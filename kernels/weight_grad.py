@@ -67,6 +67,10 @@ CONFIGS = [
     dict(BLOCK_R=32, BLOCK_K=64, K_BLOCKS=1, BLOCK_N=128, num_warps=4, num_stages=3),
     # per-gate column tiles (dropout masks) of F <= 64
     dict(BLOCK_R=64, BLOCK_K=64, K_BLOCKS=1, BLOCK_N=64, num_warps=4, num_stages=4),
+    # the two-block tile in four stages (196 KiB of 16-bit tiles; fp32: pruned): its K loop
+    # over the output pixels is latency-bound at three (sm_90 forecast, mnist_l1's recurrent
+    # dW: 149 -> 123 us a time chunk)
+    dict(BLOCK_R=64, BLOCK_K=64, K_BLOCKS=2, BLOCK_N=256, num_warps=8, num_stages=4),
 ]
 
 

@@ -103,9 +103,41 @@ def test_config_matches_reference(kernel, index, case, variant, dtype, force_con
 
 
 def test_every_config_is_valid_for_a_gpu():
-    """tl.dot needs every block dim >= 16 on a GPU (the interpreter does not check it)."""
+    """tl.dot needs every block dim >= 16 on a GPU (the interpreter does not check it); a CTA
+    has at most 1024 threads (16 warps of 32, or of 64-lane waves on AMD)."""
     for kernel, configs in KERNEL_CONFIGS.items():
         for cfg in configs:
             blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK_")}
             assert all(v >= 16 and v & (v - 1) == 0 for v in blocks.values()), (kernel, cfg)
-            assert cfg["num_warps"] in (4, 8), (kernel, cfg)
+            assert cfg["num_warps"] in (4, 8, 16), (kernel, cfg)
+
+
+@pytest.mark.parametrize("element_size", [2, 4], ids=["16bit", "fp32"])
+def test_pruners_keep_only_pipelines_that_fit_shared_memory(element_size):
+    """The launchers' candidates at a large problem: every kept pipeline (num_stages buffers of
+    the A and B tiles) fits a CTA's shared memory in that element size, and the four-stage
+    128 x 256 tiles are kept for 16-bit operands only (their fp32 twins would be refused at
+    launch on sm_90)."""
+    from convlstm_triton import launchers
+
+    rows = 1 << 20
+    kept = {
+        "step_forward": (launchers.step_forward_configs(128, rows, 4096,
+                                                        element_size=element_size),
+                         lambda cfg: (cfg["BLOCK_M"], 4 * cfg["BLOCK_F"])),
+        "input_projection": (launchers.input_projection_configs(rows, 512, 4096, element_size),
+                             lambda cfg: (cfg["BLOCK_M"], cfg["BLOCK_N"])),
+        "step_backward": (launchers.step_backward_configs(128, rows, 4096,
+                                                          element_size=element_size),
+                          lambda cfg: (cfg["BLOCK_M"], cfg["BLOCK_F"])),
+    }
+    for kernel, (configs, tile_of) in kept.items():
+        assert configs, kernel
+        for cfg in configs:
+            block_m, block_n = tile_of(cfg)
+            pipeline = cfg["num_stages"] * cfg["BLOCK_K"] * (block_m + block_n) * element_size
+            assert pipeline <= launchers.SMEM_BYTES_PER_CTA, (kernel, cfg, pipeline)
+    wide_step = dict(BLOCK_M=128, BLOCK_F=64, BLOCK_K=64, num_warps=16, num_stages=4)
+    wide_projection = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=4)
+    assert (wide_step in kept["step_forward"][0]) == (element_size == 2)
+    assert (wide_projection in kept["input_projection"][0]) == (element_size == 2)
