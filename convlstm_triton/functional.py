@@ -25,6 +25,7 @@ import torch
 from . import autograd, cuda_graphs, ops
 from .activations import KERNEL_ACTIVATION_CODES
 from .launchers import KernelGeometry, dot_precision
+from .platform import platform
 from .reference import conv_lstm_reference
 from .validation import call_signature, check_mask_values, validate_conv_lstm_args
 
@@ -111,7 +112,8 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
         recurrent_dropout_mask: (4, B, *out_spatial, F), or None.
         peephole: (3, F) per-channel peephole weights (w_ci, w_cf, w_co; Shi et al. 2015, not
             in Keras): i and f see ``+ w_ci * c_prev``, ``+ w_cf * c_prev``, o ``+ w_co * c``.
-        allow_tf32: fp32 dots in TF32; default ``torch.backends.cudnn.allow_tf32``.
+        allow_tf32: fp32 dots in TF32 where the GPU has it (NVIDIA sm_80 on, AMD gfx942:
+            xf32; full fp32 elsewhere, e.g. gfx90a); default ``torch.backends.cudnn.allow_tf32``.
         forward_variant: how the Triton forward is built (backward is the same for all):
             "hoisted" (the input conv of a time chunk's frames as one GEMM, then the fused
             step kernel),
@@ -174,7 +176,8 @@ def conv_lstm(x, kernel, recurrent_kernel, bias=None, initial_state=None, *, str
         allow_tf32 = torch.backends.cudnn.allow_tf32
     return _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, call, go_backwards,
                              mask, input_dropout_mask, recurrent_dropout_mask, peephole,
-                             dot_precision(x.dtype, allow_tf32), forward_variant,
+                             dot_precision(x.dtype, allow_tf32 and platform(x.device).tf32),
+                             forward_variant,
                              recompute_gates, use_graph)
 
 

@@ -18,6 +18,7 @@ from .kernels import input_projection as input_projection_kernels
 from .kernels import step_backward as step_backward_kernels
 from .kernels import step_forward as step_forward_kernels
 from .kernels import weight_grad as weight_grad_kernels
+from .platform import HOPPER, platform
 
 _kernel_geometries = {}  # id(ConvGeometry) -> (it, its KernelGeometry)
 
@@ -230,7 +231,7 @@ def settings():
     """The module settings that shape launches (tests move some): part of a launch plan's
     problem key (``autograd.problem_plans``)."""
     return (TIME_CHUNK_MIN_ROWS, TAP_MAJOR_MIN_CHANNELS, INPUT_GRAD_GEMM_MIN_CHANNELS,
-            SPATIAL_TILE_WASTE, SMEM_BYTES_PER_CTA, FP_FUSION)
+            SPATIAL_TILE_WASTE, FP_FUSION)
 
 
 def time_chunk(B, T, P):
@@ -292,17 +293,18 @@ def input_projection_launch(x, kernel2d, bias, xmask, geom: KernelGeometry, prec
     key = (tuning.bucket(M), F, C, geom.kernel_size, geom.strides, geom.dilation,
            _dtype_name(x), precision, bias is not None, xmask is not None, four_dots)
     configs = input_projection_configs(M, F if gate_tiles else 4 * F, kernel2d.shape[0],
-                                       x.element_size())
+                                       x.element_size(), platform(x.device).shared_memory)
     return _tuned_launch("input_projection", key, configs, launch, [xg], x.device,
                          flop=2.0 * M * 4 * F * kernel2d.shape[0])
 
 
-def input_projection_configs(M, columns, k_total, element_size=2):
+def input_projection_configs(M, columns, k_total, element_size=2,
+                             shared_memory=HOPPER.shared_memory):
     """The input projection's candidate configs for a problem of M rows and ``columns`` columns
-    per program's reach (4F, or F with per-gate tiles): pipelines that fit a CTA's shared
-    memory in this element size, blocks no larger than the problem."""
+    per program's reach (4F, or F with per-gate tiles): pipelines that fit ``shared_memory``
+    bytes in this element size, blocks no larger than the problem."""
     return _prune(_fitting_configs(input_projection_kernels.CONFIGS, element_size,
-                                   lambda cfg: (cfg["BLOCK_M"], cfg["BLOCK_N"])),
+                                   lambda cfg: (cfg["BLOCK_M"], cfg["BLOCK_N"]), shared_memory),
                   BLOCK_M=M, BLOCK_N=columns, BLOCK_K=k_total)
 
 
@@ -370,7 +372,8 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     c_in = x_t.shape[-1] if fused_input else 1
     rec_weights = GateWeights.of(rk2d)
     in_weights = GateWeights.of(kernel2d) if fused_input else None
-    tma = tma and not four_dots and tma_eligible(h_prev, hmask)
+    tma = (tma and not four_dots and platform(h_prev.device).tma
+           and tma_eligible(h_prev, hmask))
     if tma:
         _ensure_allocator(h_prev.device)
     # the pointer of absent optional tensors (the same at every step and call: launch plans
@@ -417,7 +420,7 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     k_total = rec_weights.gate_major.shape[0] + (
         in_weights.gate_major.shape[0] if fused_input else 0)
     configs = step_forward_configs(F, M, k_total, four_dots, fused_input,
-                                   h_prev.element_size())
+                                   h_prev.element_size(), platform(h_prev.device).shared_memory)
     # The key leaves out whether h and c are stored and whether the pre-activations are:
     # backward's recomputation (h_out, c_out None) runs forward's config, so its
     # pre-activations are bit-identical to the saved ones, and a forward without autograd
@@ -498,14 +501,15 @@ def _ensure_allocator(device):
             size, dtype=torch.int8, device="cuda" if on_cuda else "cpu"))
 
 
-def step_forward_configs(F, M, k_total, four_dots=False, fused_input=False, element_size=2):
+def step_forward_configs(F, M, k_total, four_dots=False, fused_input=False, element_size=2,
+                         shared_memory=HOPPER.shared_memory):
     """The step kernel's candidate configs for a problem. The wide-MMA design keeps
     BLOCK_F >= 32 once F >= 32: N = 4 * BLOCK_F >= 128 is where wgmma runs efficiently. With
     the input conv fused in (a second pipelined K loop), BLOCK_F = 64 reaches 255 registers
-    and spills (sm_90, C_in = 64): not a candidate there. Pipelines that do not fit a CTA's
-    shared memory in this element size are not candidates either."""
+    and spills (sm_90, C_in = 64): not a candidate there. Pipelines that do not fit
+    ``shared_memory`` bytes in this element size are not candidates either."""
     configs = _fitting_configs(step_forward_kernels.CONFIGS, element_size,
-                               lambda cfg: (cfg["BLOCK_M"], 4 * cfg["BLOCK_F"]))
+                               lambda cfg: (cfg["BLOCK_M"], 4 * cfg["BLOCK_F"]), shared_memory)
     if not four_dots and F >= 32:
         configs = [cfg for cfg in configs if cfg["BLOCK_F"] >= 32]
     if not four_dots and fused_input:
@@ -532,14 +536,15 @@ class DgradWeights:
         return weights if isinstance(weights, DgradWeights) else DgradWeights(weights)
 
 
-def step_backward_configs(F, M, k_loop, rdrop=False, element_size=2):
+def step_backward_configs(F, M, k_loop, rdrop=False, element_size=2,
+                          shared_memory=HOPPER.shared_memory):
     """The step-backward kernel's candidate configs for a problem, in CONFIGS' order (widest
     first: the first left is the default). BLOCK_F >= 32 once F >= 32 (wgmma's N is BLOCK_F:
     narrower reads more shared memory per FLOP); with recurrent dropout (two accumulators and
     four K loops) BLOCK_F <= 32, where nothing spills; blocks no larger than the problem
     (k_loop: the K a BLOCK_K step runs over, the channels of one tap tap-major)."""
     configs = _fitting_configs(step_backward_kernels.CONFIGS, element_size,
-                               lambda cfg: (cfg["BLOCK_M"], cfg["BLOCK_F"]))
+                               lambda cfg: (cfg["BLOCK_M"], cfg["BLOCK_F"]), shared_memory)
     if F >= 32:
         configs = [cfg for cfg in configs if cfg["BLOCK_F"] >= 32]
     if rdrop:
@@ -597,7 +602,8 @@ def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, 
            hmask is not None, peephole is not None, cell, dh_live)
     configs = step_backward_configs(
         F, M, k_channels if tap_major(k_channels) else k_rows // F * k_channels,
-        rdrop=hmask is not None, element_size=weights.gate_major.element_size())
+        rdrop=hmask is not None, element_size=weights.gate_major.element_size(),
+        shared_memory=platform(dh_carry.device).shared_memory)
     return _tuned_launch("step_backward", key, configs, launch, [dh_carry, dc_carry, dg_out],
                   dh_carry.device, flop=2.0 * M * F * k_rows * 4, warm_l2=True)
 
@@ -733,7 +739,7 @@ def weight_grad_launch(src, dgates, smask, geom: KernelGeometry, with_bias, prec
     key = (tuning.bucket(R), F, C, geom.kernel_size, geom.strides, geom.dilation,
            _dtype_name(dgates), precision, with_bias, smask is not None)
     configs = weight_grad_configs(F, C, taps, gate_tiles, k_tap_major, src.element_size(),
-                                  smask is not None)
+                                  smask is not None, platform(src.device).shared_memory)
     # trials write their own partials (copies of ``into``'s): nothing of the caller's
     into = [] if into is None else [into.args["dw_ptr"], into.args["db_ptr"]]
     return _tuned_launch("weight_grad", key, configs, launch, into, src.device,
@@ -760,7 +766,8 @@ def weight_grad_binder(smask, device, into=None):
     return bind
 
 
-def weight_grad_configs(F, C, taps, gate_tiles, k_tap_major, element_size, dropout):
+def weight_grad_configs(F, C, taps, gate_tiles, k_tap_major, element_size, dropout,
+                        shared_memory=HOPPER.shared_memory):
     """The weight-gradient kernel's candidate configs: column tiles no wider than the columns
     a program can own (one gate's F with per-gate masks, all 4F otherwise), K blocks no taller
     than a tap's channels (tap-major) or all of K (but 64, wgmma's minimum), a second K block
@@ -777,7 +784,7 @@ def weight_grad_configs(F, C, taps, gate_tiles, k_tap_major, element_size, dropo
                 + (block_r * k_blocks * block_k if dropout else 0)) * element_size
         # registers: 32-row tiles for the flattened K layout and for fp32 with dropout
         small_tiles = not k_tap_major or (dropout and element_size == 4)
-        if (k_blocks <= steps and smem <= SMEM_BYTES_PER_CTA
+        if (k_blocks <= steps and smem <= shared_memory
                 and (block_r == 32 or not small_tiles)):
             kept.append(cfg)
     n_limit = max(16, next_power_of_2(F if gate_tiles else 4 * F))
@@ -788,32 +795,30 @@ def weight_grad_configs(F, C, taps, gate_tiles, k_tap_major, element_size, dropo
                          key=lambda cfg: (cfg["BLOCK_N"], cfg["BLOCK_K"]))[:1]
 
 
-# Shared memory per CTA on sm_90 (227 KiB): the pruners' budget for a config's pipeline.
-SMEM_BYTES_PER_CTA = 227 * 1024
-
-
-def _fitting_configs(configs, element_size, tile_of):
-    """The configs whose pipeline fits (``pipeline_fits``) in this element size, ``tile_of(cfg)``
-    giving its (block_m, block_n); one list per (configs, element size) for the process, so
-    that ``_prune``'s cache, keyed by the ids of the configs, sees the same list every call."""
-    key = (id(configs), element_size)
+def _fitting_configs(configs, element_size, tile_of, shared_memory):
+    """The configs whose pipeline fits (``pipeline_fits``) in this element size and shared
+    memory, ``tile_of(cfg)`` giving its (block_m, block_n); one list per (configs, element size,
+    shared memory) for the process, so that ``_prune``'s cache, keyed by the ids of the
+    configs, sees the same list every call."""
+    key = (id(configs), element_size, shared_memory)
     entry = _fitting.get(key)
     if entry is None:
-        entry = _fitting[key] = (configs, [cfg for cfg in configs
-                                           if pipeline_fits(cfg, *tile_of(cfg), element_size)]
-                                 or configs[:1])
+        entry = _fitting[key] = (configs, [
+            cfg for cfg in configs
+            if pipeline_fits(cfg, *tile_of(cfg), element_size, shared_memory)] or configs[:1])
     return entry[1]
 
 
-_fitting = {}  # (id(configs), element size) -> (configs, the ones that fit); a few entries
+_fitting = {}  # (id(configs), element size, shared memory) -> (configs, kept); a few entries
 
 
-def pipeline_fits(cfg, block_m, block_n, element_size):
+def pipeline_fits(cfg, block_m, block_n, element_size, shared_memory=HOPPER.shared_memory):
     """Whether a GEMM config's pipeline, num_stages buffers of its A (block_m x BLOCK_K) and
-    B (BLOCK_K x block_n) tiles, fits a CTA's shared memory: the widest configs are for 16-bit
-    operands, and their fp32 (TF32) twins would be refused at launch."""
+    B (BLOCK_K x block_n) tiles, fits ``shared_memory`` bytes (a program's share on the GPU,
+    ``platform.Platform``): the widest configs are for 16-bit operands on Hopper, and their
+    fp32 (TF32) twins would be refused at launch."""
     tile_bytes = cfg["BLOCK_K"] * (block_m + block_n) * element_size
-    return cfg["num_stages"] * tile_bytes <= SMEM_BYTES_PER_CTA
+    return cfg["num_stages"] * tile_bytes <= shared_memory
 
 
 # Input gradient: a tensor-core GEMM (N = C_in columns) from this many input channels on;

@@ -68,6 +68,8 @@ from collections.abc import Callable
 import torch
 import triton
 
+from .platform import is_hip, platform
+
 __all__ = ["pick_config", "clear_cache", "cache_path", "cached_entries", "bucket",
            "tuning_log", "SCHEMA_VERSION"]
 
@@ -462,6 +464,9 @@ def _device_name(device):
     name = _device_names.get(slot)
     if name is None:
         name = torch.cuda.get_device_name(slot[1]) if slot[0] == "cuda" else slot[0]
+        if slot[0] == "cuda" and is_hip():
+            # AMD boards share marketing names across archs: the arch keys the entries
+            name = f"{name} ({platform(torch.device('cuda', slot[1])).arch})"
         _device_names[slot] = name
     return name
 

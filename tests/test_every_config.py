@@ -119,6 +119,7 @@ def test_pruners_keep_only_pipelines_that_fit_shared_memory(element_size):
     128 x 256 tiles are kept for 16-bit operands only (their fp32 twins would be refused at
     launch on sm_90)."""
     from convlstm_triton import launchers
+    from convlstm_triton.platform import HOPPER
 
     rows = 1 << 20
     kept = {
@@ -136,7 +137,7 @@ def test_pruners_keep_only_pipelines_that_fit_shared_memory(element_size):
         for cfg in configs:
             block_m, block_n = tile_of(cfg)
             pipeline = cfg["num_stages"] * cfg["BLOCK_K"] * (block_m + block_n) * element_size
-            assert pipeline <= launchers.SMEM_BYTES_PER_CTA, (kernel, cfg, pipeline)
+            assert pipeline <= HOPPER.shared_memory, (kernel, cfg, pipeline)
     wide_step = dict(BLOCK_M=128, BLOCK_F=64, BLOCK_K=64, num_warps=16, num_stages=4)
     wide_projection = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=4)
     assert (wide_step in kept["step_forward"][0]) == (element_size == 2)
