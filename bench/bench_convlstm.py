@@ -109,16 +109,17 @@ def _names(table, what):
     return parse
 
 
-def problem_parser(doc):
-    """An argument parser with the options every benchmark shares: --shapes, --dtypes, --modes."""
+def problem_parser(doc, modes=tuple(MODES)):
+    """An argument parser with the options every benchmark shares: --shapes, --dtypes, --modes
+    (``modes``: its default)."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", type=_names(SHAPES, "shape"), default=list(SHAPES),
                    help=f"comma-separated, from {', '.join(SHAPES)} (default: all)")
     p.add_argument("--dtypes", type=_names(DTYPES, "dtype"), default=["fp32", "bf16"],
                    help=f"comma-separated, from {', '.join(DTYPES)} (default: fp32,bf16)")
-    p.add_argument("--modes", type=_names(dict.fromkeys(MODES), "mode"), default=list(MODES),
-                   help="comma-separated, from fwd,train (default: both)")
+    p.add_argument("--modes", type=_names(dict.fromkeys(MODES), "mode"), default=list(modes),
+                   help=f"comma-separated, from fwd,train (default: {','.join(modes)})")
     return p
 
 

@@ -542,8 +542,8 @@ def report(shape, dtype, variant, mode):
 
 
 def parse_args(argv=None):
-    p = problem_parser(__doc__)
-    p.set_defaults(dtypes=["bf16", "fp32"], modes=["fwd"])
+    p = problem_parser(__doc__, modes=("fwd",))
+    p.set_defaults(dtypes=["bf16", "fp32"])
     p.add_argument("--variants", default=None,
                    help="comma-separated forward_variant values (default: every one the library "
                         f"accepts except auto; auto = tuned by forecast; now: "
