@@ -92,10 +92,11 @@ def call_signature(x, kernel, recurrent_kernel, bias, initial_state, mask, input
     """Everything ``validate_conv_lstm_args`` reads but the mask's values, as a hashable key
     (two calls with equal keys validate alike), or None where there is none (a tensor
     subclass or a non-tensor where a tensor belongs, an unhashable option, an activation that
-    is not a name, torch.compile tracing): those calls are validated every time. ``options``:
+    is not a name, torch.compile or torch.export tracing: symbolic sizes in a key would be
+    compared with the cached keys'): those calls are validated every time. ``options``:
     the other arguments (strides, padding, dilation_rate, activation, recurrent_activation,
     go_backwards, backend, forward_variant, recompute_gates, cuda_graph)."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return None
     if type(options[3]) is not str or type(options[4]) is not str:
         return None  # a callable (the reference runs it): a key would keep it, and its owner
