@@ -24,7 +24,8 @@ circle): ``device`` (the GPUs' constants), ``compiling`` (sm_90 compile with a m
 its docstring states every term; ``forecast_kernel`` forecasts any Triton launch),
 ``calibration`` (the published anchors and the fit). This file adds what is ConvLSTM-specific:
 the K-step models of the project's GEMMs (how many main-loop iterations a CTA runs) and the
-recording of the library's launches.
+recorder of the sm_90 report (``bench/recording.py`` drives the library's launch path and
+records it; ``bench/amd_static.py`` uses the same machinery for AMD targets).
 
 Per launch: executed FLOP = CTAs x K steps per CTA x FLOP of one K step (tile padding in M, N
 and K included) where the kernel has a K-step model (``K_STEP_MODELS``), else the useful FLOP
@@ -43,7 +44,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -77,7 +78,13 @@ from perfmodel.sass import (  # noqa: E402, F401
     sass_loop_stats,
     spill_bytes,
 )
-from triton.runtime.jit import JITFunction  # noqa: E402
+from recording import (  # noqa: E402, F401  (the tests read these from here too)
+    Recorder,
+    forward_variants,
+    patched,
+    run_problem,
+    synthetic_shape,
+)
 
 SMS = DEVICES["h100"].sms  # grids sized by the SM count are sized for this
 FORECAST_LABEL = "FORECAST"
@@ -178,21 +185,14 @@ class OutOfResourcesForecast(RuntimeError):
     """A config that the GPU would refuse at launch (shared memory or registers per CTA)."""
 
 
-class _Recorder:
-    """JITFunction.run and tuning.pick_config stand-ins for one analyzed problem."""
+class _Recorder(Recorder):
+    """The recorder of the sm_90 report: compiles for sm_90, refuses what an H100 would (shared
+    memory or registers per CTA), and picks by forecast."""
 
-    def __init__(self):
-        self.frames = [[]]  # launch lists: [0] the real launches, then open trials
-        self.tunings = []  # one dict per pick_config call that tuned
-        self.choices = {}  # (kernel_name, key) -> chosen config
-        self.tag = None  # (kernel_name, config, flop) of the next launch
+    def compile(self, fn, args, kwargs):
+        return _compiler().compile_launch(fn, args, kwargs)
 
-    def launch(self, fn, args, kwargs, grid):
-        key, kernel = _compiler().compile_launch(fn, args, kwargs)
-        named = dict(zip(fn.signature.parameters, args)) | kwargs
-        if callable(grid):
-            grid = grid(named)
-        grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
+    def check(self, key, kernel):
         regs, ctas_per_sm = kernel_usage(key, kernel, DEVICE)
         limit = device(DEVICE).smem_per_cta_max
         if kernel.metadata.shared > limit:  # as the GPU would refuse the launch
@@ -200,116 +200,37 @@ class _Recorder:
                                          f"{limit} B per CTA")
         if ctas_per_sm == 0:
             raise OutOfResourcesForecast(f"{regs} registers x {dict(key[3])['num_warps']} warps")
-        tag, self.tag = self.tag, None
+
+    def make_launch(self, fn, key, kernel, grid, named, tag):
         tuned_as, config, flop = tag if tag else (None, None, None)
-        self.frames[-1].append(Launch(
+        return Launch(
             fn.fn.__name__, tuned_as, config, grid, key, kernel,
             {k: v for k, v in named.items() if not isinstance(v, torch.Tensor)},
             tensor_bytes(named.values()), flop,
             {k: [list(v.shape), str(v.dtype).removeprefix("torch.")]
-             for k, v in named.items() if isinstance(v, torch.Tensor)}))
+             for k, v in named.items() if isinstance(v, torch.Tensor)})
 
-    def pick_config(self, kernel_name, key, configs, run, device, *, flop=None, **_):
-        if (kernel_name, key) in self.choices:
-            chosen = self.choices[(kernel_name, key)]
-        else:
-            trials = []
-            for cfg in configs:
-                self.frames.append([])
-                self.tag = (kernel_name, dict(cfg), flop)
-                error = None
-                try:
-                    run(cfg)
-                except Exception as exc:  # a config that cannot compile or launch is skipped
-                    error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
-                self.tag = None
-                trials.append({"config": dict(cfg), "error": error[:300] if error else None,
-                               "launches": self.frames.pop()})
-            complete([x for t in trials for x in t["launches"]])
-            for t in trials:
-                ok = t["error"] is None and t["launches"]
-                t["forecast_s"] = sum(x.forecast_s for x in t["launches"]) if ok else None
-            done = [(t["forecast_s"], i) for i, t in enumerate(trials)
-                    if t["forecast_s"] is not None]
-            best = min(done)[1] if done else 0
-            chosen = configs[best]
-            self.choices[(kernel_name, key)] = chosen
-            self.tunings.append({"kernel": kernel_name, "key": repr(key), "trials": trials,
-                                 "chosen": best})
-        self.tag = (kernel_name, dict(chosen), flop)
-        return chosen
+    def choose(self, trials):
+        """Tuning by forecast: the trial whose launches sum to the least."""
+        complete([x for t in trials for x in t["launches"]])
+        for t in trials:
+            ok = t["error"] is None and t["launches"]
+            t["forecast_s"] = sum(x.forecast_s for x in t["launches"]) if ok else None
+        done = [(t["forecast_s"], i) for i, t in enumerate(trials)
+                if t["forecast_s"] is not None]
+        return min(done)[1] if done else 0
 
 
-@contextlib.contextmanager
 def _patched(recorder):
-    from convlstm_triton import functional, launchers, tuning
-
-    saved = [(JITFunction, "run"), (tuning, "pick_config"),
-             (functional, "triton_interpreter_enabled"), (launchers, "_scratch_like"),
-             (launchers, "_sm_count")]
-    saved = [(owner, name, getattr(owner, name)) for owner, name in saved if hasattr(owner, name)]
-
-    def run(self, *args, grid, warmup, **kwargs):
-        recorder.launch(self, args, kwargs, grid)
-
-    replacements = {
-        "run": run, "pick_config": recorder.pick_config,
-        "triton_interpreter_enabled": lambda: True,  # CPU tensors may take the Triton path
-        # trials write scratch outputs: empty ones (nothing runs), not copies of real-size ones
-        "_scratch_like": lambda t: None if t is None else torch.empty_like(t),
-        "_sm_count": lambda device: SMS,  # grids sized for the modelled GPU, not the CPU
-    }
-    for owner, name, _ in saved:
-        setattr(owner, name, replacements[name])
-    try:
-        yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
+    return patched(recorder, SMS)
 
 
 # ---------------------------------------------------------------------------------------------
 # problems
 
 
-def forward_variants():
-    """Every ``forward_variant`` the library accepts, "auto" first."""
-    from convlstm_triton.validation import FORWARD_VARIANTS
-
-    return list(FORWARD_VARIANTS)
-
-
-def synthetic_shape(base, **overrides):
-    """``base`` (a Shape) with other sizes (batch, steps, spatial, in_channels, filters,
-    kernel), named after what changed."""
-    shape = replace(base, **overrides)
-    tag = ",".join(f"{k}={v}" for k, v in overrides.items())
-    return replace(shape, name=f"{base.name}[{tag}]") if overrides else shape
-
-
 def _run_problem(shape, dtype_name, variant, mode):
-    from convlstm_triton import functional
-
-    dtype = DTYPES[dtype_name]
-    ks = shape.kernel_size
-    x = torch.empty(shape.batch, shape.steps, *shape.spatial, shape.in_channels, dtype=dtype)
-    kernel = torch.empty(*ks, shape.in_channels, 4 * shape.filters, dtype=dtype)
-    recurrent = torch.empty(*ks, shape.filters, 4 * shape.filters, dtype=dtype)
-    bias = torch.zeros(4 * shape.filters, dtype=dtype)
-    options = dict(backend="triton", padding="same", forward_variant=variant, allow_tf32=True)
-    if mode == "fwd":
-        with torch.no_grad():
-            functional.conv_lstm(x, kernel, recurrent, bias, **options)
-    else:
-        # "train_fwd": the forward of a training step only; "train": forward + backward with
-        # the library's default recompute_gates; "train_saved" / "train_recompute": with the
-        # pre-activations saved by forward / recomputed in backward
-        if mode in ("train_saved", "train_recompute"):
-            options["recompute_gates"] = mode == "train_recompute"
-        leaves = [t.requires_grad_() for t in (x, kernel, recurrent, bias)]
-        seq = functional.conv_lstm(*leaves, **options)[0]
-        if mode != "train_fwd":
-            seq.sum().backward()
+    run_problem(shape, DTYPES[dtype_name], variant, mode)
 
 
 _problems = {}

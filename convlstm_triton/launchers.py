@@ -292,19 +292,21 @@ def input_projection_launch(x, kernel2d, bias, xmask, geom: KernelGeometry, prec
 
     key = (tuning.bucket(M), F, C, geom.kernel_size, geom.strides, geom.dilation,
            _dtype_name(x), precision, bias is not None, xmask is not None, four_dots)
+    gpu = platform(x.device)
     configs = input_projection_configs(M, F if gate_tiles else 4 * F, kernel2d.shape[0],
-                                       x.element_size(), platform(x.device).shared_memory)
+                                       x.element_size(), gpu.shared_memory, gpu.register_stages)
     return _tuned_launch("input_projection", key, configs, launch, [xg], x.device,
                          flop=2.0 * M * 4 * F * kernel2d.shape[0])
 
 
 def input_projection_configs(M, columns, k_total, element_size=2,
-                             shared_memory=HOPPER.shared_memory):
+                             shared_memory=HOPPER.shared_memory, register_stages=0):
     """The input projection's candidate configs for a problem of M rows and ``columns`` columns
     per program's reach (4F, or F with per-gate tiles): pipelines that fit ``shared_memory``
-    bytes in this element size, blocks no larger than the problem."""
+    bytes in this element size (``pipeline_fits``), blocks no larger than the problem."""
     return _prune(_fitting_configs(input_projection_kernels.CONFIGS, element_size,
-                                   lambda cfg: (cfg["BLOCK_M"], cfg["BLOCK_N"]), shared_memory),
+                                   lambda cfg: (cfg["BLOCK_M"], cfg["BLOCK_N"]), shared_memory,
+                                   register_stages),
                   BLOCK_M=M, BLOCK_N=columns, BLOCK_K=k_total)
 
 
@@ -419,8 +421,9 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
            four_dots, tma)
     k_total = rec_weights.gate_major.shape[0] + (
         in_weights.gate_major.shape[0] if fused_input else 0)
+    gpu = platform(h_prev.device)
     configs = step_forward_configs(F, M, k_total, four_dots, fused_input,
-                                   h_prev.element_size(), platform(h_prev.device).shared_memory)
+                                   h_prev.element_size(), gpu.shared_memory, gpu.register_stages)
     # The key leaves out whether h and c are stored and whether the pre-activations are:
     # backward's recomputation (h_out, c_out None) runs forward's config, so its
     # pre-activations are bit-identical to the saved ones, and a forward without autograd
@@ -502,16 +505,19 @@ def _ensure_allocator(device):
 
 
 def step_forward_configs(F, M, k_total, four_dots=False, fused_input=False, element_size=2,
-                         shared_memory=HOPPER.shared_memory):
+                         shared_memory=HOPPER.shared_memory, register_stages=0):
     """The step kernel's candidate configs for a problem. The wide-MMA design keeps
     BLOCK_F >= 32 once F >= 32: N = 4 * BLOCK_F >= 128 is where wgmma runs efficiently. With
     the input conv fused in (a second pipelined K loop), BLOCK_F = 64 reaches 255 registers
     and spills (sm_90, C_in = 64): not a candidate there. Pipelines that do not fit
-    ``shared_memory`` bytes in this element size are not candidates either."""
+    ``shared_memory`` bytes in this element size (``pipeline_fits``) are not candidates
+    either."""
     configs = _fitting_configs(step_forward_kernels.CONFIGS, element_size,
-                               lambda cfg: (cfg["BLOCK_M"], 4 * cfg["BLOCK_F"]), shared_memory)
+                               lambda cfg: (cfg["BLOCK_M"], 4 * cfg["BLOCK_F"]), shared_memory,
+                               register_stages)
     if not four_dots and F >= 32:
-        configs = [cfg for cfg in configs if cfg["BLOCK_F"] >= 32]
+        # none of the wide tiles fits (fp32 in a small LDS): the narrow ones, rather than none
+        configs = [cfg for cfg in configs if cfg["BLOCK_F"] >= 32] or configs
     if not four_dots and fused_input:
         configs = [cfg for cfg in configs if cfg["BLOCK_F"] <= 32] or configs
     return _prune(configs, BLOCK_M=M, BLOCK_F=F, BLOCK_K=k_total)
@@ -537,16 +543,19 @@ class DgradWeights:
 
 
 def step_backward_configs(F, M, k_loop, rdrop=False, element_size=2,
-                          shared_memory=HOPPER.shared_memory):
+                          shared_memory=HOPPER.shared_memory, register_stages=0):
     """The step-backward kernel's candidate configs for a problem, in CONFIGS' order (widest
     first: the first left is the default). BLOCK_F >= 32 once F >= 32 (wgmma's N is BLOCK_F:
     narrower reads more shared memory per FLOP); with recurrent dropout (two accumulators and
     four K loops) BLOCK_F <= 32, where nothing spills; blocks no larger than the problem
     (k_loop: the K a BLOCK_K step runs over, the channels of one tap tap-major)."""
     configs = _fitting_configs(step_backward_kernels.CONFIGS, element_size,
-                               lambda cfg: (cfg["BLOCK_M"], cfg["BLOCK_F"]), shared_memory)
+                               lambda cfg: (cfg["BLOCK_M"], cfg["BLOCK_F"]), shared_memory,
+                               register_stages)
     if F >= 32:
-        configs = [cfg for cfg in configs if cfg["BLOCK_F"] >= 32]
+        # none of the wide tiles fits (fp32 in 64 KiB of AMD LDS: only BLOCK_F = 16 does): the
+        # narrow ones, rather than no config at all
+        configs = [cfg for cfg in configs if cfg["BLOCK_F"] >= 32] or configs
     if rdrop:
         configs = [cfg for cfg in configs if cfg["BLOCK_F"] <= 32] or configs
     return _prune(configs, BLOCK_M=M, BLOCK_F=F, BLOCK_K=k_loop)
@@ -600,10 +609,11 @@ def step_backward(dg_next, rk2d, dy, dh_carry, dc_carry, preact_t, c_t, c_prev, 
     key = (tuning.bucket(M), F, geom.kernel_size, _dtype_name(weights.gate_major), precision,
            act, ract, dg_next is not None, dy is not None, mask_t is not None,
            hmask is not None, peephole is not None, cell, dh_live)
+    gpu = platform(dh_carry.device)
     configs = step_backward_configs(
         F, M, k_channels if tap_major(k_channels) else k_rows // F * k_channels,
         rdrop=hmask is not None, element_size=weights.gate_major.element_size(),
-        shared_memory=platform(dh_carry.device).shared_memory)
+        shared_memory=gpu.shared_memory, register_stages=gpu.register_stages)
     return _tuned_launch("step_backward", key, configs, launch, [dh_carry, dc_carry, dg_out],
                   dh_carry.device, flop=2.0 * M * F * k_rows * 4, warm_l2=True)
 
@@ -738,8 +748,9 @@ def weight_grad_launch(src, dgates, smask, geom: KernelGeometry, with_bias, prec
 
     key = (tuning.bucket(R), F, C, geom.kernel_size, geom.strides, geom.dilation,
            _dtype_name(dgates), precision, with_bias, smask is not None)
+    gpu = platform(src.device)
     configs = weight_grad_configs(F, C, taps, gate_tiles, k_tap_major, src.element_size(),
-                                  smask is not None, platform(src.device).shared_memory)
+                                  smask is not None, gpu.shared_memory, gpu.register_stages)
     # trials write their own partials (copies of ``into``'s): nothing of the caller's
     into = [] if into is None else [into.args["dw_ptr"], into.args["db_ptr"]]
     return _tuned_launch("weight_grad", key, configs, launch, into, src.device,
@@ -767,20 +778,21 @@ def weight_grad_binder(smask, device, into=None):
 
 
 def weight_grad_configs(F, C, taps, gate_tiles, k_tap_major, element_size, dropout,
-                        shared_memory=HOPPER.shared_memory):
+                        shared_memory=HOPPER.shared_memory, register_stages=0):
     """The weight-gradient kernel's candidate configs: column tiles no wider than the columns
     a program can own (one gate's F with per-gate masks, all 4F otherwise), K blocks no taller
     than a tap's channels (tap-major) or all of K (but 64, wgmma's minimum), a second K block
     only where there is a second K step, pipelines whose shared memory fits a CTA (the stages
-    of the A and dgates tiles, with dropout one more A buffer for the masked tile), and 32-row
-    tiles only for the flattened K layout (its per-element gather of 64-row tiles reaches 255
-    registers and spills on sm_90) and for fp32 with dropout masks (the masked fp32 A tile of
-    64 rows spills at F = 128 with the bias sums on Triton 3.9)."""
+    of the A and dgates tiles but the ``register_stages`` held in registers on AMD, with
+    dropout one more A buffer for the masked tile), and 32-row tiles only for the flattened K
+    layout (its per-element gather of 64-row tiles reaches 255 registers and spills on sm_90)
+    and for fp32 with dropout masks (the masked fp32 A tile of 64 rows spills at F = 128 with
+    the bias sums on Triton 3.9)."""
     kept = []
     for cfg in weight_grad_kernels.CONFIGS:
         block_r, block_k, k_blocks = cfg["BLOCK_R"], cfg["BLOCK_K"], cfg["K_BLOCKS"]
         steps = taps * cdiv(C, block_k) if k_tap_major else cdiv(taps * C, block_k)
-        smem = (cfg["num_stages"] * block_r * (k_blocks * block_k + cfg["BLOCK_N"])
+        smem = (_buffers(cfg, register_stages) * block_r * (k_blocks * block_k + cfg["BLOCK_N"])
                 + (block_r * k_blocks * block_k if dropout else 0)) * element_size
         # registers: 32-row tiles for the flattened K layout and for fp32 with dropout
         small_tiles = not k_tap_major or (dropout and element_size == 4)
@@ -795,30 +807,41 @@ def weight_grad_configs(F, C, taps, gate_tiles, k_tap_major, element_size, dropo
                          key=lambda cfg: (cfg["BLOCK_N"], cfg["BLOCK_K"]))[:1]
 
 
-def _fitting_configs(configs, element_size, tile_of, shared_memory):
+def _fitting_configs(configs, element_size, tile_of, shared_memory, register_stages=0):
     """The configs whose pipeline fits (``pipeline_fits``) in this element size and shared
     memory, ``tile_of(cfg)`` giving its (block_m, block_n); one list per (configs, element size,
-    shared memory) for the process, so that ``_prune``'s cache, keyed by the ids of the
-    configs, sees the same list every call."""
-    key = (id(configs), element_size, shared_memory)
+    shared memory, register stages) for the process, so that ``_prune``'s cache, keyed by the
+    ids of the configs, sees the same list every call. ``configs``: a module-level list (its
+    id is the key)."""
+    key = (id(configs), element_size, shared_memory, register_stages)
     entry = _fitting.get(key)
     if entry is None:
         entry = _fitting[key] = (configs, [
             cfg for cfg in configs
-            if pipeline_fits(cfg, *tile_of(cfg), element_size, shared_memory)] or configs[:1])
+            if pipeline_fits(cfg, *tile_of(cfg), element_size, shared_memory, register_stages)]
+            or configs[:1])
     return entry[1]
 
 
-_fitting = {}  # (id(configs), element size, shared memory) -> (configs, kept); a few entries
+# (id(configs), element size, shared memory, register stages) -> (configs, kept); a few entries
+_fitting = {}
 
 
-def pipeline_fits(cfg, block_m, block_n, element_size, shared_memory=HOPPER.shared_memory):
+def _buffers(cfg, register_stages):
+    """Shared-memory buffers of a config's pipeline: its stages but those the backend holds in
+    registers (``platform.Platform.register_stages``), at least one."""
+    return max(1, cfg["num_stages"] - register_stages)
+
+
+def pipeline_fits(cfg, block_m, block_n, element_size, shared_memory=HOPPER.shared_memory,
+                  register_stages=0):
     """Whether a GEMM config's pipeline, num_stages buffers of its A (block_m x BLOCK_K) and
-    B (BLOCK_K x block_n) tiles, fits ``shared_memory`` bytes (a program's share on the GPU,
+    B (BLOCK_K x block_n) tiles (num_stages - register_stages on AMD's CDNA2/3, whose pipeliner
+    holds one stage in registers), fits ``shared_memory`` bytes (a program's share on the GPU,
     ``platform.Platform``): the widest configs are for 16-bit operands on Hopper, and their
     fp32 (TF32) twins would be refused at launch."""
     tile_bytes = cfg["BLOCK_K"] * (block_m + block_n) * element_size
-    return cfg["num_stages"] * tile_bytes <= shared_memory
+    return _buffers(cfg, register_stages) * tile_bytes <= shared_memory
 
 
 # Input gradient: a tensor-core GEMM (N = C_in columns) from this many input channels on;
@@ -886,19 +909,33 @@ def input_grad_launch(dgates, kernel2d, xmask, geom: KernelGeometry, c_in, preci
     k_channels = F if xmask is not None else N
     if gemm:
         name = "input_grad"
-        configs = input_grad_kernels.CONFIGS
-        if xmask is not None:
-            # two accumulators live (the gate's partial sum, the total): at most 32 fp32
-            # elements each per thread, or the epilogue's mask tile spills
-            configs = [cfg for cfg in configs
-                       if cfg["BLOCK_M"] * cfg["BLOCK_C"] <= 32 * 32 * cfg["num_warps"]]
-        configs = _prune(configs, BLOCK_M=rows, BLOCK_C=c_in, BLOCK_K=k_channels)
+        gpu = platform(dgates.device)
+        configs = input_grad_configs(rows, c_in, k_channels, xmask is not None,
+                                     dgates.element_size(), gpu.shared_memory,
+                                     gpu.register_stages)
     else:
         name = "input_grad_reduce"
         configs = _prune(input_grad_kernels.REDUCE_CONFIGS, BLOCK_M=rows, BLOCK_K=k_channels)
     # useful FLOP: every (output pixel, tap) pair reaches one input pixel (or the padding)
     return _tuned_launch(name, key, configs, launch, [dx], dgates.device,
                          flop=2.0 * B * T * Po * taps * N * c_in)
+
+
+def input_grad_configs(rows, c_in, k_channels, dropout=False, element_size=2,
+                       shared_memory=HOPPER.shared_memory, register_stages=0):
+    """The input-gradient GEMM's candidate configs: pipelines that fit ``shared_memory`` bytes
+    (``pipeline_fits``: dgates' BLOCK_M x BLOCK_K and the weights' BLOCK_K x BLOCK_C tiles;
+    fp32 in AMD's 64 KiB of LDS drops the four-stage one), with dropout masks (two accumulators
+    live: the gate's partial sum and the total) at most 32 fp32 elements of each per thread, or
+    the epilogue's mask tile spills; blocks no larger than the problem (``k_channels``: the K a
+    BLOCK_K step runs over)."""
+    configs = _fitting_configs(input_grad_kernels.CONFIGS, element_size,
+                               lambda cfg: (cfg["BLOCK_M"], cfg["BLOCK_C"]), shared_memory,
+                               register_stages)
+    if dropout:
+        configs = [cfg for cfg in configs
+                   if cfg["BLOCK_M"] * cfg["BLOCK_C"] <= 32 * 32 * cfg["num_warps"]] or configs
+    return _prune(configs, BLOCK_M=rows, BLOCK_C=c_in, BLOCK_K=k_channels)
 
 
 def _frames_contiguous(t):

@@ -7,10 +7,12 @@ kernels (``calibration``: every anchor within +-25 %, one set of constants).
     fc = forecast_kernel(kernel, args, kwargs, grid, useful_flop, device="h100")
     print(fc.time_s, fc.limiter, fc.bounds)
 
-Modules (each imports only those before it; ``compiling`` stands apart):
+Modules (each imports only those before it; ``compiling`` and ``amdgcn`` stand apart):
 ``device`` the cards' constants; ``sass`` reading compiled code; ``compiling`` the sm_90 compile
-of a launch with Triton's own JIT specialization; ``forecast`` the model; ``calibration`` the
-anchors (kernels in ``bench/anchors``) and the fit. Run without TRITON_INTERPRET.
+of a launch with Triton's own JIT specialization (and the AMD one, ``target=hip_target(arch)``);
+``forecast`` the model; ``calibration`` the anchors (kernels in ``bench/anchors``) and the fit;
+``amdgcn`` reading compiled AMD code (registers, scratch, LDS, occupancy, the MFMA main loop: no
+model, no forecast). Run without TRITON_INTERPRET.
 """
 
 from .forecast import Forecast, forecast_kernel  # noqa: F401

@@ -1,10 +1,17 @@
-"""Compiling a Triton launch for sm_90 ahead of time, without a GPU or a driver.
+"""Compiling a Triton launch ahead of time, without a GPU or a driver: for sm_90 (the default)
+or an AMD target.
 
 ``compile_launch(kernel, args, kwargs)`` compiles ``kernel[grid](*args, **kwargs)`` for
 ``GPUTarget("cuda", 90, 32)`` through Triton's NVIDIA backend (its bundled ptxas), specialized
 exactly as Triton's JIT would on the GPU (``_jit_specialization``: integers equal to 1 become
 constexprs, multiples of 16 and 16-byte aligned pointers get divisibility hints). Tensors may be
 CPU tensors of any size (``torch.empty``): only their dtype and alignment matter.
+
+``compile_launch(..., target=hip_target("gfx942"))`` compiles for an AMD GPU through Triton's
+HIP backend (its bundled LLVM AMDGPU code generator and linker; no ROCm install): the JIT's
+specialization is then the HIP backend's own (it adds the ``tt.pointer_range`` 32 hint of
+buffer loads to tensors under 2 GiB, as on the GPU), and ``kernel.asm["amdgcn"]`` is the
+assembly ``perfmodel.amdgcn`` reads. ``num_warps`` counts 64-lane wavefronts there.
 
 Must run in a process without TRITON_INTERPRET (the kernels are plain JITFunctions then).
 """
@@ -18,6 +25,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 TARGET = GPUTarget("cuda", 90, 32)
+AMD_WAVE_SIZE = 64  # CDNA (gfx90a, gfx942, gfx950): 64-lane wavefronts
+
+
+def hip_target(arch):
+    """The GPUTarget of an AMD arch ("gfx942", "gfx90a")."""
+    return GPUTarget("hip", arch, AMD_WAVE_SIZE)
+
 POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16",
                  torch.int8: "*i8", torch.int32: "*i32", torch.int64: "*i64"}
 compiled = {}  # compile key -> (CompiledKernel, names of the true boolean constexprs)
@@ -62,24 +76,27 @@ def _signature(kernel, args, kwargs):
 _binders = {}
 
 
-def _jit_specialization(kernel, args, kwargs):
-    """(signature, constexprs, attrs, options) exactly as ``JITFunction.run`` computes them on an
-    sm_90 device: Triton's own binder and ``_pack_args`` (integers equal to 1 become constexprs,
-    multiples of 16 and 16-byte aligned pointers get divisibility hints, options are the
-    backend's parsed defaults plus num_warps/num_stages). Falls back to ``_signature`` where
-    this Triton lacks those internals."""
+def _jit_specialization(kernel, args, kwargs, target=TARGET):
+    """(signature, constexprs, attrs, options) exactly as ``JITFunction.run`` computes them on a
+    device of ``target``: Triton's own binder and ``_pack_args`` (integers equal to 1 become
+    constexprs, multiples of 16 and 16-byte aligned pointers get divisibility hints, options are
+    the backend's parsed defaults plus num_warps/num_stages). Falls back to ``_signature`` where
+    this Triton lacks those internals (sm_90 only: its default options are NVIDIA's)."""
     try:
         from triton.compiler.compiler import make_backend
         from triton.runtime.jit import create_function_from_signature
     except ImportError:
         create_function_from_signature = None
     if create_function_from_signature is None or not hasattr(kernel, "_pack_args"):
+        if target != TARGET:
+            raise RuntimeError(f"this Triton ({triton.__version__}) lacks the JIT internals "
+                               f"that specialize a launch for {target}")
         return _signature(kernel, args, kwargs)
-    if kernel not in _binders:
-        backend = make_backend(TARGET)
-        _binders[kernel] = (backend, create_function_from_signature(kernel.signature,
-                                                                    kernel.params, backend))
-    backend, binder = _binders[kernel]
+    if (kernel, target) not in _binders:
+        backend = make_backend(target)
+        _binders[(kernel, target)] = (backend, create_function_from_signature(
+            kernel.signature, kernel.params, backend))
+    backend, binder = _binders[(kernel, target)]
     kwargs = dict(kwargs)
     bound_args, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args,
@@ -95,16 +112,18 @@ def _hashable(value):
     return value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
 
 
-def compile_launch(kernel, args, kwargs):
-    """(key, CompiledKernel) of one launch ``kernel[grid](*args, **kwargs)``, compiled for sm_90
-    once per (kernel, signature, constexprs, options, attrs): T time steps compile once."""
-    signature, constexprs, attrs, options = _jit_specialization(kernel, args, kwargs)
+def compile_launch(kernel, args, kwargs, target=TARGET):
+    """(key, CompiledKernel) of one launch ``kernel[grid](*args, **kwargs)``, compiled for
+    ``target`` (sm_90 by default) once per (kernel, signature, constexprs, options, attrs): T
+    time steps compile once. The options hold the target's arch, so keys of two targets
+    differ."""
+    signature, constexprs, attrs, options = _jit_specialization(kernel, args, kwargs, target)
     key = (kernel.fn.__name__, tuple(signature.items()), _hashable(constexprs),
            _hashable({k: v for k, v in options.items() if k in ("num_warps", "num_stages")}),
            _hashable(options), _hashable(attrs))
     if key not in compiled:
         kernel_bin = triton.compile(ASTSource(kernel, signature, constexprs, attrs),
-                                    target=TARGET, options=options)
+                                    target=target, options=options)
         names = list(signature)
         flags = {names[index]: value for (index,), value in constexprs.items()
                  if isinstance(value, bool) and value}
@@ -131,5 +150,18 @@ def sm90_unavailable():
         for tool in ("cuobjdump", "nvdisasm"):
             nvidia_tool(tool)
     except Exception as exc:  # an ImportError, a backend without NVIDIA, a missing binary
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def hip_unavailable(arch="gfx942"):
+    """Why this Triton cannot compile for an AMD ``arch`` ahead of time (no HIP backend, or
+    one without the JIT internals ``_jit_specialization`` needs), or None."""
+    try:
+        from triton.compiler.compiler import make_backend
+        from triton.runtime.jit import create_function_from_signature  # noqa: F401
+
+        make_backend(hip_target(arch))
+    except Exception as exc:  # an ImportError, a Triton without the AMD backend
         return f"{type(exc).__name__}: {exc}"
     return None
