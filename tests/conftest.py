@@ -48,3 +48,15 @@ def poison_buffers(monkeypatch):
         return torch.full(shape, float("nan"), device=device, dtype=dtype)
 
     monkeypatch.setattr(launchers, "new_buffer", nan_buffer)
+
+
+@pytest.fixture
+def fresh_dynamo_caches():
+    """torch's scan compiles its own wrapper with torch.compile and keeps the entry on the
+    wrapper's code: an earlier export in this process at a fixed T (an ONNX export of a T = 3
+    model, say) has that entry's guards checked against a later export's symbolic T, which adds
+    ``T != 3`` and fails a dynamic-T export (torch 2.13; README, Limits). Tests start clean."""
+    import torch
+
+    torch._dynamo.reset()
+    yield

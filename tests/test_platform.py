@@ -55,7 +55,7 @@ def test_amd_archs(fake_gpu, arch, lds, tf32, register_stages):
 def test_nvidia_capabilities(fake_gpu, capability, shared, tf32, tma):
     fake_gpu(False, major=capability[0], minor=capability[1], gcnArchName="")
     found = platform.platform(torch.device("cuda", 0))
-    assert found.vendor == "nvidia" and found.arch == "sm_%d%d" % capability
+    assert found.vendor == "nvidia" and found.arch == f"sm_{capability[0]}{capability[1]}"
     assert (found.shared_memory, found.tf32, found.tma) == (shared, tf32, tma)
     assert found.register_stages == 0
 

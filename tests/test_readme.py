@@ -4,22 +4,13 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
-# Keras' numpy conversion of its torch tensors warns under numpy 2 (Keras' issue).
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo_caches():
-    """torch's scan compiles its own wrapper with torch.compile and keeps the entry on the
-    wrapper's code: an earlier export in this process at a fixed T (an ONNX export of a T = 3
-    model, say) has that entry's guards checked against a later export's symbolic T, which adds
-    ``T != 3`` and fails a dynamic-T export (torch 2.13; README, Limits). Tests start clean."""
-    torch._dynamo.reset()
-    yield
+# Keras' numpy conversion of its torch tensors warns under numpy 2 (Keras' issue); a dynamic-T
+# export must not meet an earlier export's compiled scan (conftest.py)
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.usefixtures("fresh_dynamo_caches")]
 
 
 def test_quickstart_runs(capsys):

@@ -14,15 +14,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from convlstm_triton import ConvLSTM, ConvLSTM2D, ConvLSTMCell, compat, set_backend
 from convlstm_triton.reference import conv_lstm_reference
 
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo_caches():
-    """torch's scan compiles its own wrapper with torch.compile and keeps the entry on the
-    wrapper's code: an earlier export in this process at a fixed T (an ONNX export of a T = 3
-    model, say) has that entry's guards checked against a later export's symbolic T, which adds
-    ``T != 3`` and fails a dynamic-T export (torch 2.13; README, Limits). Tests start clean."""
-    torch._dynamo.reset()
-    yield
+# a dynamic-T export must not meet an earlier export's compiled scan (conftest.py)
+pytestmark = pytest.mark.usefixtures("fresh_dynamo_caches")
 
 TOL = 1e-5
 
