@@ -51,7 +51,13 @@ from perfmodel.compiling import (  # noqa: E402
     hip_unavailable,
     interpreter_enabled,
 )
-from recording import Recorder, patched, run_problem, synthetic_shape  # noqa: E402
+from recording import (  # noqa: E402
+    Recorder,
+    config_text,
+    patched,
+    run_problem,
+    synthetic_shape,
+)
 
 ARCHS = ("gfx942", "gfx90a")
 CU_COUNT = {"gfx942": 304, "gfx90a": 110, "gfx950": 256}  # MI300X, MI250X (one GCD), MI355X
@@ -188,16 +194,6 @@ def mfma_ok(record):
 
 # ---------------------------------------------------------------------------------------------
 # output
-
-_CFG_ABBREV = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_F": "F", "BLOCK_K": "K", "num_warps": "w",
-               "num_stages": "s", "BLOCK_R": "R", "BLOCK_C": "C"}
-
-
-def config_text(cfg):
-    if not cfg:
-        return "-"
-    return " ".join(f"{_CFG_ABBREV.get(k, k + '=')}{v}" for k, v in cfg.items())
-
 
 TABLE_COLUMNS = ("kernel", "config", "VGPRs", "AGPRs", "SGPRs", "scratch B", "LDS KiB",
                  "waves/SIMD", "main-loop MFMA (per iteration)")

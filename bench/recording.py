@@ -195,3 +195,14 @@ def run_problem(shape, dtype, variant, mode):
         seq = functional.conv_lstm(*leaves, **options)[0]
         if mode != "train_fwd":
             seq.sum().backward()
+
+
+_CFG_ABBREV = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_F": "F", "BLOCK_K": "K", "num_warps": "w",
+               "num_stages": "s", "BLOCK_R": "R", "BLOCK_C": "C"}
+
+
+def config_text(cfg):
+    """A launch config in a table cell: "M128 F64 K64 w16 s4"."""
+    if not cfg:
+        return "-"
+    return " ".join(f"{_CFG_ABBREV.get(k, k + '=')}{v}" for k, v in cfg.items())

@@ -80,6 +80,7 @@ from perfmodel.sass import (  # noqa: E402, F401
 )
 from recording import (  # noqa: E402, F401  (the tests read these from here too)
     Recorder,
+    config_text,
     forward_variants,
     patched,
     run_problem,
@@ -336,16 +337,6 @@ def header_line():
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     return (f"{FORECAST_LABEL} for {device(DEVICE).name} — compiled for sm_90a with Triton "
             f"{triton.__version__} on {date}, no GPU measurement")
-
-
-_CFG_ABBREV = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_F": "F", "BLOCK_K": "K", "num_warps": "w",
-               "num_stages": "s", "BLOCK_R": "R", "BLOCK_C": "C"}
-
-
-def config_text(cfg):
-    if not cfg:
-        return "-"
-    return " ".join(f"{_CFG_ABBREV.get(k, k + '=')}{v}" for k, v in cfg.items())
 
 
 def _kinds_text(per_step):
