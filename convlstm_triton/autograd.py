@@ -20,6 +20,7 @@ Time runs in processing order here: ``go_backwards`` is handled by the caller fl
 from dataclasses import dataclass
 
 import torch
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 from . import launch_plans, launchers, tuning
 from .launch_plans import Frames, views
@@ -63,8 +64,10 @@ RECOMPUTE_MIN_BYTES = 256 << 20
 
 
 def recompute_by_default(B, T, P, F, itemsize):
-    """recompute_gates="auto" for a (B, T, P, F) sequence of ``itemsize``-byte elements."""
-    return B * T * P * 4 * F * itemsize >= RECOMPUTE_MIN_BYTES
+    """recompute_gates="auto" for a (B, T, P, F) sequence of ``itemsize``-byte elements. A
+    symbolic size (export with a dynamic dimension) keeps the gates unless it is known to be
+    large: no guard on the size is added to the program."""
+    return guard_or_false(B * T * P * 4 * F * itemsize >= RECOMPUTE_MIN_BYTES)
 
 
 # conv_lstm's forward_variant -> StepSpec's (input_variant, fused_cell, four_dots, tma); "auto"

@@ -267,8 +267,6 @@ def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, call, go
         xmask = input_dropout_mask.reshape(4, B, *geom.in_spatial, C).contiguous()
     if recurrent_dropout_mask is not None:
         hmask = recurrent_dropout_mask.reshape(4, B, P, F).contiguous()
-    if recompute_gates == "auto":
-        recompute_gates = autograd.recompute_by_default(B, T, P, F, x.element_size())
     tensors = (frames, kernel.reshape(-1, 4 * F).contiguous(),
                recurrent_kernel.reshape(-1, 4 * F).contiguous(),
                bias.contiguous() if bias is not None else None, h0, c0,
@@ -277,6 +275,9 @@ def _conv_lstm_triton(x, kernel, recurrent_kernel, bias, initial_state, call, go
     # Keep what backward reads exactly when autograd will record the op.
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                for t in tensors)
+    if recompute_gates == "auto":  # only training keeps gates (asked only then: no shape guard)
+        recompute_gates = training and autograd.recompute_by_default(B, T, P, F,
+                                                                     x.element_size())
     op_config = (list(call.op_geometry), call.act, call.ract, precision, forward_variant,
                  training, not recompute_gates)
     graphed = cuda_graphs.graphed_forward(tensors, op_config, go_backwards) if use_graph else None

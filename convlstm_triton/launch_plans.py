@@ -33,6 +33,8 @@ included) through the JIT path too and compares kernel, grid and arguments (CI r
 Triton it installs; checked by hand on Triton 3.6 and 3.9, 2026-11-29).
 """
 
+import contextlib
+import contextvars
 import os
 from collections import OrderedDict
 
@@ -46,6 +48,27 @@ def fast_launch_enabled():
     return os.environ.get("CONVLSTM_TRITON_FAST_LAUNCH", "1") not in ("0", "false", "False")
 
 
+_TRACEABLE = contextvars.ContextVar("convlstm_triton_traceable_launches", default=False)
+
+
+@contextlib.contextmanager
+def traceable_launches():
+    """Launches made inside go through ``torch.library.wrap_triton`` (so that make_fx, export
+    and Inductor record the kernels themselves: ``traceable_ops``), with no plans, no raw
+    pointers and no config measured: the tensors may be fake (tracing) or real (the op run
+    eagerly, where ``wrap_triton`` hands back the kernel)."""
+    token = _TRACEABLE.set(True)
+    try:
+        yield
+    finally:
+        _TRACEABLE.reset(token)
+
+
+def traceable():
+    """Inside ``traceable_launches``."""
+    return _TRACEABLE.get()
+
+
 class Frames:
     """A (B, N, ...) tensor whose slices ``[:, i]`` (or ``[:, i:i + length]``) kernels read or
     write: as views for the JIT path, as raw pointers for a bound launch (no tensor is made per
@@ -55,7 +78,8 @@ class Frames:
 
     def __init__(self, tensor, length=None):
         self.tensor = tensor
-        self.ptr0 = tensor.data_ptr()
+        # a traced (fake) tensor has no memory; only replays read the pointer
+        self.ptr0 = None if _TRACEABLE.get() else tensor.data_ptr()
         self.step = tensor.stride(1) * tensor.element_size()
         self.stride0 = tensor.stride(0)
         self.length = length
@@ -111,6 +135,12 @@ def launch(kernel, grid, args, **kwargs):
     options = {}
     for name, value in kwargs.items():
         (by_name if name in params else options)[name] = value
+    if _TRACEABLE.get():
+        # Inductor takes num_warps / num_stages, not the other compile options: FMA
+        # contraction is then Triton's default, which is on (as FP_FUSION) up to Triton 3.9
+        traced = {name: value for name, value in kwargs.items() if name != "enable_fp_fusion"}
+        torch.library.wrap_triton(kernel)[tuple(grid)](*args, **traced)
+        return Record(kernel, grid, by_name, options, None)
     key = signature = template = None
     if (isinstance(kernel, JITFunction) and args[0].device.type in DIRECT_DEVICE_TYPES
             and fast_launch_enabled() and len(by_name) == len(names)):
@@ -395,6 +425,8 @@ class Planned:
 
     def __call__(self, key, *frames):
         """Launch; returns the Record of the launch made (see ``StepLaunch.__call__``)."""
+        if _TRACEABLE.get():  # nothing to replay: every launch is recorded by the tracer
+            return self.jit_launch(*views(frames))
         plan = self.plans.get(key)
         if plan is None:
             skeleton = self.shared.get(key) if self.shared is not None else None

@@ -168,7 +168,9 @@ def _tuned_launch(name, key, configs, launch, outputs, device, flop=None, warm_l
             copies = scratch[id(cfg)] = [_scratch_like(t) for t in outputs]
         launch(cfg, *copies)
 
-    cfg = tuning.pick_config(name, key, configs, run, device, flop=flop, warm_l2=warm_l2)
+    # a traced launch (``launch_plans.traceable``) has no real tensors to time configs on
+    cfg = tuning.pick_config(name, key, configs, run, device, flop=flop, warm_l2=warm_l2,
+                             measure=not launch_plans.traceable())
     scratch.clear()
     return launch(cfg, *outputs)
 
@@ -337,6 +339,8 @@ def dummy(device, dtype):
     the process, so that a launch plan kept across calls (``launch_plans.problem_plans``) never
     holds a pointer to a freed tensor (the dtype: the one the absent tensor would have, so
     that the kernel compiles as it always did)."""
+    if launch_plans.traceable():  # a tracer's tensors live in its graph, not in this cache
+        return torch.empty(16, dtype=torch.uint8, device=device).view(dtype)
     t = _dummies.get((device, dtype))
     if t is None:
         t = _dummies[(device, dtype)] = torch.empty(16, dtype=torch.uint8, device=device).view(
@@ -487,6 +491,8 @@ def tma_eligible(h_prev, hmask):
     """Tensor descriptors need 16-byte aligned base and row strides (F * element size and the
     sample stride multiples of 16 bytes); per-gate recurrent dropout masks need the gather."""
     size = h_prev.element_size()
+    if launch_plans.traceable():  # a traced tensor has no address (and Inductor no descriptors)
+        return False
     return (hmask is None and h_prev.data_ptr() % 16 == 0
             and all(s * size % 16 == 0 for s in h_prev.stride()[:-1]))
 
@@ -982,8 +988,8 @@ def cell_forward(pre, c_prev, act, ract, h_out=None, c_out=None):
     c = c_out if c_out is not None else new_buffer((B, P, F), pre.device, torch.float32)
     block_m, block_f, warps = cell_kernels.DEFAULT_CONFIG
     grid = (cdiv(B * P, block_m), cdiv(F, block_f))
-    cell_kernels.cell_forward_kernel[grid](
-        pre, pre.stride(0), c_prev, c_prev.stride(0), h, h.stride(0), c, c.stride(0), B * P, P, F,
+    launch_plans.launch(cell_kernels.cell_forward_kernel, grid, (
+        pre, pre.stride(0), c_prev, c_prev.stride(0), h, h.stride(0), c, c.stride(0), B * P, P, F),
         ACT=act, RACT=ract, BLOCK_M=block_m, BLOCK_F=block_f, num_warps=warps,
         enable_fp_fusion=FP_FUSION)
     return (h[:, 0], c[:, 0]) if flat else (h, c)
@@ -997,8 +1003,8 @@ def cell_backward(dh, dc, pre, c, c_prev, act, ract):
     dc_prev = new_buffer((M, F), pre.device, torch.float32)
     block_m, block_f, warps = cell_kernels.DEFAULT_CONFIG
     grid = (cdiv(M, block_m), cdiv(F, block_f))
-    cell_kernels.cell_backward_kernel[grid](dh, dc, pre, c, c_prev, dpre, dc_prev, M, F,
-                                            ACT=act, RACT=ract, BLOCK_M=block_m,
-                                            BLOCK_F=block_f, num_warps=warps,
-                                            enable_fp_fusion=FP_FUSION)
+    launch_plans.launch(cell_kernels.cell_backward_kernel, grid,
+                        (dh, dc, pre, c, c_prev, dpre, dc_prev, M, F),
+                        ACT=act, RACT=ract, BLOCK_M=block_m, BLOCK_F=block_f, num_warps=warps,
+                        enable_fp_fusion=FP_FUSION)
     return dpre, dc_prev

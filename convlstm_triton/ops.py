@@ -228,6 +228,8 @@ def run_forward(*args):
     Whatever must see one opaque op goes through it: torch.compile and jit tracing, functorch
     transforms, dispatch and torch-function modes, tensor subclasses."""
     if not _plain_eager(args[:10]):
+        if traceable_ops.usable(args):  # exported for serving: the kernels in the program
+            return traceable_ops.run(*args)
         if (torch._C._are_functorch_transforms_active()
                 and not torch.compiler.is_compiling()):
             return func_transforms.forward(*args)  # the op's autograd cannot run there
@@ -265,3 +267,7 @@ class _Sequence(torch.autograd.Function):
         if torch.is_grad_enabled():
             return autograd.backward(ctx, *grads)
         return autograd.backward(ctx, *grads, backward_op=backward_impl)
+
+
+# the inference forward as a triton_op, for export (it calls _sequence_forward above)
+from . import traceable_ops  # noqa: E402

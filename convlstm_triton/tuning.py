@@ -264,7 +264,8 @@ def bucket(n: int) -> int:
 
 
 def pick_config(kernel_name: str, key: tuple, configs: list, run: Callable[[dict], None],
-                device, *, flop: float | None = None, warm_l2: bool = False) -> dict:
+                device, *, flop: float | None = None, warm_l2: bool = False,
+                measure: bool = True) -> dict:
     """The launch config for one problem: cached, or the fastest of ``configs`` once measured.
 
     Args:
@@ -289,6 +290,8 @@ def pick_config(kernel_name: str, key: tuple, configs: list, run: Callable[[dict
             per-time-step kernels run) instead of ``do_bench``'s flushed, cold L2 (how the
             whole-sequence kernels run). Recorded in the entry as ``"timing"``; an entry on disk
             timed the other way is tuned again.
+        measure: False where nothing may be timed (a launch being traced for export: its
+            tensors are fake): the cached config, else ``configs[0]`` with one warning.
 
     Returns:
         An element of ``configs``. If every config fails, ``configs[0]`` (remembered in this
@@ -310,7 +313,7 @@ def pick_config(kernel_name: str, key: tuple, configs: list, run: Callable[[dict
         if hit is not None:
             return hit
         return _pick_slow(kernel_name, key, configs, run, device, slot, flop,
-                          WARM_L2 if warm_l2 else COLD_L2)
+                          WARM_L2 if warm_l2 else COLD_L2, measure)
 
 
 def cache_path(device=None) -> str:
@@ -361,7 +364,7 @@ def _entry_timing(entry):
     return entry.get("timing") or COLD_L2
 
 
-def _pick_slow(kernel_name, key, configs, run, device, slot, flop, timing):
+def _pick_slow(kernel_name, key, configs, run, device, slot, flop, timing, measure=True):
     name = _device_name(device)
     path = cache_path(device)
     entry_id = _entry_id(kernel_name, key)
@@ -377,6 +380,11 @@ def _pick_slow(kernel_name, key, configs, run, device, slot, flop, timing):
         _warn_once("capture", "convlstm_triton: a kernel launch met during CUDA-graph capture "
                    "has no tuned config; using the default (tune before capturing, e.g. with "
                    "convlstm_triton.tune or one eager call)")
+        return configs[0]
+    if not measure:
+        _warn_once("traced", "convlstm_triton: a kernel launch being traced (torch.export for "
+                   "AOTInductor) has no tuned config; using the default (tune before exporting, "
+                   "e.g. with convlstm_triton.tune or one eager call on the GPU)")
         return configs[0]
 
     trials = []
