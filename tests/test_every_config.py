@@ -19,6 +19,7 @@ from convlstm_triton.kernels import (
     weight_grad,
 )
 from helpers import triton_available_here
+from triton.runtime.errors import OutOfResources
 
 from convlstm_triton import tuning
 
@@ -95,10 +96,18 @@ def force_config(monkeypatch):
 def test_config_matches_reference(kernel, index, case, variant, dtype, force_config,
                                   poison_buffers):
     launched = force_config(kernel, KERNEL_CONFIGS[kernel][index])
-    if variant == "hoisted":
-        vs_reference.test_forward_and_gradients_match_reference(dtype, case, None)
-    else:
-        vs_reference.test_forward_variants_match_reference(variant, case, None)  # fp32 only
+    try:
+        if variant == "hoisted":
+            vs_reference.test_forward_and_gradients_match_reference(dtype, case, None)
+        else:
+            vs_reference.test_forward_variants_match_reference(variant, case, None)  # fp32 only
+    except OutOfResources as exc:
+        # a real GPU refuses a pipeline its shared memory (AMD: LDS) cannot hold, e.g. fp32
+        # twins of the 16-bit 4-stage tiles, or Hopper's tiles in 64 KiB of LDS: the pruners
+        # never offer such a config there (test_amd_static.py checks what they keep on AMD)
+        if not torch.cuda.is_available():
+            raise
+        pytest.skip(f"{kernel} config {index} does not fit this GPU: {exc}")
     assert kernel in launched, f"{kernel} was never launched with the forced config"
 
 
