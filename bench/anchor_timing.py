@@ -10,6 +10,9 @@ published run's config where it was fixed, else the autotune set), as an autotun
 configs the GPU refuses are skipped. The forecast is for the device the anchor was published
 on (an H100); on another card (an H200 here) the ratio measured / published says how far the
 card differs, and measured / forecast with ``--device`` of this card checks the model on it.
+On an AMD GPU (a ROCm build of torch) the anchors are timed the same way, through Triton's HIP
+backend: the table then says that its forecasts and published times are NVIDIA's (no AMD model
+is calibrated), and the measured times are AMD Triton numbers a future AMD model can use.
 """
 
 import argparse
@@ -58,6 +61,19 @@ def measure(anchor):
     return best
 
 
+def gpu_note():
+    """The table's first line on a GPU: the card, and on AMD what the ratios are not."""
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    if getattr(torch.version, "hip", None):
+        arch = (getattr(torch.cuda.get_device_properties(0), "gcnArchName", "") or "?")
+        return (f"Measured on **{name}** ({arch.split(':')[0]}, HIP {torch.version.hip}): the "
+                "published times and the forecasts are NVIDIA's (no AMD model is calibrated); "
+                "measured ÷ forecast is no check of the model here.")
+    return f"Measured on **{name}** (CUDA {torch.version.cuda})."
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--csv", help="write the rows here")
@@ -90,8 +106,9 @@ def main(argv=None):
                 row["measured_config"] = " ".join(f"{k}={v}" for k, v in best[1].items())
         rows.append(row)
         print(row, flush=True)
-    lines = ["| anchor | published µs | FORECAST µs | measured µs | measured ÷ forecast | "
-             "measured ÷ published |", "|---|---|---|---|---|---|"]
+    lines = [] if args.dry_run else [gpu_note(), ""]
+    lines += ["| anchor | published µs | FORECAST µs | measured µs | measured ÷ forecast | "
+              "measured ÷ published |", "|---|---|---|---|---|---|"]
     for r in rows:
         m = r["measured_us"]
         ratios = [f"{m / r[key]:.2f}" if m else "-" for key in ("forecast_us", "published_us")]

@@ -157,10 +157,16 @@ def shape_listing():
 
 def machine_info():
     props = torch.cuda.get_device_properties(0)
+    # a ROCm build: torch.version.hip, the arch is gcnArchName's ("gfx942:sramecc+:xnack-"),
+    # cudnn.version() is MIOpen's
+    hip = getattr(torch.version, "hip", None)
     return {
         "gpu": torch.cuda.get_device_name(0),
         "capability": f"{props.major}.{props.minor}",
+        "arch": ((getattr(props, "gcnArchName", "") or "?").split(":")[0] if hip
+                 else f"sm_{props.major}{props.minor}"),
         "cuda": torch.version.cuda,
+        "hip": hip,
         "cudnn": torch.backends.cudnn.version(),
         "torch": torch.__version__,
         "triton": triton.__version__,
@@ -171,6 +177,10 @@ def machine_info():
 
 def machine_line(info):
     fp32 = "TF32" if info["tf32"] else "IEEE"
+    if info.get("hip"):
+        return (f"**{info['gpu']}** ({info['arch']}) · HIP {info['hip']} · "
+                f"MIOpen {info['cudnn']} · torch {info['torch']} · triton {info['triton']} · "
+                f"allow_tf32 {info['tf32']} · {info['date']}")
     return (f"**{info['gpu']}** (sm_{info['capability'].replace('.', '')}) · CUDA {info['cuda']} · "
             f"cuDNN {info['cudnn']} · torch {info['torch']} · triton {info['triton']} · "
             f"fp32 convs {fp32} · {info['date']}")

@@ -100,6 +100,7 @@ from bench_convlstm import (  # noqa: E402
 )
 from eager_convlstm import EagerHoistedConvLSTM, to_keras_outputs  # noqa: E402
 
+from convlstm_triton.platform import platform  # noqa: E402
 from convlstm_triton.reference import conv_lstm_reference  # noqa: E402
 
 VARIANTS = ("eager_cat", "eager_hoisted", "compile", "compile_graphs", "triton_unfused",
@@ -339,6 +340,9 @@ BUILDERS = {
 def skip_reason(name, cuda):
     """Why a variant does not run on this machine, or None."""
     if cuda:
+        if name == "triton_tma" and not platform("cuda").tma:
+            # AMD GPUs and NVIDIA before sm_90: the launcher takes the gather path
+            return "no tensor descriptors (TMA) on this GPU: it would run triton_fused's kernels"
         return None
     if name.startswith("compile"):
         return "torch.compile on the CPU is slow and says nothing about the GPU"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One-shot check on a CUDA machine, most valuable first, in about 8 minutes:
+# One-shot check on a GPU machine, NVIDIA (CUDA) or AMD (ROCm), most valuable first, in about
+# 8 minutes:
 #
-#   1. machine.txt      nvidia-smi, python/torch/triton versions
+#   1. machine.txt      nvidia-smi (rocm-smi or amd-smi on AMD), python/torch/triton versions
 #   2. install          pip install -e . (editable, no deps, no network); a PYTHONPATH fallback
 #   3. smoke            import, then one tiny forward + backward per dtype (bf16, fp16, fp32) of
 #                       conv_lstm(backend="triton") against backend="reference" (~30 s): a
@@ -15,6 +16,11 @@
 #                       and torch.compile (compile runs last within a shape)
 #   8. compare fp32     the same shapes in fp32, while time is left
 #   9. tests fp16       the fp16 tests, while time is left
+#
+# The vendor is detected (GPU_VENDOR in machine.txt): a ROCm build of torch reports
+# torch.version.hip and keeps the "cuda" device type, so the same steps run there unchanged;
+# where torch does not say (a CPU build), the SMI tool on PATH does (nvidia-smi, else rocm-smi
+# or amd-smi).
 #
 # For a machine that already has torch, Triton and Python and no package registry: installs
 # nothing but this repository. Run from anywhere:
@@ -75,8 +81,9 @@ COMPARE_VARIANTS="${COMPARE_VARIANTS:-eager_cat,eager_hoisted,triton_fused,trito
 if [[ "$DRY_RUN" == 1 ]]; then
     COMPARE_SHAPES="${COMPARE_SHAPES:-mnist_l2}"
     COMPARE_VARIANTS="eager_cat,triton_fused"
-    # the CPU even where there is a GPU, the kernels through Triton's interpreter
-    export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""
+    # the CPU even where there is a GPU, the kernels through Triton's interpreter (ROCm reads
+    # HIP_VISIBLE_DEVICES as well)
+    export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES="" HIP_VISIBLE_DEVICES=""
 else
     COMPARE_SHAPES="${COMPARE_SHAPES:-mnist_l2 nowcast mnist_l1 small}"
 fi
@@ -227,21 +234,63 @@ trap 'interrupted INT' INT
 trap 'interrupted TERM' TERM
 
 # ---------------------------------------------------------------------------------------------
+# NVIDIA or AMD: torch's build says (torch.version.hip on ROCm, whose GPUs keep the "cuda" device
+# type); a CPU build of torch says neither, and then the vendor's SMI tool on PATH does.
+detect_vendor() {
+    local vendor
+    vendor="$(timeout -k 5 60 "$PYTHON" -c 'import torch
+print("amd" if getattr(torch.version, "hip", None) else "nvidia" if torch.version.cuda else "")' \
+        2>/dev/null)" || vendor=""
+    if [[ -z "$vendor" ]]; then
+        if command -v nvidia-smi >/dev/null 2>&1; then
+            vendor=nvidia
+        elif command -v rocm-smi >/dev/null 2>&1 || command -v amd-smi >/dev/null 2>&1; then
+            vendor=amd
+        else
+            vendor=none
+        fi
+    fi
+    echo "$vendor"
+}
+GPU_VENDOR="$(detect_vendor)"
+
+smi_report() {  # the vendor's view of its GPUs (the driver, memory, clocks, temperatures)
+    if [[ "$GPU_VENDOR" == amd ]]; then
+        if command -v rocm-smi >/dev/null 2>&1; then
+            timeout -k 5 30 rocm-smi || echo "rocm-smi failed"
+            timeout -k 5 30 rocm-smi --showproductname || true
+        elif command -v amd-smi >/dev/null 2>&1; then
+            timeout -k 5 30 amd-smi static || echo "amd-smi failed"
+        else
+            echo "rocm-smi and amd-smi are missing"
+        fi
+    else
+        timeout -k 5 30 nvidia-smi || echo "nvidia-smi failed or is missing"
+    fi
+}
+
 banner "machine -> $OUT/machine.txt"
 {
     date -u '+%Y-%m-%d %H:%M:%S UTC'
     [[ "$DRY_RUN" == 1 ]] && echo "DRY_RUN=1: a CPU check of bench/gpu_check.sh, nothing measured"
-    timeout -k 5 30 nvidia-smi || echo "nvidia-smi failed or is missing"
+    echo "GPU_VENDOR=$GPU_VENDOR"
+    smi_report
     timeout -k 5 60 "$PYTHON" - <<'EOF' || echo "python could not report versions"
 import os, platform, sys
 import torch, triton
+hip = getattr(torch.version, "hip", None)
 print("python", sys.version.split()[0], platform.platform(), "|", os.cpu_count(), "CPUs")
-print("torch", torch.__version__, "| CUDA", torch.version.cuda, "| cuDNN",
-      torch.backends.cudnn.version(), "| triton", triton.__version__)
+if hip:  # ROCm: cudnn.version() is MIOpen's
+    print("torch", torch.__version__, "| HIP", hip, "| MIOpen", torch.backends.cudnn.version(),
+          "| triton", triton.__version__)
+else:
+    print("torch", torch.__version__, "| CUDA", torch.version.cuda, "| cuDNN",
+          torch.backends.cudnn.version(), "| triton", triton.__version__)
 print("cuda available:", torch.cuda.is_available())
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
-    print("gpu:", p.name, f"sm_{p.major}{p.minor}", f"{p.total_memory / 2**30:.0f} GiB")
+    arch = (getattr(p, "gcnArchName", "") or "?").split(":")[0] if hip else f"sm_{p.major}{p.minor}"
+    print("gpu:", p.name, arch, f"{p.total_memory / 2**30:.0f} GiB")
 for name in ("numpy", "pytest", "xdist", "matplotlib"):
     try:
         module = __import__(name)

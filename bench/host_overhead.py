@@ -41,12 +41,14 @@ Run without TRITON_INTERPRET (the kernels must be Triton's JIT functions).
 """
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import gc
 import os
 import sys
 import time
+import types
 from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -118,6 +120,102 @@ def fake_gpu():
     functional.triton_interpreter_enabled = lambda: True  # CPU tensors take the Triton path
     try:
         yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+class FakeFunction:
+    """The kernel handle a fake HIP ``load_binary`` returns: one per loaded kernel."""
+
+    def __init__(self, name):
+        self.name = name
+
+
+class FakeHIPUtils:
+    """Triton's HIP driver utilities (its C module, built against the HIP runtime) as the
+    compiled kernels and the HIP launcher use them: loading gives a FakeFunction, launching
+    logs (function, grid, kernel arguments) into ``FakeCompiledKernel.log`` where one is open."""
+
+    def __init__(self, arch):
+        self.arch = arch
+
+    def load_binary(self, name, kernel, shared, device):
+        return 0, FakeFunction(name), 0, 0, 1024  # module, function, regs, spills, max threads
+
+    def unload_module(self, module):
+        pass
+
+    def get_device_properties(self, device):
+        from convlstm_triton.platform import amd_platform
+
+        return {"max_shared_mem": amd_platform(self.arch).shared_memory, "arch": self.arch,
+                "warpSize": 64, "multiprocessor_count": 304, "cooperativeLaunch": True}
+
+    def build_signature_metadata(self, signature):
+        return tuple(signature)
+
+    def launch(self, *args):
+        # Triton 3.9: (cooperative, gridX, gridY, gridZ, stream, function, global scratch,
+        # profile scratch, metadata, launch metadata, enter hook, exit hook, warp size,
+        # annotations, signature, the kernel's arguments as one tuple); Triton 3.6's compiled
+        # launcher module: (cooperative, gridX, gridY, gridZ, stream, function, profile
+        # scratch, metadata, launch metadata, enter hook, exit hook, *the kernel's arguments)
+        kernel_args = args[15] if len(args) == 16 and isinstance(args[15], tuple) else args[11:]
+        if FakeCompiledKernel.log is not None:
+            FakeCompiledKernel.log.append((args[5], tuple(args[1:4]), tuple(kernel_args)))
+
+
+@contextlib.contextmanager
+def fake_hip_gpu(arch="gfx942"):
+    """As ``fake_gpu``, on an AMD GPU of ``arch``: the kernels really compile for
+    ``GPUTarget("hip", arch, 64)`` (Triton's HIP backend runs on the CPU), the compiled kernels
+    launch through the HIP backend's own launcher class (``HIPLauncher``) down to the HIP
+    runtime's launch, which ``FakeHIPUtils`` stands in for, and the library sees the AMD
+    platform (``platform.amd_platform``: its LDS, no TMA, its fp32 precision)."""
+    from recording import simulated_platform
+    from triton.backends.amd import driver as amd_driver
+
+    from convlstm_triton import functional, launch_plans
+    from convlstm_triton.platform import amd_platform
+
+    class FakeHIPDriver(amd_driver.HIPDriver):
+        def __init__(self):  # not HIPDriver's: it builds its C utilities against the runtime
+            self.utils = utils
+            self.launcher_cls = amd_driver.HIPLauncher
+
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_current_target(self):
+            return GPUTarget("hip", arch, 64)
+
+    saved = [(functional, "triton_interpreter_enabled", functional.triton_interpreter_enabled),
+             (driver, "_active", driver._active),
+             (launch_plans, "DIRECT_DEVICE_TYPES", launch_plans.DIRECT_DEVICE_TYPES)]
+    utils = FakeHIPUtils(arch)
+    # What the HIP launcher takes from the C module that HIPUtils builds (Triton 3.9: the
+    # argument annotations; its launch is utils.launch), or, Triton 3.6, the C launcher it
+    # compiles per kernel (whose launch is the fake's)
+    stand_ins = {"PyKernelArg": collections.namedtuple("PyKernelArg", "nested_tuple type"),
+                 "ARG_CONSTEXPR": "constexpr", "ARG_KERNEL": "kernel", "ARG_TUPLE": "tuple",
+                 "compile_module_from_src":
+                     lambda *args, **kwargs: types.SimpleNamespace(launch=utils.launch),
+                 # (3.6 writes the runtime's path into the launcher's C source, never built here)
+                 "_get_path_to_hip_runtime_dylib": lambda: "libamdhip64.so"}
+    for name, value in stand_ins.items():
+        if hasattr(amd_driver, name):
+            saved.append((amd_driver, name, getattr(amd_driver, name)))
+            setattr(amd_driver, name, value)
+    driver.set_active(FakeHIPDriver())
+    launch_plans.DIRECT_DEVICE_TYPES = ("cuda", "cpu")
+    functional.triton_interpreter_enabled = lambda: True  # CPU tensors take the Triton path
+    try:
+        with simulated_platform(amd_platform(arch)):
+            yield
     finally:
         for owner, name, value in saved:
             setattr(owner, name, value)
@@ -441,10 +539,13 @@ def main(argv=None):
     p.add_argument("--calls", type=int, default=20, help="calls per timed repeat")
     p.add_argument("--check", action="store_true",
                    help="check every plan replay against Triton's JIT path instead of timing")
+    p.add_argument("--hip", metavar="ARCH",
+                   help="fake an AMD GPU of this arch (gfx942, gfx90a) instead of an sm_90: the "
+                        "kernels compile for it and launch through Triton's HIP launcher")
     args = p.parse_args(argv)
     shapes, dtypes, modes = (args.shapes.split(","), args.dtypes.split(","),
                              args.modes.split(","))
-    with fake_gpu():
+    with fake_hip_gpu(args.hip) if args.hip else fake_gpu():
         if args.check:
             replays, direct, problems = check(shapes, dtypes, modes)
             for line in problems:

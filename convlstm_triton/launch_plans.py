@@ -36,6 +36,7 @@ Triton it installs; checked by hand on Triton 3.6 and 3.9, 2026-11-29).
 import contextlib
 import contextvars
 import os
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -225,15 +226,33 @@ def _arg_names(kernel):
 
 def _launcher_of(compiled):
     """The compiled kernel's direct launch interface (``run``, ``function``,
-    ``packed_metadata``, ``launch_metadata``: Triton 3.6 to 3.9), or None (the interpreter)."""
+    ``packed_metadata``, ``launch_metadata``: Triton 3.6 to 3.9, CUDA and HIP backends alike:
+    ``run`` is the active driver's launcher, called as ``JITFunction.run`` calls it), or None
+    (the interpreter; a compiled kernel without it: warned once, its launches take the JIT)."""
     if compiled is None:
         return None
     if hasattr(compiled, "result"):  # an async compile's future
         compiled = compiled.result()
-    if all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata",
-                                          "launch_metadata")):
+    if all(hasattr(compiled, a) for a in LAUNCH_INTERFACE):
         return compiled
+    _warn_no_launcher(compiled)
     return None
+
+
+LAUNCH_INTERFACE = ("run", "function", "packed_metadata", "launch_metadata")
+_warned_no_launcher = []
+
+
+def _warn_no_launcher(compiled):
+    """Once per process: launch plans are off for kernels compiled without the interface."""
+    if _warned_no_launcher:
+        return
+    _warned_no_launcher.append(type(compiled))
+    missing = [a for a in LAUNCH_INTERFACE if not hasattr(compiled, a)]
+    warnings.warn(f"convlstm_triton: this Triton's compiled kernels ({type(compiled).__name__}) "
+                  f"lack {', '.join(missing)} of the launch interface launch plans replay "
+                  "through: every launch goes through Triton's JIT instead (same results, more "
+                  "host time per launch)", RuntimeWarning, stacklevel=3)
 
 
 # (kernel, signature of the fixed arguments) -> {(alignment pattern, device): compiled kernel}

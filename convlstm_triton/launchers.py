@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from . import launch_plans, tuning
+from . import amd_configs, launch_plans, tuning
 from .geometry import ConvGeometry
 from .kernels import cell as cell_kernels
 from .kernels import input_grad as input_grad_kernels
@@ -160,6 +160,8 @@ def _tuned_launch(name, key, configs, launch, outputs, device, flop=None, warm_l
     calls, so that in-place kernels do not accumulate into the caller's tensors, the caller's
     tensors see exactly one launch, and a trial times the kernel, not a copy. ``warm_l2``: time
     trials back to back without flushing L2 (a step kernel reads what the previous step wrote)."""
+    # AMD only: the HIP backend's MFMA options as extra candidates (NVIDIA's lists unchanged)
+    configs = amd_configs.with_amd_variants(name, configs, platform(device))
     scratch = {}
 
     def run(cfg):

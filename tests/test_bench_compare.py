@@ -319,3 +319,37 @@ def test_run_cut_short_keeps_every_variant_measured(monkeypatch, tmp_path):
                and "| fwd |" in line)
     assert fwd.split("|")[4].strip() not in ("", "–")  # eager_cat's time
     assert fwd.split("|")[5].strip() == "–"  # eager_hoisted: not run
+
+
+# ---------------------------------------------------------------------------------------------
+# an AMD GPU (a ROCm build of torch): the machine line and the variants that need NVIDIA
+
+
+def test_machine_info_and_line_on_rocm(monkeypatch):
+    """A ROCm torch: the arch from gcnArchName, HIP's and MIOpen's versions (not "CUDA None",
+    "sm_94")."""
+    import bench_convlstm
+
+    props = types.SimpleNamespace(major=9, minor=4, gcnArchName="gfx942:sramecc+:xnack-")
+    monkeypatch.setattr(torch.version, "hip", "6.4.43482", raising=False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "AMD Instinct MI300X")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 3004000)
+    info = bench_convlstm.machine_info()
+    assert (info["arch"], info["hip"]) == ("gfx942", "6.4.43482")
+    line = bench_convlstm.machine_line(info)
+    assert line.startswith("**AMD Instinct MI300X** (gfx942) · HIP 6.4.43482 · MIOpen 3004000")
+    assert "CUDA" not in line and "sm_" not in line
+
+
+@pytest.mark.parametrize("tma, skipped", [(False, True), (True, False)])
+def test_tma_variant_is_skipped_on_a_gpu_without_tma(monkeypatch, tma, skipped):
+    """On a GPU whose platform has no tensor descriptors (AMD, NVIDIA before sm_90) the launcher
+    takes the gather path: triton_tma would time triton_fused's kernels under another name."""
+    from convlstm_triton.platform import HOPPER, amd_platform
+
+    monkeypatch.setattr(compare, "platform", lambda device: HOPPER if tma else
+                        amd_platform("gfx942"))
+    assert (compare.skip_reason("triton_tma", cuda=True) is not None) == skipped
+    assert compare.skip_reason("triton_fused", cuda=True) is None

@@ -1,7 +1,8 @@
 """bench/gpu_check.sh on a CPU: its syntax (bash -n, shellcheck where installed), and its
 DRY_RUN mode end to end in a subprocess (the step order, the summary written as steps end,
 per-step timeouts that dump Python stacks, the archive packed by the EXIT trap even when the
-script is interrupted)."""
+script is interrupted), and its NVIDIA / AMD detection (fake SMI tools on PATH, a torch that
+says it is a ROCm build)."""
 
 import os
 import shutil
@@ -119,3 +120,71 @@ def test_interrupted_script_still_packs(tmp_path):
     assert {"summary.txt", "smoke.log", "machine.txt"} <= members
     logs = [archived_text(out, m) for m in members if m.endswith(".log")]
     assert any("(most recent call first)" in text for text in logs)
+
+
+# ---------------------------------------------------------------------------------------------
+# NVIDIA or AMD: the machine step alone (a zero budget skips every later step)
+
+SMI_TOOLS = ("nvidia-smi", "rocm-smi", "amd-smi")
+
+
+def path_with_fake_smi(tmp_path, fakes):
+    """PATH: a directory of fake SMI tools (each prints "FAKE <name>"), then this PATH without
+    the directories that hold a real one (skips where bash or its tools would go with them)."""
+    fake_bin = tmp_path / "fake_bin"
+    fake_bin.mkdir()
+    for name in fakes:
+        tool = fake_bin / name
+        tool.write_text(f"#!/bin/sh\necho FAKE {name} \"$@\"\n")
+        tool.chmod(0o755)
+    kept = [d for d in os.environ.get("PATH", "").split(os.pathsep)
+            if d and not any((Path(d) / name).exists() for name in SMI_TOOLS)]
+    path = os.pathsep.join([str(fake_bin), *kept])
+    missing = [t for t in ("bash", "timeout", "tail", "mktemp")
+               if shutil.which(t, path=path) is None]
+    if missing:
+        pytest.skip(f"{missing} share a directory with a real SMI tool")
+    return path
+
+
+# a torch that reports a ROCm build (as torch.version.hip does there), in every Python process
+# of the script: a sitecustomize behind the script's own, which runs it
+ROCM_TORCH = "import torch\ntorch.version.hip = '6.4.43482'\n"
+
+
+@pytest.mark.parametrize("fakes, rocm_torch, vendor", [
+    pytest.param(("rocm-smi",), False, "amd", id="cpu_torch_rocm_smi"),
+    pytest.param(("amd-smi",), False, "amd", id="cpu_torch_amd_smi"),
+    pytest.param(("nvidia-smi",), False, "nvidia", id="cpu_torch_nvidia_smi"),
+    # torch's build wins over the tools on PATH
+    pytest.param(("nvidia-smi", "rocm-smi"), True, "amd", id="rocm_torch"),
+])
+def test_vendor_detection_and_machine_report(tmp_path, fakes, rocm_torch, vendor):
+    """The vendor (torch's build, else the SMI tool on PATH) picks the SMI tool of
+    machine.txt, and a ROCm torch is reported with its HIP and MIOpen versions, not CUDA's."""
+    out = tmp_path / "out"
+    knobs = dict(BUDGET_S=0, PACK=0, PATH=path_with_fake_smi(tmp_path, fakes))
+    if rocm_torch:
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(ROCM_TORCH)
+        knobs["PYTHONPATH"] = os.pathsep.join(
+            [str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    proc = subprocess.run(["bash", str(SCRIPT)], env=env_for(out, **knobs), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    machine = (out / "machine.txt").read_text()
+    assert f"GPU_VENDOR={vendor}\n" in machine, machine
+    if vendor == "amd":
+        tool = "rocm-smi" if "rocm-smi" in fakes else "amd-smi"
+        assert f"FAKE {tool}" in machine and "FAKE nvidia-smi" not in machine, machine
+    else:
+        assert "FAKE nvidia-smi" in machine and "FAKE rocm-smi" not in machine, machine
+    versions = next(line for line in machine.splitlines() if line.startswith("torch "))
+    if rocm_torch:
+        assert "| HIP 6.4.43482 | MIOpen" in versions and "CUDA" not in versions, versions
+    else:
+        assert "| CUDA " in versions and "HIP" not in versions, versions
+    lines = summary_lines(out)
+    assert any(line.startswith("install: ok") for line in lines), lines
+    assert any(line.startswith("smoke: SKIPPED") for line in lines), lines  # budget 0

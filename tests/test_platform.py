@@ -131,3 +131,117 @@ def test_tuning_cache_is_keyed_by_the_amd_arch(fake_gpu):
     assert tuning._device_name(torch.device("cuda", 0)) == "AMD Instinct MI300X (gfx942)"
     fake_gpu(False, name="NVIDIA H100 80GB HBM3", major=9, minor=0)
     assert tuning._device_name(torch.device("cuda", 0)) == "NVIDIA H100 80GB HBM3"
+
+
+# ---------------------------------------------------------------------------------------------
+# AMD-only candidates (convlstm_triton/amd_configs.py)
+
+
+def _kept(kernel):
+    from convlstm_triton.kernels import (
+        input_grad,
+        input_projection,
+        step_backward,
+        step_forward,
+        weight_grad,
+    )
+
+    return {"step_forward": step_forward.CONFIGS, "input_projection": input_projection.CONFIGS,
+            "step_backward": step_backward.CONFIGS, "input_grad": input_grad.CONFIGS,
+            "weight_grad": weight_grad.CONFIGS, "input_grad_reduce": input_grad.REDUCE_CONFIGS,
+            }[kernel]
+
+
+KERNELS = ["step_forward", "input_projection", "step_backward", "input_grad", "weight_grad",
+           "input_grad_reduce"]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("nvidia", [platform.HOPPER,
+                                    platform.Platform("nvidia", "sm_80", 163 * 1024, True, False)])
+def test_nvidia_config_lists_are_unchanged(kernel, nvidia):
+    from convlstm_triton.amd_configs import with_amd_variants
+
+    configs = list(_kept(kernel))
+    assert with_amd_variants(kernel, configs, nvidia) is configs
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("arch", ["gfx90a", "gfx942"])
+def test_amd_variants_of_the_gemm_kernels(kernel, arch):
+    """The default stays first and every base config stays; a GEMM kernel gets its default with
+    16 x 16 MFMAs, and (not the register-bound weight gradient) the first 128-row tile whose
+    accumulator takes <= 64 registers a lane with waves_per_eu=2; nothing else."""
+    from convlstm_triton.amd_configs import GEMM_KERNELS, with_amd_variants
+
+    configs = list(_kept(kernel))
+    amd = with_amd_variants(kernel, configs, platform.amd_platform(arch))
+    assert amd[:len(configs)] == configs
+    added = amd[len(configs):]
+    if kernel not in GEMM_KERNELS:
+        assert amd is configs
+        return
+    assert added[0] == dict(configs[0], matrix_instr_nonkdim=16)
+    waves = [cfg for cfg in added if "waves_per_eu" in cfg]
+    if kernel == "weight_grad":
+        assert not waves and len(added) == 1
+        return
+    assert len(waves) == 1 and len(added) == 2, added
+    base = {k: v for k, v in waves[0].items() if k != "waves_per_eu"}
+    assert base in configs and base["BLOCK_M"] >= 128 and waves[0]["waves_per_eu"] == 2
+    columns = GEMM_KERNELS[kernel][0](base)
+    assert base["BLOCK_M"] * columns / (64 * base["num_warps"]) <= 64
+    # asked again (every step): the same list; and the variants of variants are none
+    assert with_amd_variants(kernel, configs, platform.amd_platform(arch)) is amd
+    assert with_amd_variants(kernel, added, platform.amd_platform(arch)) == added
+
+
+def test_amd_variants_need_128_rows_and_a_small_accumulator():
+    from convlstm_triton.amd_configs import variants
+
+    small = dict(BLOCK_M=64, BLOCK_F=32, BLOCK_K=32, num_warps=4, num_stages=3)
+    wide = dict(BLOCK_M=128, BLOCK_F=64, BLOCK_K=64, num_warps=4, num_stages=3)  # 128 regs
+    assert variants("step_forward", [small, wide]) == [dict(small, matrix_instr_nonkdim=16)]
+    fits = dict(wide, num_warps=8)  # 64 registers a lane
+    assert variants("step_forward", [small, wide, fits])[1] == dict(fits, waves_per_eu=2)
+
+
+def test_amd_variants_refuse_what_is_not_a_config_list():
+    from convlstm_triton.amd_configs import with_amd_variants
+
+    with pytest.raises(TypeError, match="list of dicts"):
+        with_amd_variants("step_forward", ({"BLOCK_M": 64},), platform.HOPPER)
+    with pytest.raises(TypeError, match="list of dicts"):
+        with_amd_variants("step_forward", [("BLOCK_M", 64)], platform.HOPPER)
+
+
+def test_the_launch_path_offers_the_amd_variants_on_amd_only(monkeypatch):
+    """conv_lstm on the interpreter with the platform faked: on gfx942 tuning is offered each
+    GEMM kernel's AMD variants after its NVIDIA-written configs, on Hopper exactly those."""
+    from helpers import triton_available_here
+
+    if not triton_available_here():
+        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+    from convlstm_triton.functional import conv_lstm
+
+    offered = {}
+
+    def pick(kernel_name, key, configs, run, device, **kwargs):
+        offered.setdefault(kernel_name, list(configs))
+        return configs[0]
+
+    monkeypatch.setattr(tuning, "pick_config", pick)
+    x = torch.randn(1, 2, 4, 4, 3)
+    weights = [torch.randn(3, 3, 3, 32) * 0.1, torch.randn(3, 3, 8, 32) * 0.1, torch.zeros(32)]
+    for gpu in (platform.HOPPER, platform.amd_platform("gfx942")):
+        monkeypatch.setattr(launchers, "platform", lambda device, gpu=gpu: gpu)
+        offered.clear()
+        with torch.no_grad():
+            conv_lstm(x, *weights, padding="same", backend="triton")
+        options = {kernel: [cfg for cfg in configs if "matrix_instr_nonkdim" in cfg]
+                   for kernel, configs in offered.items()}
+        assert {"step_forward", "input_projection"} <= set(offered)
+        if gpu.vendor == "amd":
+            assert all(len(found) == 1 for found in options.values()), options
+        else:
+            assert not any(options.values()), options
