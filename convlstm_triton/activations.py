@@ -50,6 +50,9 @@ NOT_GATE_ACTIVATIONS = {
     "threshold": "it has no default threshold and value (Keras cannot use it by name either)",
 }
 
+# gelu(+inf) is +inf (as the kernels compute it): torch's own gives NaN on contiguous tensors
+# (its vectorized path) but +inf on strided ones, so the reference's result would depend on
+# memory layout.
 TORCH_ACTIVATIONS = {
     "linear": lambda x: x,
     "tanh": torch.tanh,
@@ -60,7 +63,7 @@ TORCH_ACTIVATIONS = {
     "elu": F.elu,
     "selu": F.selu,
     "silu": F.silu,
-    "gelu": F.gelu,
+    "gelu": lambda x: torch.where(x == float("inf"), x, F.gelu(x)),
     "softsign": F.softsign,
     "softplus": F.softplus,
     "exponential": torch.exp,

@@ -45,6 +45,13 @@ def _to_channels_last(t):
     return t.permute(0, *range(2, t.dim()), 1)
 
 
+def _time_major_channels_first(x):
+    # (B, T, *spatial, C) -> (T * B, C, *spatial), contiguous
+    batch, steps, channels = x.shape[0], x.shape[1], x.shape[-1]
+    return x.permute(1, 0, x.dim() - 1, *range(2, x.dim() - 1)).reshape(
+        steps * batch, channels, *x.shape[2:-1])
+
+
 def _symbolic_time():
     """Whether the time loop should be one ``scan`` (a graph op over a symbolic T) instead of a
     Python loop: under ``torch.export`` (and so ONNX's dynamo exporter), whose graphs then take
@@ -152,10 +159,13 @@ def conv_lstm_reference(
     w = _torch_weight(kernel, rank)  # (4F, C_in, *k)
     r = _torch_weight(recurrent_kernel, rank)  # (4F, F, *k)
 
-    # Input projection for all B*T frames at once: it does not depend on the state.
-    # (not made contiguous: the CPU conv then takes an algorithm whose NaN spreads past the
-    # taps, and NaN positions must be the kernels')
-    frames = _to_channels_first(x.reshape(batch * steps, *in_spatial, x.shape[-1]))
+    # Input projection for all T*B frames at once: it does not depend on the state. The
+    # frames time-major and channels-first, contiguous (one copy of x, C_in channels): xg then
+    # comes out channels-first and each step's slice xg[t] is contiguous, so the per-step
+    # pointwise ops run on contiguous memory (on the channels-last conv output they took the
+    # CPU's strided path, several times slower) and backward stacks the steps' gradients
+    # straight into the conv's layout, with no layout-converting copies of xg either way.
+    frames = _time_major_channels_first(x)
     if input_dropout_mask is None:
         xg = _conv(frames, w, bias, strides, dilation, in_pads, rank)
     else:
@@ -164,12 +174,12 @@ def conv_lstm_reference(
         gate_outs = []
         for g in range(4):
             xm = x * input_dropout_mask[g].unsqueeze(1)  # broadcast over T
-            xm = _to_channels_first(xm.reshape(batch * steps, *in_spatial, x.shape[-1]))
+            xm = _time_major_channels_first(xm)
             sl = slice(g * filters, (g + 1) * filters)
             b = None if bias is None else bias[sl]
             gate_outs.append(_conv(xm, w[sl], b, strides, dilation, in_pads, rank))
         xg = torch.cat(gate_outs, dim=1)
-    xg = xg.reshape(batch, steps, 4 * filters, *out_spatial)
+    xg = xg.reshape(steps, batch, 4 * filters, *out_spatial)  # time-major
 
     state_shape = (batch, filters, *out_spatial)
     if initial_state is None:
@@ -232,9 +242,9 @@ def conv_lstm_reference(
         if mask is not None:
             prev_out = x.new_zeros(state_shape)
         outputs = []
-        # one view per step: indexing xg[:, t] in the loop would make its backward zero-fill
+        # one view per step: indexing xg[t] in the loop would make its backward zero-fill
         # and add a whole xg-sized gradient per step (T^2 work); unbind's backward is one stack
-        xg_steps = xg.unbind(1)
+        xg_steps = xg.unbind(0)
         mask_steps = None if mask is None else mask.unbind(1)
         order = range(steps - 1, -1, -1) if go_backwards else range(steps)
         for t in order:
@@ -258,7 +268,7 @@ def conv_lstm_reference(
 def _scan_time(cell, xg, h, c, mask, go_backwards):
     """The time loop as one ``scan`` over a T that stays symbolic; returns (seq (B, T, F, ...),
     h, c), ``seq`` in processing order as the Python loop gives it."""
-    xs = [xg.transpose(0, 1)]  # (T, B, 4F, *out_spatial)
+    xs = [xg]  # (T, B, 4F, *out_spatial)
     if mask is not None:
         xs.append(mask.transpose(0, 1))  # (T, B, 1, ...)
     if go_backwards:
