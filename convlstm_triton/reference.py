@@ -58,8 +58,10 @@ def _symbolic_time():
     any T. Elsewhere the Python loop: eager calls (the fastest on a CPU), and ``torch.compile``,
     which on torch 2.13 fails on this scan (inductor lowers it to a while_loop whose carried h
     and c change layout: "Expected carried_inputs and body_output to have same metadata"; and
-    it refuses its backward: "scan might be aliasing the input or the output"), so compiled
-    code specializes on T.
+    it refuses its backward: "scan might be aliasing the input or the output", the carried c
+    being also an intermediate saved for backward; with c cloned into the carry, inductor's
+    lowering of the scan to a while_loop then fails on a data-dependent scalar, checked
+    2026-12-03), so compiled code specializes on T.
     """
     return _scan is not None and torch.compiler.is_exporting()
 
