@@ -77,7 +77,7 @@ def force_config(monkeypatch):
     forced = {}
     launched = []
 
-    def pick(kernel_name, key, configs, run, device, *, flop=None, warm_l2=False):
+    def pick(kernel_name, key, configs, run, device, **options):
         if kernel_name in forced:
             launched.append(kernel_name)
             return forced[kernel_name]
