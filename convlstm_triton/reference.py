@@ -161,14 +161,19 @@ def conv_lstm_reference(
     w = _torch_weight(kernel, rank)  # (4F, C_in, *k)
     r = _torch_weight(recurrent_kernel, rank)  # (4F, F, *k)
 
-    # Input projection for all T*B frames at once: it does not depend on the state. The
-    # frames time-major and channels-first, contiguous (one copy of x, C_in channels): xg then
-    # comes out channels-first and each step's slice xg[t] is contiguous, so the per-step
-    # pointwise ops run on contiguous memory (on the channels-last conv output they took the
-    # CPU's strided path, several times slower) and backward stacks the steps' gradients
-    # straight into the conv's layout, with no layout-converting copies of xg either way.
+    # The frames time-major and channels-first, contiguous (one copy of x, C_in channels): the
+    # input conv's output is then channels-first and contiguous per step, so the per-step
+    # pointwise ops run on contiguous memory (on a channels-last conv output they took the
+    # CPU's strided path, several times slower) and backward makes no layout-converting copies.
     frames = _time_major_channels_first(x)
-    if input_dropout_mask is None:
+    xg = None
+    if input_dropout_mask is None and not _symbolic_time():
+        # Eager: the input conv of each step inside the loop, as Keras' cell computes it: on a
+        # CPU faster than one conv of all T*B frames first, whose (T, B, 4F, ...) output
+        # leaves the cache before the steps read it
+        frame_steps = frames.reshape(steps, batch, *frames.shape[1:]).unbind(0)
+    elif input_dropout_mask is None:
+        # under export (a scan over T): the input projection of all frames at once
         xg = _conv(frames, w, bias, strides, dilation, in_pads, rank)
     else:
         # Each gate sees its own dropped-out copy of the input, so one conv per gate; the
@@ -181,7 +186,8 @@ def conv_lstm_reference(
             b = None if bias is None else bias[sl]
             gate_outs.append(_conv(xm, w[sl], b, strides, dilation, in_pads, rank))
         xg = torch.cat(gate_outs, dim=1)
-    xg = xg.reshape(steps, batch, 4 * filters, *out_spatial)  # time-major
+    if xg is not None:
+        xg = xg.reshape(steps, batch, 4 * filters, *out_spatial)  # time-major
 
     state_shape = (batch, filters, *out_spatial)
     if initial_state is None:
@@ -246,11 +252,13 @@ def conv_lstm_reference(
         outputs = []
         # one view per step: indexing xg[t] in the loop would make its backward zero-fill
         # and add a whole xg-sized gradient per step (T^2 work); unbind's backward is one stack
-        xg_steps = xg.unbind(0)
+        xg_steps = xg.unbind(0) if xg is not None else None
         mask_steps = None if mask is None else mask.unbind(1)
         order = range(steps - 1, -1, -1) if go_backwards else range(steps)
         for t in order:
-            h_new, c_new = cell(h, c, xg_steps[t])
+            xg_t = (xg_steps[t] if xg_steps is not None else
+                    _conv(frame_steps[t], w, bias, strides, dilation, in_pads, rank))
+            h_new, c_new = cell(h, c, xg_t)
             if mask is None:
                 h, c = h_new, c_new
                 outputs.append(h_new)

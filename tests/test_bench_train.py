@@ -319,3 +319,18 @@ def test_script_rejects_triton_without_a_gpu_and_bad_arguments(monkeypatch, caps
         with pytest.raises(SystemExit):
             train.parse_args(bad)
     capsys.readouterr()
+
+
+def test_reference_cpu_times_ours_and_the_eager_twin_alternately(capsys):
+    """bench/reference_cpu.py: one step of each model per round on the same batch, and a line
+    per thread count with both medians and their ratio."""
+    import reference_cpu
+
+    times = reference_cpu.time_steps(1, 2, "cat", batch=2, frames=4, size=12, filters=4)
+    assert list(times) == ["ours", "eager_cat"]
+    assert all(len(t) == 2 and all(ms > 0 for ms in t) for t in times.values())
+    reference_cpu.main(["--threads", "1", "--rounds", "1", "--peer", "hoisted"])
+    out = capsys.readouterr().out
+    assert "threads 1: ours" in out and "the speed of eager_hoisted" in out
+    with pytest.raises(SystemExit):
+        reference_cpu.main(["--rounds", "0"])
