@@ -21,7 +21,6 @@ and no timed choice of variant (``"auto"`` is ``"hoisted"``).
 
 
 import torch
-from torch._library.triton import is_wrap_triton_enabled
 from triton.runtime.jit import JITFunction
 
 from . import ops
@@ -30,8 +29,15 @@ from .launch_plans import traceable_launches
 
 __all__ = ["forward_inference", "usable", "run"]
 
-# variants whose launches cannot be traced -> the variant run instead (same numbers:
-# "auto" picks one of these two by timing, and the TMA twin reads the same tiles)
+try:  # private: False while the op runs eagerly (triton_op's own kernel), True while traced
+    from torch._library.triton import is_wrap_triton_enabled
+except ImportError:  # pragma: no cover - a torch without it: always the traceable launches
+    def is_wrap_triton_enabled():
+        return True
+
+# variants whose launches cannot be traced -> the variant run instead: "auto" picks hoisted or
+# fused_input by timing, which a trace cannot do; the TMA twin computes the hoisted variant's
+# tiles through tensor descriptors, which a traced launch cannot build
 _TRACED_VARIANT = {"auto": "hoisted", "hoisted_tma": "hoisted"}
 
 
