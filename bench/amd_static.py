@@ -33,7 +33,6 @@ Must run without TRITON_INTERPRET (the kernels are plain JITFunctions then).
 
 import datetime
 import hashlib
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -57,6 +56,7 @@ from recording import (  # noqa: E402
     patched,
     run_problem,
     synthetic_shape,
+    write_report,
 )
 
 ARCHS = ("gfx942", "gfx90a")
@@ -330,15 +330,9 @@ def main(argv=None):
         out.append(summary_row(p, s))
     out += ["", f"{len(summary) - bad} of {len(summary)} problems: every kept config compiles, "
                 "0 scratch, MFMA in every GEMM main loop."]
-    text = "\n".join(out)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"header": header_line(), "triton": triton.__version__,
-                       "torch": torch.__version__, "problems": problems}, f, indent=1)
+    write_report("\n".join(out), args.markdown, args.json,
+                 {"header": header_line(), "triton": triton.__version__,
+                  "torch": torch.__version__, "problems": problems})
     return 1 if bad else 0
 
 

@@ -22,6 +22,7 @@ Must run without TRITON_INTERPRET (the kernels are plain JITFunctions then).
 """
 
 import contextlib
+import json
 import sys
 from dataclasses import replace
 
@@ -206,3 +207,15 @@ def config_text(cfg):
     if not cfg:
         return "-"
     return " ".join(f"{_CFG_ABBREV.get(k, k + '=')}{v}" for k, v in cfg.items())
+
+
+def write_report(text, markdown_path, json_path, payload):
+    """Print a report's markdown; write it to ``markdown_path`` and ``payload`` as JSON to
+    ``json_path`` where given (each None: not written)."""
+    print(text)
+    if markdown_path:
+        with open(markdown_path, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=1)

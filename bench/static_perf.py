@@ -40,7 +40,6 @@ Must run without TRITON_INTERPRET (the kernels are plain JITFunctions then).
 import contextlib
 import csv
 import datetime
-import json
 import math
 import os
 import sys
@@ -85,6 +84,7 @@ from recording import (  # noqa: E402, F401  (the tests read these from here too
     patched,
     run_problem,
     synthetic_shape,
+    write_report,
 )
 
 SMS = DEVICES["h100"].sms  # grids sized by the SM count are sized for this
@@ -549,16 +549,10 @@ def main(argv=None):
     for fc, seen in summaries:
         out.append(f"| {fc['shape']} | {fc['dtype']} | {fc['variant']} | {fc['mode']} | "
                    f"{fc['step_ms']:.4f} | {fc['sequence_ms']:.3f} | {_fmt(seen, '.3f')} |")
-    text = "\n".join(out)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"header": header_line(), "triton": triton.__version__,
-                       "torch": torch.__version__, "model": _model_constants(),
-                       "problems": reports}, f, indent=1)
+    write_report("\n".join(out), args.markdown, args.json,
+                 {"header": header_line(), "triton": triton.__version__,
+                  "torch": torch.__version__, "model": _model_constants(),
+                  "problems": reports})
     return 0
 
 

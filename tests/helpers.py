@@ -42,3 +42,22 @@ def kernel_device():
 
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def run_compile_worker(worker, args, target):
+    """Run ``worker`` (a ``python -c`` script compiling kernels ahead of time) with ``args`` in
+    a process without TRITON_INTERPRET; the JSON it prints on its ``JSON:`` line. A worker that
+    prints ``SKIP: why`` skips the test (this Triton cannot compile for ``target``)."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"  # silence Triton 3.9's notice; fusion is its default
+    run = subprocess.run([sys.executable, "-c", worker, *args], env=env, capture_output=True,
+                         text=True, timeout=3600)  # only a hang
+    if run.returncode == 0 and run.stdout.startswith("SKIP: "):
+        pytest.skip(f"this Triton cannot compile for {target} ahead of time: {run.stdout[6:]}")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    line = next(x for x in run.stdout.splitlines() if x.startswith("JSON:"))
+    return json.loads(line[5:])

@@ -40,12 +40,11 @@ reader on a canned snippet and of the occupancy formula (no compile).
 
 import functools
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_compile_worker
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -94,16 +93,7 @@ def problems():
 def analyze_group(arch, dtype):
     """The records of every problem for one (arch, dtype), from one subprocess (kernels compile
     once per process; Triton's disk cache makes a repeat cheap); cached per test process."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"  # silence Triton 3.9's notice; fusion is its default
-    run = subprocess.run([sys.executable, "-c", WORKER, str(BENCH), arch, dtype,
-                          json.dumps(problems())],
-                         env=env, capture_output=True, text=True, timeout=3600)  # only a hang
-    if run.returncode == 0 and run.stdout.startswith("SKIP: "):
-        pytest.skip(f"this Triton cannot compile for {arch} ahead of time: {run.stdout[6:]}")
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    line = next(x for x in run.stdout.splitlines() if x.startswith("JSON:"))
-    return json.loads(line[5:])
+    return run_compile_worker(WORKER, [str(BENCH), arch, dtype, json.dumps(problems())], arch)
 
 
 def _label(arch, dtype, problem, record):

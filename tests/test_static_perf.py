@@ -38,12 +38,11 @@ unit test of the SASS parser on a canned snippet (in this process: no compile).
 
 import functools
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_compile_worker
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -133,15 +132,7 @@ def analyze_group(filters, dtype):
                      for name, shape in sp.SHAPES.items()
                      if name in SEQUENCE_LIMIT_MS and shape.filters == filters
                      for mode in ("fwd", "train")]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"  # silence Triton 3.9's notice; fusion is its default
-    run = subprocess.run([sys.executable, "-c", WORKER, str(BENCH), json.dumps(problems)],
-                         env=env, capture_output=True, text=True, timeout=3600)  # only a hang
-    if run.returncode == 0 and run.stdout.startswith("SKIP: "):
-        pytest.skip(f"this Triton cannot compile for sm_90 ahead of time: {run.stdout[6:]}")
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    line = next(x for x in run.stdout.splitlines() if x.startswith("JSON:"))
-    return json.loads(line[5:])
+    return run_compile_worker(WORKER, [str(BENCH), json.dumps(problems)], "sm_90")
 
 
 def _label(problem, record):
