@@ -70,10 +70,12 @@ CONFIGS = [
     dict(BLOCK_M=128, BLOCK_F=16, BLOCK_K=32, num_warps=4, num_stages=3),
     # 128 x 256 tiles (all four gates of 64 channels): half the L2 bytes per FLOP of the 64 x
     # 128 default, in four stages (192 KiB of 16-bit tiles; no fp32 twin fits: pruned). Four
-    # warpgroups hold the 128 x 256 accumulator at 64 registers a thread and stay at 128 with
-    # nothing spilled; with 8 warps (191-255 registers) the training epilogue spills where the
-    # K loop is unrolled (F = 64 at k = 3, sm_90).
+    # warpgroups hold the 128 x 256 accumulator at 64 registers a thread (~120 in all); two
+    # hold it at 128 (~200 in all, sm_90) and issue half the main loop's instructions (one
+    # wgmma of N = 256 a warpgroup). The two-warpgroup tile spilled in the training epilogue
+    # until the cell's activations took the short exp2 / fast-division forms (activations.py).
     dict(BLOCK_M=128, BLOCK_F=64, BLOCK_K=64, num_warps=16, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_F=64, BLOCK_K=64, num_warps=8, num_stages=4),
 ]
 
 
