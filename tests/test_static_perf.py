@@ -64,11 +64,11 @@ SYNTHETIC = dict(batch=2, steps=3, spatial=[16, 16])
 # the targets are missed (bench/RESULTS.md says by how much and what limits each kernel), so
 # their tests are strict xfails that turn into failures, to be unmarked, once they are met.
 SEQUENCE_LIMIT_MS = {"mnist_l1": 2.15, "mnist_l2": 1.43, "nowcast": 3.3}
-SEQUENCE_NOW_MS = {"mnist_l1": 3.20, "mnist_l2": 2.20, "nowcast": 5.52}
+SEQUENCE_NOW_MS = {"mnist_l1": 2.79, "mnist_l2": 2.19, "nowcast": 4.96}
 # training (forward + backward of the default configuration, bf16): the targets, 2x
 # ahead of torch.compile's measured 20.1 / 11.35 / 26.4 ms
 TRAIN_LIMIT_MS = {"mnist_l1": 10.0, "mnist_l2": 5.7, "nowcast": 13.2}
-TRAIN_NOW_MS = {"mnist_l1": 13.21, "mnist_l2": 9.71, "nowcast": 22.64}
+TRAIN_NOW_MS = {"mnist_l1": 12.59, "mnist_l2": 9.70, "nowcast": 21.66}
 REGRESSION_ROOM = 1.10
 
 
