@@ -428,9 +428,8 @@ def step_forward(h_prev, c_prev, xg_t, rk2d, h_out, c_out, preact_t, mask_t, hma
     k_total = rec_weights.gate_major.shape[0] + (
         in_weights.gate_major.shape[0] if fused_input else 0)
     gpu = platform(h_prev.device)
-    configs = step_forward_configs(
-        F, M, k_total, four_dots, fused_input, h_prev.element_size(), gpu.shared_memory,
-        gpu.register_stages, input_k=in_weights.gate_major.shape[0] if fused_input else None)
+    configs = step_forward_configs(F, M, k_total, four_dots, fused_input,
+                                   h_prev.element_size(), gpu.shared_memory, gpu.register_stages)
     # The key leaves out whether h and c are stored and whether the pre-activations are:
     # backward's recomputation (h_out, c_out None) runs forward's config, so its
     # pre-activations are bit-identical to the saved ones, and a forward without autograd
@@ -513,27 +512,21 @@ def _ensure_allocator(device):
             size, dtype=torch.int8, device="cuda" if on_cuda else "cpu"))
 
 
-# the fused input conv's K (taps x C_in) up to which the step kernel's wide tiles stay
-# candidates: one K step of the widest BLOCK_K (compiled for sm_90: 0 spills at C_in = 1, k = 5)
-SHORT_INPUT_K = 64
-
-
 def step_forward_configs(F, M, k_total, four_dots=False, fused_input=False, element_size=2,
-                         shared_memory=HOPPER.shared_memory, register_stages=0, input_k=None):
+                         shared_memory=HOPPER.shared_memory, register_stages=0):
     """The step kernel's candidate configs for a problem. The wide-MMA design keeps
     BLOCK_F >= 32 once F >= 32: N = 4 * BLOCK_F >= 128 is where wgmma runs efficiently. With
-    the input conv fused in (a second pipelined K loop of ``input_k`` = taps x C_in rows;
-    None: unknown), BLOCK_F = 64 reaches 255 registers and spills (sm_90, C_in = 64): a
-    candidate only where that loop is one K step (input_k <= 64: C_in = 1 or 2 at k = 5).
-    Pipelines that do not fit ``shared_memory`` bytes in this element size (``pipeline_fits``)
-    are not candidates either."""
+    the input conv fused in (a second pipelined K loop), BLOCK_F = 64 reaches 255 registers
+    and spills (sm_90, C_in = 64): not a candidate there. Pipelines that do not fit
+    ``shared_memory`` bytes in this element size (``pipeline_fits``) are not candidates
+    either."""
     configs = _fitting_configs(step_forward_kernels.CONFIGS, element_size,
                                lambda cfg: (cfg["BLOCK_M"], 4 * cfg["BLOCK_F"]), shared_memory,
                                register_stages)
     if not four_dots and F >= 32:
         # none of the wide tiles fits (fp32 in a small LDS): the narrow ones, rather than none
         configs = [cfg for cfg in configs if cfg["BLOCK_F"] >= 32] or configs
-    if not four_dots and fused_input and (input_k is None or input_k > SHORT_INPUT_K):
+    if not four_dots and fused_input:
         configs = [cfg for cfg in configs if cfg["BLOCK_F"] <= 32] or configs
     return _prune(configs, BLOCK_M=M, BLOCK_F=F, BLOCK_K=k_total)
 

@@ -183,21 +183,3 @@ def test_pruners_keep_only_pipelines_that_fit_shared_memory(element_size):
     assert (wide_step in kept["step_forward"][0]) == (element_size == 2)
     assert (wide_projection in kept["input_projection"][0]) == (element_size == 2)
 
-
-def test_fused_input_keeps_wide_step_tiles_only_for_a_one_step_input_conv():
-    """With the input conv fused into the step kernel, the 128 x 256 tiles (BLOCK_F = 64) are
-    candidates only where that conv is one K step (taps x C_in <= 64: C_in = 1 at k = 5, whose
-    compiled kernels keep 0 spills on sm_90); at C_in = 64 they spilled, and where the input K is
-    not known the narrow tiles stay."""
-    from convlstm_triton import launchers
-
-    rows, F = 1 << 16, 64
-
-    def widths(**kw):
-        return {cfg["BLOCK_F"] for cfg in launchers.step_forward_configs(
-            F, rows, 25 * F + kw.get("input_k", 576), fused_input=True, **kw)}
-
-    assert 64 in widths(input_k=25)
-    assert widths(input_k=576) == {32}
-    assert widths() == {32}
-    assert 64 in {cfg["BLOCK_F"] for cfg in launchers.step_forward_configs(F, rows, 9 * F)}
