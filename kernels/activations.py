@@ -13,8 +13,6 @@ strictly inside, torch.where the branch it takes). NaN propagates as through tor
 (comparisons are written so that a NaN takes the branch that returns it). Math is fp32.
 """
 
-import os
-
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
@@ -22,10 +20,9 @@ from triton.language.extra import libdevice
 SELU_ALPHA: tl.constexpr = tl.constexpr(1.6732632423543772)
 SELU_SCALE: tl.constexpr = tl.constexpr(1.0507009873554805)
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
-# libdevice has no NumPy twin in Triton's interpreter: plain division there (read at import, as
-# the interpreter itself is chosen).
-_INTERPRETED: tl.constexpr = tl.constexpr(
-    os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes"))
+# libdevice has no NumPy twin in Triton's interpreter: plain division there. The switch @jit
+# itself reads to choose the interpreter (at import, as @jit does).
+_INTERPRETED: tl.constexpr = tl.constexpr(bool(triton.knobs.runtime.interpret))
 
 
 @triton.jit

@@ -182,4 +182,3 @@ def test_pruners_keep_only_pipelines_that_fit_shared_memory(element_size):
     wide_projection = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=4)
     assert (wide_step in kept["step_forward"][0]) == (element_size == 2)
     assert (wide_projection in kept["input_projection"][0]) == (element_size == 2)
-
